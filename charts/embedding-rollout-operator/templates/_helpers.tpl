@@ -1,0 +1,53 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "ero.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ero.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ero.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ero.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ero.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "ero.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: embedding-rollout
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "ero.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "ero.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ero.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Rules of the operator's ClusterRole: files/clusterrole.yaml is a copy of operator/rbac/clusterrole.yaml
+     (scripts/sync-chart-crds.sh), so the chart and the operator's own manifest cannot drift. */}}
+{{- define "ero.rules" -}}
+{{- $role := .Files.Get "files/clusterrole.yaml" | fromYaml -}}
+{{- if not $role.rules -}}
+{{- fail "files/clusterrole.yaml has no rules: run scripts/sync-chart-crds.sh" -}}
+{{- end -}}
+{{- toYaml $role.rules -}}
+{{- end -}}
