@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# make charts-check: proof that what a platform team installs is accepted by the real tools.
+#   1. the chart's CRD and ClusterRole are the operator's (scripts/sync-chart-crds.sh --check)
+#   2. the Grafana dashboard parses, matches dashboards/generate.py, and all its PromQL parses (promtool)
+#   3. the alert rules parse and pass their unit tests (promtool check rules / test rules); so do the
+#      PromQL overrides in examples/ and the default query templates of docs/interfaces.md
+#   4. helm lint --strict and helm template of both charts, for the default values and every ci/*.yaml;
+#      invalid values must fail to render
+#   5. on a local kube-apiserver (e2e/controlplane/up.sh): the CRD is installed, then every rendered
+#      manifest and every example passes a server-side dry run with strict field validation, broken
+#      rollouts are rejected, and the operator's RBAC allows what it needs and nothing more
+#      (SubjectAccessReview). ServiceMonitor/PrometheusRule have no CRD there: they are skipped from the
+#      dry run by name and checked by promtool and a structural check instead.
+# Env: HELM (default bin/helm), PROMTOOL (default promtool), KEEP=1 keeps the work dir.
+# Every check runs even after a failure; the exit status says whether any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+HELM=${HELM:-$ROOT/bin/helm}
+PROMTOOL=${PROMTOOL:-promtool}
+KUBE_VERSION=1.34.7
+OP=charts/embedding-rollout-operator
+CE=charts/candle-embedder
+
+failures=()
+section() { printf '\n== %s\n' "$*"; }
+check() { # check DESCRIPTION CMD...: run, record a failure, never stop
+    local what=$1; shift
+    if "$@"; then echo "  ok      $what"; return 0; fi
+    echo "  FAIL    $what"
+    failures+=("$what")
+    return 1
+}
+die() { echo "check-charts: $*" >&2; exit 2; }
+
+[[ -x "$HELM" ]] || die "$HELM not found: run \`make helm\`"
+command -v "$PROMTOOL" >/dev/null || die "promtool not found: run \`make deps\` (Debian package prometheus)"
+python3 -c 'import yaml' 2>/dev/null || die "python3 with PyYAML needed: apt-get install python3-yaml"
+command -v curl >/dev/null || die "curl not found"
+
+work=$(mktemp -d /tmp/charts-check.XXXXXX)
+up_pid=
+cleanup() {
+    if [[ -n "$up_pid" ]]; then
+        kill -TERM "$up_pid" 2>/dev/null || true  # up.sh --foreground stops etcd + kube-apiserver
+        wait "$up_pid" 2>/dev/null || true
+    fi
+    if [[ "${KEEP:-}" == 1 ]]; then echo "check-charts: work dir kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+promtool_rules() { "$PROMTOOL" check rules "$1" >"$work/promtool.out" 2>&1 || { cat "$work/promtool.out"; return 1; }; }
+
+# ---------------------------------------------------------------------------------------------------
+section "1. one source of truth for the CRD and the ClusterRole"
+check "chart crds/ and files/clusterrole.yaml equal crds/ and operator/rbac/clusterrole.yaml" \
+    scripts/sync-chart-crds.sh --check
+
+# ---------------------------------------------------------------------------------------------------
+section "2. Grafana dashboard"
+DASH=$OP/dashboards/candle-vs-mlx.json
+check "dashboard JSON parses" python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$DASH"
+check "dashboard JSON is what dashboards/generate.py prints" \
+    bash -c 'python3 dashboards/generate.py | cmp -s - "$1" || { echo "  run: python3 dashboards/generate.py > $1"; exit 1; }' _ "$DASH"
+check "every dashboard PromQL parses (promtool)" \
+    bash -c 'python3 scripts/extract-promql.py dashboard "$1" > "$2" && "$3" check rules "$2" >/dev/null' _ "$DASH" "$work/dashboard-rules.yaml" "$PROMTOOL"
+
+# ---------------------------------------------------------------------------------------------------
+section "3. alert rules and rollout queries"
+check "alert rules parse (promtool check rules $OP/files/alerts.yaml)" promtool_rules "$OP/files/alerts.yaml"
+check "alert unit tests pass (promtool test rules dashboards/alerts_test.yaml)" \
+    bash -c '"$1" test rules dashboards/alerts_test.yaml >"$2" 2>&1 || { cat "$2"; exit 1; }' _ "$PROMTOOL" "$work/promtool-test.out"
+check "PromQL overrides in examples/ parse" \
+    bash -c 'python3 scripts/extract-promql.py rollouts examples/*.yaml > "$1" && "$2" check rules "$1" >/dev/null' _ "$work/rollout-rules.yaml" "$PROMTOOL"
+check "default query templates in docs/interfaces.md parse" \
+    bash -c 'python3 scripts/extract-promql.py interfaces docs/interfaces.md > "$1" && "$2" check rules "$1" >/dev/null' _ "$work/default-rules.yaml" "$PROMTOOL"
+
+# ---------------------------------------------------------------------------------------------------
+section "4. helm lint and helm template"
+mkdir -p "$work/rendered"
+rendered=()
+# render CHART RELEASE NAMESPACE VALUES|-: writes $work/rendered/<release>.yaml
+render() {
+    local chart=$1 release=$2 ns=$3 values=$4 out="$work/rendered/$2.yaml"
+    local args=(template "$release" "$chart" --namespace "$ns" --kube-version "$KUBE_VERSION" --include-crds)
+    [[ "$values" != - ]] && args+=(--values "$values")
+    "$HELM" "${args[@]}" >"$out" 2>"$out.err" || { cat "$out.err"; return 1; }
+    rendered+=("$out")
+}
+lint() {
+    local chart=$1 values=$2 args=(lint --strict "$1" --kube-version "$KUBE_VERSION")
+    [[ "$values" != - ]] && args+=(--values "$values")
+    "$HELM" "${args[@]}" >"$work/lint.out" 2>&1 || { cat "$work/lint.out"; return 1; }
+}
+declare -A release_ns=()
+for chart in "$OP" "$CE"; do
+    name=$(basename "$chart")
+    ns=embedding-rollout-system; [[ "$chart" == "$CE" ]] && ns=production
+    for values in - "$chart"/ci/*.yaml; do
+        tag=default; [[ "$values" != - ]] && tag=$(basename "$values" -values.yaml)
+        release="$name-$tag"; [[ "$tag" == default ]] && release=$name
+        check "helm lint --strict $name ($tag values)" lint "$chart" "$values"
+        check "helm template $name ($tag values)" render "$chart" "$release" "$ns" "$values"
+        release_ns[$release]=$ns
+    done
+done
+
+# Values that must not render: a chart that silently ignores a typo'd volume type mounts nothing.
+must_fail() { # must_fail CHART --set ...
+    local chart=$1; shift
+    if "$HELM" template x "$chart" "$@" >/dev/null 2>"$work/mustfail.err"; then return 1; fi
+    echo "          ($(grep -o 'modelVolume[^"]*' "$work/mustfail.err" | head -n1))"
+}
+check "candle-embedder rejects modelVolume.type=bogus" must_fail "$CE" --set modelVolume.type=bogus
+check "candle-embedder rejects a PVC model volume without claimName" must_fail "$CE" --set modelVolume.type=persistentVolumeClaim
+check "candle-embedder rejects an init model volume without image" must_fail "$CE" --set modelVolume.type=init
+
+# What the charts promise, read from the rendered defaults.
+check "operator: 2 replicas, --leader-elect, probes /healthz and /readyz, hardened securityContext" \
+    python3 - "$work/rendered/embedding-rollout-operator.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+c = dep["spec"]["template"]["spec"]["containers"][0]
+sc, psc = c["securityContext"], dep["spec"]["template"]["spec"]["securityContext"]
+problems = [msg for ok, msg in [
+    (dep["spec"]["replicas"] == 2, "replicas != 2"),
+    ("--leader-elect" in c["args"], "no --leader-elect"),
+    (c["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness not /healthz"),
+    (c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness not /readyz"),
+    (psc.get("runAsNonRoot") and sc.get("runAsNonRoot"), "not runAsNonRoot"),
+    (sc.get("readOnlyRootFilesystem") is True, "root filesystem writable"),
+    (sc.get("allowPrivilegeEscalation") is False, "privilege escalation allowed"),
+    (sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities not dropped"),
+    (sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "no RuntimeDefault seccomp"),
+    ("requests" in c["resources"] and "limits" in c["resources"], "no resources"),
+    (any(d["kind"] == "CustomResourceDefinition" for d in docs), "no CRD in the chart"),
+    (any(d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1" for d in docs),
+     "no dashboard ConfigMap labelled grafana_dashboard=1"),
+] if not ok]
+print("\n".join("          " + p for p in problems))
+sys.exit(1 if problems else 0)
+PY
+check "candle-embedder: HPA 2-10 at 70 % CPU, requests 1 CPU/2Gi, limits 2 CPU/4Gi, probes, scrape annotations" \
+    python3 - "$work/rendered/candle-embedder.yaml" <<'PY'
+import sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
+dep, hpa = docs["Deployment"], docs["HorizontalPodAutoscaler"]
+pod = dep["spec"]["template"]
+c = pod["spec"]["containers"][0]
+cpu = hpa["spec"]["metrics"][0]["resource"]
+problems = [msg for ok, msg in [
+    (hpa["apiVersion"] == "autoscaling/v2", "HPA is not autoscaling/v2"),
+    ((hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10), "HPA not 2-10"),
+    (cpu["name"] == "cpu" and cpu["target"]["averageUtilization"] == 70, "HPA not 70 % CPU"),
+    ("replicas" not in dep["spec"], "Deployment sets replicas although the HPA owns them"),
+    (c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+     f"resources {c['resources']}"),
+    (c["livenessProbe"]["httpGet"]["path"] == "/health/live", "liveness not /health/live"),
+    (c["readinessProbe"]["httpGet"]["path"] == "/health/ready", "readiness not /health/ready"),
+    (pod["metadata"]["annotations"].get("prometheus.io/scrape") == "true", "no prometheus.io/scrape"),
+    ("--models=/etc/candle/models.yaml" in c["args"], "models file not passed"),
+    ("ConfigMap" in docs, "no models ConfigMap"),
+    (c["securityContext"].get("readOnlyRootFilesystem") is True, "root filesystem writable"),
+] if not ok]
+print("\n".join("          " + p for p in problems))
+sys.exit(1 if problems else 0)
+PY
+
+# PrometheusRule and ServiceMonitor: no CRD on the test API server, so check them here.
+check "rendered PrometheusRule is files/alerts.yaml and its rules parse (promtool)" \
+    bash -c 'python3 scripts/extract-promql.py prometheusrule "$1" > "$2" \
+      && python3 -c "import sys,yaml; sys.exit(yaml.safe_load(open(sys.argv[1])) != yaml.safe_load(open(sys.argv[2])))" "$2" "$3" \
+      && "$4" check rules "$2" >/dev/null' _ "$work/rendered/embedding-rollout-operator-all-on.yaml" "$work/prometheusrule.yaml" "$OP/files/alerts.yaml" "$PROMTOOL"
+check "every rendered ServiceMonitor selects a rendered Service and scrapes a named port of it" \
+    python3 - "${rendered[@]}" <<'PY'
+import sys, yaml
+problems, seen = [], 0
+for f in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    services = [d for d in docs if d["kind"] == "Service"]
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        seen += 1
+        sel = sm["spec"]["selector"]["matchLabels"]
+        match = [s for s in services if sel.items() <= s["metadata"].get("labels", {}).items()
+                 and s["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]]
+        ports = {p.get("name") for s in match for p in s["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            if not match:
+                problems.append(f"{f}: ServiceMonitor {sm['metadata']['name']} selects no Service")
+            elif ep["port"] not in ports:
+                problems.append(f"{f}: ServiceMonitor port {ep['port']} not in {ports}")
+print("\n".join("          " + p for p in problems) or f"          {seen} ServiceMonitors")
+sys.exit(1 if problems or not seen else 0)
+PY
+
+# ---------------------------------------------------------------------------------------------------
+section "5. server-side dry run on a local kube-apiserver"
+cp_dir="$work/controlplane"
+start_controlplane() {
+    bash e2e/controlplane/up.sh --foreground "$cp_dir" >"$work/up.log" 2>&1 &
+    up_pid=$!
+    for _ in $(seq 600); do
+        [[ -s "$cp_dir/controlplane.env" ]] && break
+        kill -0 "$up_pid" 2>/dev/null || { cat "$work/up.log"; up_pid=; return 1; }
+        sleep 0.2
+    done
+    [[ -s "$cp_dir/controlplane.env" ]] || { cat "$work/up.log"; return 1; }
+    set -a; source "$cp_dir/controlplane.env"; set +a
+    grep 'ready at' "$work/up.log" | sed 's/^/          /'
+}
+kdr() { python3 scripts/kube-dry-run.py "$@"; }
+
+if ! check "local control plane up (e2e/controlplane/up.sh)" start_controlplane; then
+    echo "  (no API server: run \`make controlplane\`; the dry-run checks could not run)"
+else
+    # What helm would install first: the chart's crds/ directory, for real.
+    shopt -s nullglob
+    chart_crds=("$OP"/crds/*.yaml)
+    shopt -u nullglob
+    if ((${#chart_crds[@]})); then
+        check "chart CRDs created" kdr create "${chart_crds[@]}"
+        check "CRD embeddingrollouts.rollout.akidb.io established" kdr wait-crd embeddingrollouts.rollout.akidb.io
+    else
+        echo "  FAIL    $OP/crds/ is empty (run make crds && scripts/sync-chart-crds.sh)"; failures+=("chart CRD")
+    fi
+    # Namespaces the manifests live in (the dry run of a namespaced object needs its namespace).
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n---\n' \
+        embedding-rollout-system production monitoring demo > "$work/namespaces.yaml"
+    check "namespaces created" kdr create "$work/namespaces.yaml"
+
+    for f in "${rendered[@]}"; do
+        check "dry run: $(basename "$f" .yaml) (helm template)" \
+            kdr dry-run --skip-kind ServiceMonitor --skip-kind PrometheusRule "$f"
+    done
+    for f in examples/*.yaml; do
+        # The demo objects carry no namespace (the demo picks one); the others say production.
+        check "dry run: $f" kdr dry-run --namespace demo "$f"
+    done
+
+    # The dry run must really validate: objects that break the CRD's rules are rejected.
+    cat > "$work/broken-rollouts.yaml" <<'YAML'
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata: {name: weights-not-increasing, namespace: production}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  steps: [{weight: 50, duration: 1h}, {weight: 10, duration: 1h}, {weight: 100, duration: 1h}]
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata: {name: last-step-not-100, namespace: production}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  steps: [{weight: 1, duration: 1h}, {weight: 50, duration: 1h}]
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata: {name: typo-in-field, namespace: production}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0, replcas: 2}
+  ingress: {name: akidb-ingress}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata: {name: error-rate-above-one, namespace: production}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  analysis: {gates: {maxErrorRate: 5}}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata: {name: no-candidate-image, namespace: production}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {replicas: 2}
+  ingress: {name: akidb-ingress}
+YAML
+    check "broken rollouts are rejected by the API server" kdr expect-reject "$work/broken-rollouts.yaml"
+
+    # RBAC for real, then ask the API server what the operator's service account may do.
+    rbac_only() { # keep ServiceAccount/Role*/ClusterRole* documents of a rendered file
+        python3 -c 'import sys,yaml; docs=[d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] in ("ServiceAccount","Role","RoleBinding","ClusterRole","ClusterRoleBinding")]; yaml.safe_dump_all(docs, sys.stdout)' "$1"
+    }
+    rbac_only "$work/rendered/embedding-rollout-operator.yaml" > "$work/rbac-cluster.yaml"
+    rbac_only "$work/rendered/embedding-rollout-operator-namespaced.yaml" > "$work/rbac-namespaced.yaml"
+    check "operator RBAC created (cluster-wide and single-namespace releases)" \
+        kdr create "$work/rbac-cluster.yaml" "$work/rbac-namespaced.yaml"
+    sa=system:serviceaccount:embedding-rollout-system:embedding-rollout-operator
+    # What the operator does (docs/interfaces.md: "Objects the operator writes"), in any namespace.
+    needs=(
+        "watch embeddingrollouts.rollout.akidb.io" "list embeddingrollouts.rollout.akidb.io"
+        "patch embeddingrollouts.rollout.akidb.io production candle-v1"
+        "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
+        "get deployments.apps production akidb-mlx" "patch deployments.apps production akidb-mlx"
+        "create deployments.apps production" "watch deployments.apps"
+        "create services production" "get services production akidb-mlx"
+        "create configmaps production" "patch configmaps production akidb-candle-models"
+        "create ingresses.networking.k8s.io production" "patch ingresses.networking.k8s.io production akidb-ingress"
+        "delete ingresses.networking.k8s.io production akidb-ingress-canary"
+        "create events production"
+        "get leases.coordination.k8s.io embedding-rollout-system embedding-rollout-operator"
+        "update leases.coordination.k8s.io embedding-rollout-system embedding-rollout-operator"
+        "create leases.coordination.k8s.io embedding-rollout-system"
+    )
+    # What it must not be able to do.
+    forbidden=(
+        "get secrets production" "list secrets" "create pods/exec production"
+        "delete namespaces - production" "create clusterrolebindings.rbac.authorization.k8s.io"
+        "create customresourcedefinitions.apiextensions.k8s.io"
+        "update leases.coordination.k8s.io kube-system kube-controller-manager"
+        "update leases.coordination.k8s.io embedding-rollout-system some-other-lease"
+        "delete embeddingrollouts.rollout.akidb.io production candle-v1"
+    )
+    check "operator service account may do what the operator needs" kdr access --user "$sa" --allow "${needs[@]}"
+    check "operator service account may not do anything else checked" kdr access --user "$sa" --deny "${forbidden[@]}"
+    nsa=system:serviceaccount:embedding-rollout-system:rollout-operator
+    check "single-namespace release: allowed in production" kdr access --user "$nsa" --allow \
+        "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
+    check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
+        "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+section "summary"
+if ((${#failures[@]})); then
+    printf '  FAILED: %s\n' "${failures[@]}"
+    exit 1
+fi
+echo "  all chart checks passed"
