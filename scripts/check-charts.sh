@@ -9,7 +9,7 @@
 #   5. on a local kube-apiserver (e2e/controlplane/up.sh): the CRD is installed, then every rendered
 #      manifest and every example passes a server-side dry run with strict field validation, broken
 #      rollouts are rejected, and the operator's RBAC allows what it needs and nothing more
-#      (SubjectAccessReview). ServiceMonitor/PrometheusRule have no CRD there: they are skipped from the
+#      (SubjectAccessReview). ServiceMonitor/PodMonitor/PrometheusRule have no CRD there: they are skipped from the
 #      dry run by name and checked by promtool and a structural check instead.
 # Env: HELM (default bin/helm), PROMTOOL (default promtool), KEEP=1 keeps the work dir.
 # Every check runs even after a failure; the exit status says whether any failed.
@@ -232,7 +232,7 @@ else
 
     for f in "${rendered[@]}"; do
         check "dry run: $(basename "$f" .yaml) (helm template)" \
-            kdr dry-run --skip-kind ServiceMonitor --skip-kind PrometheusRule "$f"
+            kdr dry-run --skip-kind ServiceMonitor --skip-kind PodMonitor --skip-kind PrometheusRule "$f"
     done
     for f in examples/*.yaml; do
         # The demo objects carry no namespace (the demo picks one); the others say production.
