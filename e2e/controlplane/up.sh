@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Starts a local control plane for tests and demos: etcd + kube-apiserver on 127.0.0.1, TLS with a fresh CA,
+# a static token file (admin in system:masters, dev with no RBAC), RBAC authorization, service-account
+# signing keys (the TokenRequest API works). Waits for /readyz and writes WORKDIR/kubeconfig with the
+# contexts `admin` and `dev`. TEST HARNESS: there is no scheduler, controller-manager or kubelet.
+#
+#   up.sh [--foreground] [WORKDIR]       (WORKDIR defaults to $W, else a new /tmp/cp.XXXXXX)
+#
+# Default: the servers keep running after up.sh exits; stop them with `down.sh WORKDIR`.
+# --foreground: up.sh stays in the foreground and stops both servers on SIGTERM/SIGINT or when it exits;
+# the servers also die with it if it is killed (setpriv --pdeathsig). The Rust harness uses this mode.
+#
+# Env: ETCD_PORT, ETCD_PEER_PORT, APISERVER_PORT (default: free ports), BIN (default: ./bin),
+# EXTRA_TOKENS_CSV (a file of extra `token,user,uid,"group1,group2"` lines for the static token file).
+# Output: the last line on stdout is `KUBECONFIG=<path>`; WORKDIR/controlplane.env has the ports, URL and
+# tokens; logs are WORKDIR/etcd.log and WORKDIR/apiserver.log.
+set -euo pipefail
+CP=$(cd "$(dirname "$0")" && pwd)
+BIN=${BIN:-$CP/bin}
+
+foreground=
+if [ "${1:-}" = --foreground ]; then foreground=1; shift; fi
+W=${1:-${W:-}}
+[ -n "$W" ] || W=$(mktemp -d /tmp/cp.XXXXXX)
+mkdir -p "$W"
+W=$(cd "$W" && pwd)
+
+die() { echo "up.sh: $*" >&2; exit 1; }
+for b in etcd kube-apiserver; do
+  [ -x "$BIN/$b" ] || die "$BIN/$b is missing: run \`make controlplane\` first (builds it from Go modules)"
+done
+for tool in openssl curl; do command -v "$tool" >/dev/null || die "'$tool' not found: run \`make deps\`"; done
+if [ -e "$W/etcd.pid" ] && kill -0 "$(cat "$W/etcd.pid")" 2>/dev/null; then
+  die "a control plane already runs in $W (stop it with down.sh $W)"
+fi
+
+# A port the kernel hands out for an ephemeral bind is free right now; the servers bind it moments later.
+free_port() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  else
+    local p
+    while :; do
+      p=$(( 20000 + RANDOM % 40000 ))
+      (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+  fi
+}
+ETCD_PORT=${ETCD_PORT:-$(free_port)}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-$(free_port)}
+APISERVER_PORT=${APISERVER_PORT:-$(free_port)}
+start_ns=$(date +%s%N)
+
+# --- certificates, keys and tokens ---------------------------------------------------------------------
+cd "$W"
+rm -rf etcd pki controlplane.env
+openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=e2e-ca -keyout ca.key -out ca.crt \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > san.ext
+openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 -extfile san.ext \
+  -out apiserver.crt 2>/dev/null
+openssl genrsa -out sa.key 2048 2>/dev/null
+openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+ADMIN_TOKEN=$(openssl rand -hex 24)
+DEV_TOKEN=$(openssl rand -hex 24)
+{
+  printf '%s,e2e-admin,uid-e2e-admin,"system:masters"\n' "$ADMIN_TOKEN"
+  printf '%s,e2e-dev,uid-e2e-dev,"e2e-devs"\n' "$DEV_TOKEN"
+  if [ -n "${EXTRA_TOKENS_CSV:-}" ]; then cat "$EXTRA_TOKENS_CSV"; fi
+} > tokens.csv
+chmod 600 ./*.key tokens.csv
+
+# --- servers -------------------------------------------------------------------------------------------
+pids=()
+stop_servers() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  rm -f "$W/etcd.pid" "$W/apiserver.pid" "$W/controlplane.env"
+}
+launch() { # launch NAME LOG CMD...: background process, pid in $W/NAME.pid
+  local name=$1 log=$2; shift 2
+  if [ -n "$foreground" ]; then
+    setpriv --pdeathsig KILL -- "$@" >"$log" 2>&1 &
+  else
+    setsid "$@" >"$log" 2>&1 < /dev/null &
+  fi
+  echo $! > "$W/$name.pid"
+  pids+=("$!")
+}
+if [ -n "$foreground" ]; then trap 'stop_servers; exit 0' TERM INT; trap stop_servers EXIT; fi
+fail() {
+  echo "up.sh: $1; last lines of $2:" >&2
+  tail -n 40 "$2" >&2 || true
+  stop_servers
+  exit 1
+}
+
+launch etcd "$W/etcd.log" "$BIN/etcd" --name=e2e --data-dir="$W/etcd" --log-level=warn \
+  --unsafe-no-fsync=true \
+  --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster="e2e=http://127.0.0.1:$ETCD_PEER_PORT"
+ok=
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && { ok=1; break; }
+  kill -0 "${pids[0]}" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$ok" ] || fail "etcd did not become healthy on 127.0.0.1:$ETCD_PORT" "$W/etcd.log"
+
+# ServiceAccount admission is off: without controller-manager no namespace gets a `default` SA, and the
+# plugin would reject every Pod. Service accounts created by hand still authenticate (TokenRequest).
+launch apiserver "$W/apiserver.log" "$BIN/kube-apiserver" \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+  --cert-dir="$W/pki" --tls-cert-file="$W/apiserver.crt" --tls-private-key-file="$W/apiserver.key" \
+  --token-auth-file="$W/tokens.csv" --authorization-mode=RBAC \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$W/sa.pub" --service-account-signing-key-file="$W/sa.key" \
+  --service-cluster-ip-range=10.0.0.0/24 \
+  --disable-admission-plugins=ServiceAccount --allow-privileged=true --profiling=false
+
+ok=
+for _ in $(seq 600); do
+  if curl -fsS --cacert "$W/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
+       "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then ok=1; break; fi
+  kill -0 "${pids[1]}" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$ok" ] || fail "kube-apiserver did not become ready on 127.0.0.1:$APISERVER_PORT" "$W/apiserver.log"
+ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+
+API_URL="https://127.0.0.1:$APISERVER_PORT"
+cat > "$W/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {server: "$API_URL", certificate-authority: "$W/ca.crt"}
+users:
+- name: admin
+  user: {token: "$ADMIN_TOKEN"}
+- name: dev
+  user: {token: "$DEV_TOKEN"}
+contexts:
+- name: admin
+  context: {cluster: e2e, user: admin}
+- name: dev
+  context: {cluster: e2e, user: dev}
+current-context: admin
+KC
+chmod 600 "$W/kubeconfig"
+# Written last and renamed into place: its presence means "ready" to the Rust harness.
+cat > "$W/controlplane.env.tmp" <<ENV
+API_URL=$API_URL
+APISERVER_PORT=$APISERVER_PORT
+ETCD_PORT=$ETCD_PORT
+ETCD_PEER_PORT=$ETCD_PEER_PORT
+CA_FILE=$W/ca.crt
+ADMIN_TOKEN=$ADMIN_TOKEN
+DEV_TOKEN=$DEV_TOKEN
+KUBECONFIG=$W/kubeconfig
+ENV
+mv "$W/controlplane.env.tmp" "$W/controlplane.env"
+echo "up.sh: kube-apiserver ready at $API_URL in ${ready_ms} ms (etcd 127.0.0.1:$ETCD_PORT; logs in $W)" >&2
+echo "KUBECONFIG=$W/kubeconfig"
+
+if [ -n "$foreground" ]; then
+  # Stay until told to stop (trap above) or until a server dies.
+  wait -n "${pids[@]}" || true
+  echo "up.sh: a control-plane process exited; stopping the other (see $W/*.log)" >&2
+  exit 1
+fi
