@@ -1,0 +1,694 @@
+//! The `EmbeddingRollout` custom resource (`rollout.akidb.io/v1alpha1`).
+//!
+//! Defaults live twice on purpose: as serde defaults (so the operator decodes objects that were
+//! created before a field existed) and in the schema (so the API server fills them in and
+//! `kubectl get -o yaml` shows the effective value).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::GoDuration;
+
+pub const GROUP: &str = "rollout.akidb.io";
+pub const VERSION: &str = "v1alpha1";
+/// Annotation carrying a one-shot manual command; the operator clears it after acting.
+pub const COMMAND_ANNOTATION: &str = "rollout.akidb.io/command";
+/// Finalizer that keeps the primary Ingress on a live Service when the rollout is deleted.
+pub const FINALIZER: &str = "rollout.akidb.io/finalizer";
+/// Annotation the operator puts on the candidate Deployment: the candidate spec hash it was built from.
+pub const CANDIDATE_HASH_ANNOTATION: &str = "rollout.akidb.io/candidate-hash";
+/// Label on every object the operator creates, value = rollout name.
+pub const ROLLOUT_LABEL: &str = "rollout.akidb.io/rollout";
+/// How many analyses `status.history` keeps (newest last).
+pub const HISTORY_LIMIT: usize = 10;
+
+/// Moves embedding traffic from a baseline service to a candidate, step by step, behind go/no-go gates.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "rollout.akidb.io",
+    version = "v1alpha1",
+    kind = "EmbeddingRollout",
+    namespaced,
+    status = "EmbeddingRolloutStatus",
+    shortname = "erollout",
+    derive = "PartialEq",
+    doc = "Moves embedding traffic from a baseline service to a candidate through nginx canary weights, behind Prometheus go/no-go gates, with automatic promotion and rollback.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStep"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.currentWeight"),
+    printcolumn(name = "Candidate", type_ = "string", json_path = ".spec.candidate.image"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingRolloutSpec {
+    /// The existing service traffic moves away from.
+    pub baseline: BaselineSpec,
+    /// What the operator deploys and moves traffic to.
+    pub candidate: CandidateSpec,
+    /// The primary Ingress (routes to the baseline Service).
+    pub ingress: IngressSpec,
+    /// Traffic steps. Weights strictly increasing, each 1..100, the last one 100.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(s, s.weight >= 1 && s.weight <= 100)", "message": "every step weight must be between 1 and 100"},
+        {"rule": "self.map(s, s.weight).isSorted() && self.all(a, self.exists_one(b, b.weight == a.weight))", "message": "step weights must be strictly increasing"},
+        {"rule": "self[size(self) - 1].weight == 100", "message": "the last step must have weight 100"}
+    ]))]
+    pub steps: Vec<Step>,
+    /// How each step is judged.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    /// What happens after the last step.
+    #[serde(default)]
+    pub promotion: PromotionSpec,
+    /// A rollback must finish within this; if it does not, the operator keeps trying and sets the
+    /// `RollbackDeadlineExceeded` condition.
+    #[serde(default = "default_rollback_deadline")]
+    pub rollback_deadline: GoDuration,
+    /// Holds the rollout at its current weight (analysis and rollback triggers keep running).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// The existing service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSpec {
+    /// Existing Deployment of the baseline.
+    #[schemars(length(min = 1))]
+    pub deployment: String,
+    /// Existing Service the primary Ingress points at.
+    #[schemars(length(min = 1))]
+    pub service: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Value of the `service` label on the baseline's metrics.
+    #[serde(default = "default_baseline_metrics_service")]
+    pub metrics_service: String,
+    /// Replicas kept after cutover (a warm standby for a fast rollback).
+    #[serde(default = "default_standby_replicas")]
+    #[schemars(range(min = 0))]
+    pub standby_replicas: i32,
+    /// Replicas to restore on rollback; default: what the baseline had when the rollout started
+    /// (recorded in `status.baselineReplicasAtStart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
+}
+
+/// The candidate the operator deploys (Deployment + Service `name`, owned by the rollout).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateSpec {
+    /// Deployment and Service name; default `<rollout>-candle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Container image. Changing it (or any other pod field here) restarts the rollout from step 0.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Replicas during the canary steps below 100 %.
+    #[serde(default = "default_candidate_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    /// Replicas at 100 % and after promotion; default = `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub full_replicas: Option<i32>,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Extra container arguments, e.g. `--chaos-latency-ms=40`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Container environment.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Optional models file (YAML); mounted from ConfigMap `<name>-models` at /etc/candle/models.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<String>,
+    /// Value of the `service` label on the candidate's metrics.
+    #[serde(default = "default_candidate_metrics_service")]
+    pub metrics_service: String,
+    /// Not available by then: phase Failed, traffic untouched.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: GoDuration,
+}
+
+/// The primary Ingress; the canary is `<name>-canary`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// One traffic step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Percent of traffic on the candidate, 1..100.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: u8,
+    /// Minimum soak at this weight before the next step (needs a passing analysis too).
+    pub duration: GoDuration,
+}
+
+/// When and how to judge the candidate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Time between analyses.
+    #[serde(default = "default_interval")]
+    pub interval: GoDuration,
+    /// PromQL range of each query.
+    #[serde(default = "default_window")]
+    pub window: GoDuration,
+    #[serde(default)]
+    pub prometheus: PrometheusSpec,
+    #[serde(default)]
+    pub gates: Gates,
+    #[serde(default)]
+    pub rollback_triggers: RollbackTriggers,
+    /// Consecutive failing analyses that roll back.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1))]
+    pub failure_limit: u32,
+    /// What an analysis without data (or with Prometheus unreachable) counts as.
+    #[serde(default)]
+    pub no_data_policy: NoDataPolicy,
+    /// Optional PromQL template overrides.
+    #[serde(default)]
+    pub queries: QueryOverrides,
+}
+
+/// Where Prometheus is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSpec {
+    #[serde(default = "default_prometheus_address")]
+    #[schemars(regex(pattern = r"^https?://.+"))]
+    pub address: String,
+}
+
+/// Go/no-go gates of one analysis. See operator/README.md for exact threshold semantics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.maxP95Ms > 0.0", "message": "gates.maxP95Ms must be positive"},
+    {"rule": "self.maxP95OverBaselineMs > 0.0", "message": "gates.maxP95OverBaselineMs must be positive"},
+    {"rule": "self.maxErrorRate > 0.0 && self.maxErrorRate <= 1.0", "message": "gates.maxErrorRate must be in (0, 1]"}
+]))]
+pub struct Gates {
+    /// Candidate P95 must be strictly below this (seed: "P95 < 35ms").
+    #[serde(default = "default_max_p95_ms")]
+    pub max_p95_ms: f64,
+    /// Candidate P95 must be at most baseline P95 + this (seed: "<= MLX + 5ms").
+    #[serde(default = "default_max_p95_over_baseline_ms")]
+    pub max_p95_over_baseline_ms: f64,
+    /// Candidate error rate (errors / requests) must be strictly below this (seed: "< 0.5%").
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// The candidate's circuit breaker must have stayed closed over the window.
+    #[serde(default = "default_true")]
+    pub require_breaker_closed: bool,
+    /// Fewer candidate requests than this in the window: the analysis cannot pass (Inconclusive).
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 0))]
+    pub min_requests: u64,
+}
+
+/// Conditions that roll back regardless of `failureLimit`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.p95Ms > 0.0", "message": "rollbackTriggers.p95Ms must be positive"},
+    {"rule": "self.errorRate > 0.0 && self.errorRate <= 1.0", "message": "rollbackTriggers.errorRate must be in (0, 1]"}
+]))]
+pub struct RollbackTriggers {
+    /// Candidate P95 strictly above this for `p95SustainedFor` rolls back.
+    #[serde(default = "default_trigger_p95_ms")]
+    pub p95_ms: f64,
+    #[serde(default = "default_p95_sustained_for")]
+    pub p95_sustained_for: GoDuration,
+    /// Candidate error rate strictly above this rolls back at once.
+    #[serde(default = "default_trigger_error_rate")]
+    pub error_rate: f64,
+}
+
+/// What an Inconclusive analysis (no data, Prometheus errors, NaN) counts as.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum NoDataPolicy {
+    /// Hold the step: neither a pass nor a failure.
+    #[default]
+    Hold,
+    /// Count it as a failure towards `failureLimit`.
+    Fail,
+}
+
+/// PromQL template overrides; placeholders `{{service}}`, `{{window}}`, `{{quantile}}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+}
+
+/// After the last step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionSpec {
+    /// Promote by itself after the last step passed; false waits for `promote`/`promote-full`.
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    /// After this soak in Promoted, scale the baseline to 0 (phase Decommissioned). Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommission_after: Option<GoDuration>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status: everything the state machine needs lives here, so a restarted operator continues.
+// ---------------------------------------------------------------------------------------------
+
+/// Observed state of the rollout; written once per reconcile.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingRolloutStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// Index into `spec.steps`.
+    #[serde(default)]
+    pub current_step: u32,
+    /// Canary weight the operator has set (0 before the first step and after rollback).
+    #[serde(default)]
+    pub current_weight: u8,
+    /// When `currentWeight` was applied for the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// When the current phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started_at: Option<DateTime<Utc>>,
+    /// Since when the operator waits for the candidate to become available/scaled (progress deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisRecord>,
+    /// The last analyses, newest last (bounded).
+    #[serde(default)]
+    pub history: Vec<AnalysisRecord>,
+    /// Failing analyses in a row (Inconclusive counts only with `noDataPolicy: Fail`).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// First failing analysis of the current streak (for the "rolled back N s after the first
+    /// failing check" measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failure_at: Option<DateTime<Utc>>,
+    /// Since when the candidate P95 is above `rollbackTriggers.p95Ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_breach_since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+    /// Pause set by the `pause` command (independent of `spec.paused`).
+    #[serde(default)]
+    pub manual_pause: bool,
+    /// The command annotation value already acted on; a stale read of the same annotation (before
+    /// the clear is observed) is not applied twice. Reset when the annotation is seen absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_command: Option<String>,
+    /// When the rollout reached Promoted (decommission timer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub conditions: Vec<RolloutCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Candidate image of the rollout in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_image: Option<String>,
+    /// Hash of the candidate pod fields of the rollout in flight; a different spec hash restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_hash: Option<String>,
+    /// Baseline `spec.replicas` when the rollout started (restored on rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_replicas_at_start: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Lifecycle of a rollout; see the state diagram in operator/README.md.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum Phase {
+    /// Not started yet.
+    #[default]
+    Pending,
+    /// Candidate being deployed; no traffic.
+    Deploying,
+    /// Stepping through the weights with analysis.
+    Progressing,
+    /// Held at the current weight (analysis and rollback triggers keep running).
+    Paused,
+    /// Last step passed: scaling the candidate up, switching the primary Ingress, retiring the canary.
+    Promoting,
+    /// All traffic on the candidate through the primary Ingress; baseline on standby.
+    Promoted,
+    /// Promoted and the baseline scaled to 0 after `decommissionAfter`.
+    Decommissioned,
+    /// Returning all traffic to the baseline.
+    RollingBack,
+    /// All traffic back on the baseline; `status.rollback` says why and how long it took.
+    RolledBack,
+    /// Candidate never became available; traffic untouched.
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Deploying => "Deploying",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Promoting => "Promoting",
+            Phase::Promoted => "Promoted",
+            Phase::Decommissioned => "Decommissioned",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::Deploying,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoting,
+        Phase::Promoted,
+        Phase::Decommissioned,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Result of one analysis.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "Pass",
+            Verdict::Fail => "Fail",
+            Verdict::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+/// Circuit breaker state as exported by the embedder (0 closed, 1 open, 2 half-open).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// One analysis: what was measured and what it meant. Non-finite measurements are stored as absent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRecord {
+    pub time: DateTime<Utc>,
+    /// Step index and weight the analysis was taken at.
+    pub step: u32,
+    pub weight: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_p95_ms: Option<f64>,
+    /// Candidate errors / requests over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_error_rate: Option<f64>,
+    /// Worst candidate breaker state over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_state: Option<BreakerState>,
+    /// Candidate requests over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_count: Option<f64>,
+    pub verdict: Verdict,
+    /// Human-readable reason for every gate that did not pass (and for skipped gates).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+/// Why and how fast traffic went back to the baseline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    pub reason: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// completedAt - startedAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// First failing check of the streak that caused the rollback (absent for manual aborts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failure_at: Option<DateTime<Utc>>,
+    /// completedAt - firstFailureAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_since_first_failure: Option<f64>,
+    /// Phase the rollback started from.
+    pub from_phase: Phase,
+}
+
+/// A standard-shaped condition (type, status, reason, message, lastTransitionTime).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers on the spec.
+// ---------------------------------------------------------------------------------------------
+
+impl EmbeddingRollout {
+    /// Candidate Deployment/Service name: `spec.candidate.name` or `<rollout>-candle`.
+    pub fn candidate_name(&self) -> String {
+        self.spec
+            .candidate
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-candle", self.metadata.name.as_deref().unwrap_or("")))
+    }
+}
+
+impl IngressSpec {
+    /// Name of the canary Ingress the operator owns.
+    pub fn canary_name(&self) -> String {
+        format!("{}-canary", self.name)
+    }
+}
+
+impl CandidateSpec {
+    /// Replicas at 100 % and after promotion.
+    pub fn full_replicas(&self) -> i32 {
+        self.full_replicas.unwrap_or(self.replicas)
+    }
+
+    /// Stable hash (FNV-1a 64, hex) of every field that ends up in the candidate's pod template.
+    /// A change of this hash mid-rollout restarts the rollout from step 0. Replica counts,
+    /// metricsService and progressDeadline are not pod fields and do not restart anything.
+    pub fn pod_hash(&self) -> String {
+        let pod_fields = serde_json::json!({
+            "image": self.image,
+            "port": self.port,
+            "args": self.args,
+            "env": self.env,
+            "resources": self.resources,
+            "models": self.models,
+        });
+        // serde_json's default map is ordered, so the serialisation (and the hash) is stable.
+        let bytes = serde_json::to_vec(&pod_fields).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            window: default_window(),
+            prometheus: PrometheusSpec::default(),
+            gates: Gates::default(),
+            rollback_triggers: RollbackTriggers::default(),
+            failure_limit: default_failure_limit(),
+            no_data_policy: NoDataPolicy::default(),
+            queries: QueryOverrides::default(),
+        }
+    }
+}
+
+impl Default for PrometheusSpec {
+    fn default() -> Self {
+        Self {
+            address: default_prometheus_address(),
+        }
+    }
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            max_p95_ms: default_max_p95_ms(),
+            max_p95_over_baseline_ms: default_max_p95_over_baseline_ms(),
+            max_error_rate: default_max_error_rate(),
+            require_breaker_closed: true,
+            min_requests: default_min_requests(),
+        }
+    }
+}
+
+impl Default for RollbackTriggers {
+    fn default() -> Self {
+        Self {
+            p95_ms: default_trigger_p95_ms(),
+            p95_sustained_for: default_p95_sustained_for(),
+            error_rate: default_trigger_error_rate(),
+        }
+    }
+}
+
+impl Default for PromotionSpec {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            decommission_after: None,
+        }
+    }
+}
+
+/// Labels the operator puts on the candidate's objects.
+pub fn candidate_labels(rollout: &str, candidate: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), candidate.to_string()),
+        (ROLLOUT_LABEL.to_string(), rollout.to_string()),
+    ])
+}
+
+// Default values (shared by serde and the schema).
+
+/// The seed's plan: 1 % for 48 h, 10 % for 48 h, 50 % for 72 h, 100 % for 7 days.
+pub fn default_steps() -> Vec<Step> {
+    [(1, "48h"), (10, "48h"), (50, "72h"), (100, "7d")]
+        .into_iter()
+        .map(|(weight, d)| Step {
+            weight,
+            duration: GoDuration::from(d),
+        })
+        .collect()
+}
+fn default_rollback_deadline() -> GoDuration {
+    "5m".into()
+}
+fn default_port() -> i32 {
+    8080
+}
+fn default_baseline_metrics_service() -> String {
+    "mlx".into()
+}
+fn default_candidate_metrics_service() -> String {
+    "candle".into()
+}
+fn default_standby_replicas() -> i32 {
+    2
+}
+fn default_candidate_replicas() -> i32 {
+    2
+}
+fn default_progress_deadline() -> GoDuration {
+    "10m".into()
+}
+fn default_interval() -> GoDuration {
+    "1m".into()
+}
+fn default_window() -> GoDuration {
+    "5m".into()
+}
+fn default_prometheus_address() -> String {
+    "http://prometheus.monitoring:9090".into()
+}
+fn default_max_p95_ms() -> f64 {
+    35.0
+}
+fn default_max_p95_over_baseline_ms() -> f64 {
+    5.0
+}
+fn default_max_error_rate() -> f64 {
+    0.005
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_requests() -> u64 {
+    100
+}
+fn default_failure_limit() -> u32 {
+    3
+}
+fn default_trigger_p95_ms() -> f64 {
+    50.0
+}
+fn default_p95_sustained_for() -> GoDuration {
+    "5m".into()
+}
+fn default_trigger_error_rate() -> f64 {
+    0.01
+}
+
+/// The CRD as YAML, exactly as committed in `crds/embeddingrollouts.rollout.akidb.io.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&EmbeddingRollout::crd()).expect("the CRD serialises to YAML")
+}
