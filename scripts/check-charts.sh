@@ -110,7 +110,7 @@ done
 must_fail() { # must_fail CHART --set ...
     local chart=$1; shift
     if "$HELM" template x "$chart" "$@" >/dev/null 2>"$work/mustfail.err"; then return 1; fi
-    echo "          ($(grep -o 'modelVolume[^"]*' "$work/mustfail.err" | head -n1))"
+    echo "          ($(grep -o 'modelVolume.*' "$work/mustfail.err" | head -n1))"
 }
 check "candle-embedder rejects modelVolume.type=bogus" must_fail "$CE" --set modelVolume.type=bogus
 check "candle-embedder rejects a PVC model volume without claimName" must_fail "$CE" --set modelVolume.type=persistentVolumeClaim
@@ -243,7 +243,10 @@ else
     cat > "$work/broken-rollouts.yaml" <<'YAML'
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
-metadata: {name: weights-not-increasing, namespace: production}
+metadata:
+  name: weights-not-increasing
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "step weights must be strictly increasing"}
 spec:
   baseline: {deployment: akidb-mlx, service: akidb-mlx}
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
@@ -252,7 +255,10 @@ spec:
 ---
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
-metadata: {name: last-step-not-100, namespace: production}
+metadata:
+  name: last-step-not-100
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "the last step must have weight 100"}
 spec:
   baseline: {deployment: akidb-mlx, service: akidb-mlx}
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
@@ -261,7 +267,10 @@ spec:
 ---
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
-metadata: {name: typo-in-field, namespace: production}
+metadata:
+  name: typo-in-field
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "unknown field \"spec.candidate.replcas\""}
 spec:
   baseline: {deployment: akidb-mlx, service: akidb-mlx}
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0, replcas: 2}
@@ -269,7 +278,10 @@ spec:
 ---
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
-metadata: {name: error-rate-above-one, namespace: production}
+metadata:
+  name: error-rate-above-one
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "gates.maxErrorRate must be in (0, 1]"}
 spec:
   baseline: {deployment: akidb-mlx, service: akidb-mlx}
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
@@ -278,11 +290,38 @@ spec:
 ---
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
-metadata: {name: no-candidate-image, namespace: production}
+metadata:
+  name: no-candidate-image
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "spec.candidate.image: Required value"}
 spec:
   baseline: {deployment: akidb-mlx, service: akidb-mlx}
   candidate: {replicas: 2}
   ingress: {name: akidb-ingress}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: duration-not-go-style
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "spec.steps[0].duration"}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  steps: [{weight: 1, duration: 2 days}, {weight: 100, duration: 1h}]
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: unknown-no-data-policy
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "Unsupported value: \"Maybe\""}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  analysis: {noDataPolicy: Maybe}
 YAML
     check "broken rollouts are rejected by the API server" kdr expect-reject "$work/broken-rollouts.yaml"
 

@@ -7,7 +7,8 @@ writes to controlplane.env: API_URL, CA_FILE, ADMIN_TOKEN.
   kube-dry-run.py dry-run [--namespace NS] [--skip-kind KIND]... FILE...
       server-side dry run (dryRun=All, fieldValidation=Strict) of every document; fails on any rejection
   kube-dry-run.py expect-reject [--namespace NS] FILE...
-      every document must be REJECTED by the dry run (proves the validation really runs)
+      every document must be REJECTED by the dry run (proves the validation really runs), with an
+      error message containing its annotation check-charts.akidb.io/expect-error
   kube-dry-run.py create [--namespace NS] FILE...
       create for real (already existing is fine)
   kube-dry-run.py wait-crd NAME
@@ -25,6 +26,9 @@ import urllib.error
 import urllib.request
 
 import yaml
+
+# On documents given to expect-reject: a fragment the API server's error message must contain.
+EXPECT_ANNOTATION = "check-charts.akidb.io/expect-error"
 
 
 class Api:
@@ -114,11 +118,17 @@ def post_all(api, files, namespace, dry_run, skip_kinds=(), expect_reject=False)
         for w in warnings:
             print(f"  warning {what}: {w}")
         if expect_reject:
+            # The annotation names the reason, so a rejection for an unrelated cause does not count.
+            want = doc.get("metadata", {}).get("annotations", {}).get(EXPECT_ANNOTATION, "")
+            message = str(body.get("message", status))
             if ok:
                 print(f"  FAIL    {what}: accepted, but it must be rejected")
                 failures += 1
+            elif want not in message:
+                print(f"  FAIL    {what}: rejected, but not for '{want}': {message}")
+                failures += 1
             else:
-                print(f"  ok      {what} rejected: {body.get('message', status)}")
+                print(f"  ok      {what} rejected: {message}")
         elif ok:
             print(f"  ok      {what}" + (" (valid; already exists)" if exists else ""))
         else:
