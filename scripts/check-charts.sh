@@ -335,29 +335,34 @@ YAML
         kdr create "$work/rbac-cluster.yaml" "$work/rbac-namespaced.yaml"
     sa=system:serviceaccount:embedding-rollout-system:embedding-rollout-operator
     # What the operator does (docs/interfaces.md: "Objects the operator writes"), in any namespace.
+    # What the operator does (operator/rbac/clusterrole.yaml documents each call), in any namespace.
     needs=(
         "watch embeddingrollouts.rollout.akidb.io" "list embeddingrollouts.rollout.akidb.io"
         "patch embeddingrollouts.rollout.akidb.io production candle-v1"
         "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
+        "update embeddingrollouts.rollout.akidb.io/finalizers production candle-v1"
         "get deployments.apps production akidb-mlx" "patch deployments.apps production akidb-mlx"
         "create deployments.apps production" "watch deployments.apps"
-        "create services production" "get services production akidb-mlx"
+        "create services production" "patch services production akidb-candle" "watch services"
         "create configmaps production" "patch configmaps production akidb-candle-models"
+        "delete configmaps production akidb-candle-models"
+        "get ingresses.networking.k8s.io production akidb-ingress"
         "create ingresses.networking.k8s.io production" "patch ingresses.networking.k8s.io production akidb-ingress"
         "delete ingresses.networking.k8s.io production akidb-ingress-canary"
-        "create events production"
+        "create events.events.k8s.io production"
         "get leases.coordination.k8s.io embedding-rollout-system embedding-rollout-operator"
         "update leases.coordination.k8s.io embedding-rollout-system embedding-rollout-operator"
         "create leases.coordination.k8s.io embedding-rollout-system"
     )
     # What it must not be able to do.
     forbidden=(
-        "get secrets production" "list secrets" "create pods/exec production"
+        "get secrets production" "list secrets" "list pods" "create pods/exec production"
         "delete namespaces - production" "create clusterrolebindings.rbac.authorization.k8s.io"
         "create customresourcedefinitions.apiextensions.k8s.io"
         "update leases.coordination.k8s.io kube-system kube-controller-manager"
         "update leases.coordination.k8s.io embedding-rollout-system some-other-lease"
         "delete embeddingrollouts.rollout.akidb.io production candle-v1"
+        "delete deployments.apps production akidb-mlx" "delete services production akidb-mlx"
     )
     check "operator service account may do what the operator needs" kdr access --user "$sa" --allow "${needs[@]}"
     check "operator service account may not do anything else checked" kdr access --user "$sa" --deny "${forbidden[@]}"

@@ -43,11 +43,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Rules of the operator's ClusterRole: files/clusterrole.yaml is a copy of operator/rbac/clusterrole.yaml
-     (scripts/sync-chart-crds.sh), so the chart and the operator's own manifest cannot drift. */}}
+     (scripts/sync-chart-crds.sh), so the chart and the operator's own manifest cannot drift.
+     Lease rules are left out: in a ClusterRole they would let the operator update every Lease in the
+     cluster (kube-system's leader elections included); the chart grants the one named Lease in the
+     release namespace instead (rbac.yaml, "-leader-election"). */}}
 {{- define "ero.rules" -}}
 {{- $role := .Files.Get "files/clusterrole.yaml" | fromYaml -}}
 {{- if not $role.rules -}}
 {{- fail "files/clusterrole.yaml has no rules: run scripts/sync-chart-crds.sh" -}}
 {{- end -}}
-{{- toYaml $role.rules -}}
+{{- $rules := list -}}
+{{- range $role.rules -}}
+{{- if has "coordination.k8s.io" .apiGroups -}}
+{{- if gt (len .apiGroups) 1 -}}
+{{- fail "files/clusterrole.yaml: keep coordination.k8s.io in a rule of its own" -}}
+{{- end -}}
+{{- else -}}
+{{- $rules = append $rules . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $rules -}}
 {{- end -}}
