@@ -1,1 +1,3 @@
 //! embedder
+pub mod model;
+pub mod registry;
