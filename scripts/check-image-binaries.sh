@@ -4,15 +4,20 @@
 # need only shared libraries that gcr.io/distroless/cc-debian12 ships, and no glibc symbol newer
 # than its glibc (2.36). Also: the binary starts (--help) with an empty environment and no writable
 # working directory, as it would under readOnlyRootFilesystem.
-#   scripts/check-image-binaries.sh [--no-build]
+#   scripts/check-image-binaries.sh [--no-build] [BINARY...]     (default: both images' binaries)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 build=true
-[[ "${1:-}" == --no-build ]] && build=false
+[[ "${1:-}" == --no-build ]] && { build=false; shift; }
 
 # crate:binary pairs, as in embedder/Dockerfile and operator/Dockerfile
 bins=(candle-embedder:candle-embedder embedding-rollout-operator:embedding-rollout-operator)
+if (($#)); then
+    wanted=" $* " picked=()
+    for pair in "${bins[@]}"; do [[ "$wanted" == *" ${pair##*:} "* ]] && picked+=("$pair"); done
+    bins=("${picked[@]}")
+fi
 # distroless cc-debian12 = base (libc6, libssl3, ca-certificates, tzdata, netbase) + libgcc-s1,
 # libgomp1, libstdc++6 (GoogleContainerTools/distroless cc/config.bzl)
 allowed='^(linux-vdso\.so\.1|ld-linux-x86-64\.so\.2|/lib64/ld-linux-x86-64\.so\.2|libc\.so\.6|libm\.so\.6|libdl\.so\.2|libpthread\.so\.0|librt\.so\.1|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libgomp\.so\.1|libssl\.so\.3|libcrypto\.so\.3)$'
@@ -55,5 +60,41 @@ for pair in "${bins[@]}"; do
     else
         fail "$bin --help fails with an empty environment"
     fi
+done
+# The embedder as the chart runs it: the chart's args and env, its models file (from the ConfigMap,
+# /models rewritten to this checkout's models/), uid/gid 65532, cwd / (nothing writable), empty env
+# except what the Deployment sets. It must load the model, turn ready and embed.
+pod_smoke() {
+    local exe=$1 helm=${HELM:-bin/helm} tmp port pid ok=
+    [[ -x "$helm" ]] || { echo "  skip    pod-like start: $helm missing (make helm)"; return 0; }
+    [[ -s models/all-MiniLM-L6-v2/model.safetensors ]] || { echo "  skip    pod-like start: no model (make model)"; return 0; }
+    tmp=$(mktemp -d /tmp/pod-smoke.XXXXXX)
+    "$helm" template s charts/candle-embedder --show-only templates/configmap.yaml \
+        | python3 -c 'import sys,yaml; print(yaml.safe_load(sys.stdin)["data"]["models.yaml"])' \
+        | sed "s#/models/#$PWD/models/#" >"$tmp/models.yaml"
+    chmod 755 "$tmp"; chmod 644 "$tmp/models.yaml"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Same flags as templates/deployment.yaml, except 127.0.0.1 instead of 0.0.0.0 (nothing listens outside here).
+    (cd / && exec env -i TMPDIR=/tmp setpriv --reuid=65532 --regid=65532 --clear-groups \
+        "$exe" --host=127.0.0.1 --port="$port" --service-name=candle --models="$tmp/models.yaml") \
+        >"$tmp/log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+        curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && { ok=1; break; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -n "$ok" ]] && curl -fsS "http://127.0.0.1:$port/api/v1/embed" -H 'content-type: application/json' \
+            -d '{"texts": ["Hello world"], "model": "all-MiniLM-L6-v2"}' -o "$tmp/out.json" \
+        && python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["embeddings"]; sys.exit(len(e) != 1 or len(e[0]) != 384)' "$tmp/out.json"; then
+        echo "  ok      pod-like start (uid 65532, cwd /, chart args + models file): ready, 384-dim embedding"
+    else
+        tail -n 20 "$tmp/log"; fail "candle-embedder does not serve with the chart's args as uid 65532"
+    fi
+    kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+for pair in "${bins[@]}"; do
+    [[ "${pair##*:}" == candle-embedder && -x target/release/candle-embedder ]] && pod_smoke "$(readlink -f target/release/candle-embedder)"
 done
 exit $((failures > 0))
