@@ -6,7 +6,9 @@ for p in python3-yaml file binutils; do
 done
 if [ ${#charts_missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${charts_missing[*]} (charts)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${charts_missing[@]}"
+  # Package lists may be stale when install-deps.sh had nothing of its own to install.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${charts_missing[@]}" \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${charts_missing[@]}"; }
 fi
 python3 -c 'import yaml' || { echo "install-deps: python3 cannot import yaml" >&2; exit 1; }
 unset charts_missing
