@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# make bench: load-generator benchmark of candle-embedder, with a typical Python service side by side.
+#
+# Builds the release binaries, then, each server alone on 127.0.0.1:
+#   1. default settings: open loop 100 req/s for 30 s (target P95 < 35 ms), closed loop at 16/32/64
+#      connections, RSS after warm-up and after 100k requests (target: growth <= 10 %);
+#   2. a grid of settings (batch size/wait, inference threads, f32 vs INT8), closed loop at 32 connections,
+#      then an open-loop rate sweep at the best one (target: >= 400 req/s sustained);
+#   3. the Python baseline (sentence-transformers + FastAPI + uvicorn, bench/python_baseline/server.py),
+#      closed loop at 16 connections, and the ratio to candle-embedder at 16 connections.
+# Every run's JSON report goes to $BENCH_OUT/results.jsonl; a summary to $BENCH_OUT/summary.md.
+# Whole script: about 10-12 minutes. BENCH_QUICK=1 shortens every run (smoke test of the script only).
+#
+# Env: BENCH_OUT (target/bench), BENCH_PORT (18080), BENCH_PY_PORT (18090), BENCH_SKIP_PYTHON=1,
+#      BENCH_QUICK=1, PYTHON (python3, to create .venv-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+out=${BENCH_OUT:-target/bench}
+port=${BENCH_PORT:-18080}
+py_port=${BENCH_PY_PORT:-18090}
+quick=${BENCH_QUICK:-0}
+model_dir=models/all-MiniLM-L6-v2
+url="http://127.0.0.1:$port"
+py_url="http://127.0.0.1:$py_port"
+
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+
+if [[ $quick == 1 ]]; then
+    d_short=3s d_long=5s d_warm=2s topup_target=3000
+else
+    d_short=15s d_long=30s d_warm=10s topup_target=100000
+fi
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- processes
+server_pid=""
+cleanup() {
+    if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+wait_ready() { # url seconds
+    local deadline=$((SECONDS + $2))
+    until curl -fsS -o /dev/null "$1/health/ready" 2>/dev/null; do
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "bench: the server exited before it was ready" >&2
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "bench: $1 not ready within $2 s" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+start_embedder() { # label, extra args...
+    local label=$1
+    shift
+    log "candle-embedder [$label] $*"
+    target/release/candle-embedder --host 127.0.0.1 --port "$port" "$@" \
+        > "$out/embedder-$label.log" 2>&1 &
+    server_pid=$!
+    wait_ready "$url" 180
+}
+
+stop_server() {
+    cleanup
+    server_pid=""
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status"; }
+
+# ---------------------------------------------------------------- load
+served=0 # requests answered by the current server instance since its warm-up
+
+# run LABEL URL loadgen-args... : prints the human report, records the JSON line with its label.
+run() {
+    local label=$1 target_url=$2
+    shift 2
+    log "$label: embed-loadgen $*"
+    local output json
+    output=$(target/release/embed-loadgen --url "$target_url" "$@") || true
+    json=$(tail -n1 <<<"$output")
+    if ! jq -e . >/dev/null 2>&1 <<<"$json"; then
+        echo "bench: no report from embed-loadgen for $label" >&2
+        return 1
+    fi
+    head -n -1 <<<"$output" >&2
+    jq -c --arg label "$label" '{label: $label} + .' <<<"$json" >> "$results"
+    served=$((served + $(jq -r .requests <<<"$json")))
+    last_json=$json
+}
+
+warmup() { # url [model]
+    target/release/embed-loadgen --url "$1" --concurrency 16 --duration "$d_warm" --json \
+        ${2:+--model "$2"} > /dev/null || true
+}
+
+# sustained: at most 0.1 % errors, at least 98 % of the offered rate, and P95 <= 100 ms (no queue build-up)
+sustained() {
+    jq -e '.error_rate <= 0.001 and .achieved_rps >= 0.98 * .target_rate and .latency_ms.p95 <= 100' \
+        >/dev/null <<<"$last_json"
+}
+
+# ---------------------------------------------------------------- build and machine
+log "build (release)"
+cargo build --release -p candle-embedder -p embed-loadgen
+[[ -s $model_dir/model.safetensors ]] || bash scripts/fetch-model.sh
+
+{
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
+    flags=$(grep -m1 '^flags' /proc/cpuinfo)
+    echo "avx2: $(grep -qw avx2 <<<"$flags" && echo yes || echo no), avx512f: $(grep -qw avx512f <<<"$flags" && echo yes || echo no)"
+    echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD)"
+} | tee "$out/machine.txt" >&2
+
+# ---------------------------------------------------------------- 1. default settings
+start_embedder default --model-dir "$model_dir"
+warmup "$url"
+rss_warm=$(rss_kib)
+echo "RSS after warm-up: $rss_warm KiB" >&2
+
+run "default open 100rps" "$url" --rate 100 --duration "$d_long" --connections 64
+p95_100=$(jq -r .latency_ms.p95 <<<"$last_json")
+
+for c in 16 32 64; do
+    run "default closed c$c" "$url" --concurrency "$c" --duration "$d_short"
+done
+candle_c16=$(jq -r 'select(.label == "default closed c16") | .achieved_rps' "$results")
+
+remaining=$((topup_target - served))
+if ((remaining > 0)); then
+    run "default closed c32 top-up to $topup_target requests" "$url" \
+        --concurrency 32 --requests "$remaining" --duration 600s
+fi
+rss_after=$(rss_kib)
+echo "RSS after $served requests: $rss_after KiB" >&2
+jq -nc --arg label "rss default" --argjson warm "$rss_warm" --argjson after "$rss_after" \
+    --argjson served "$served" \
+    '{label: $label, rss_warm_kib: $warm, rss_after_kib: $after, requests: $served,
+      growth: (($after - $warm) / $warm)}' >> "$results"
+stop_server
+
+# ---------------------------------------------------------------- 2. settings grid
+cat > "$out/models.yaml" <<YAML
+models:
+  - name: all-MiniLM-L6-v2
+    path: $root/$model_dir
+    default: true
+  - name: all-MiniLM-L6-v2-int8
+    path: $root/$model_dir
+    quantization: q8_0
+YAML
+
+# label | server args | model
+grid=(
+    "b32-w3|--max-batch-size 32 --max-batch-wait-ms 3|all-MiniLM-L6-v2"
+    "b16-w2|--max-batch-size 16 --max-batch-wait-ms 2|all-MiniLM-L6-v2"
+    "b64-w5|--max-batch-size 64 --max-batch-wait-ms 5|all-MiniLM-L6-v2"
+    "b32-w3-t1|--max-batch-size 32 --max-batch-wait-ms 3 --inference-threads 1|all-MiniLM-L6-v2"
+    "int8-b32-w3|--max-batch-size 32 --max-batch-wait-ms 3|all-MiniLM-L6-v2-int8"
+    "int8-b64-w5|--max-batch-size 64 --max-batch-wait-ms 5|all-MiniLM-L6-v2-int8"
+)
+best_rps=0 best=""
+for entry in "${grid[@]}"; do
+    IFS='|' read -r label args model <<<"$entry"
+    # shellcheck disable=SC2086 # args is a word list on purpose
+    start_embedder "$label" --models "$out/models.yaml" $args
+    warmup "$url" "$model"
+    run "grid $label closed c32" "$url" --concurrency 32 --duration "$d_short" --model "$model"
+    rps=$(jq -r .achieved_rps <<<"$last_json")
+    if jq -e --argjson a "$rps" --argjson b "$best_rps" -n '$a > $b' >/dev/null; then
+        best_rps=$rps best=$entry
+    fi
+    stop_server
+done
+
+# INT8 vs f32 agreement on the benchmark texts (cosine of the two embeddings of each text)
+IFS='|' read -r best_label best_args best_model <<<"$best"
+# shellcheck disable=SC2086
+start_embedder "best-$best_label" --models "$out/models.yaml" $best_args
+body='{"texts": ["Machine learning and artificial intelligence", "Natural language processing with transformers"]}'
+f32=$(curl -fsS "$url/api/v1/embed" -H 'content-type: application/json' \
+    -d "$(jq -c '. + {model: "all-MiniLM-L6-v2"}' <<<"$body")")
+int8=$(curl -fsS "$url/api/v1/embed" -H 'content-type: application/json' \
+    -d "$(jq -c '. + {model: "all-MiniLM-L6-v2-int8"}' <<<"$body")")
+jq -nc --argjson a "$f32" --argjson b "$int8" '
+    def dot(x; y): [x, y] | transpose | map(.[0] * .[1]) | add;
+    def cos(x; y): dot(x; y) / ((dot(x; x) | sqrt) * (dot(y; y) | sqrt));
+    {label: "int8 cosine to f32",
+     cosines: [range($a.embeddings | length) | cos($a.embeddings[.]; $b.embeddings[.])]}' \
+    | tee -a "$results" >&2
+
+# open-loop sweep at the best setting: the highest rate that is sustained
+warmup "$url" "$best_model"
+max_sustained=0
+for rate in 300 400 500 600 700 800; do
+    run "best $best_label open ${rate}rps" "$url" --rate "$rate" --duration "$d_short" \
+        --connections 128 --model "$best_model"
+    if sustained; then max_sustained=$rate; else break; fi
+done
+stop_server
+
+# ---------------------------------------------------------------- 3. Python baseline
+python_rps=""
+if [[ ${BENCH_SKIP_PYTHON:-0} != 1 ]]; then
+    venv=.venv-bench
+    if ! "$venv/bin/python" -c 'import sentence_transformers, fastapi, uvicorn' 2>/dev/null; then
+        log "installing the Python baseline's stack into $venv (torch is large)"
+        "${PYTHON:-python3}" -m venv "$venv"
+        "$venv/bin/pip" install --quiet -r bench/python_baseline/requirements.txt
+    fi
+    log "python baseline (sentence-transformers $("$venv/bin/python" -c 'import sentence_transformers as s; print(s.__version__)'), torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'))"
+    HF_HUB_OFFLINE=1 "$venv/bin/python" bench/python_baseline/server.py \
+        --host 127.0.0.1 --port "$py_port" --model-dir "$model_dir" > "$out/python.log" 2>&1 &
+    server_pid=$!
+    wait_ready "$py_url" 300
+    warmup "$py_url"
+    py_rss=$(rss_kib)
+    run "python closed c16" "$py_url" --concurrency 16 --duration "$d_long"
+    python_rps=$(jq -r .achieved_rps <<<"$last_json")
+    run "python open 40rps" "$py_url" --rate 40 --duration "$d_short" --connections 64
+    run "python open 100rps" "$py_url" --rate 100 --duration "$d_short" --connections 64
+    echo "python RSS: $py_rss KiB" >&2
+    stop_server
+fi
+
+# ---------------------------------------------------------------- summary
+{
+    echo "# make bench summary"
+    echo
+    sed 's/^/    /' "$out/machine.txt"
+    echo "    load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| run | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms | max ms | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
+    jq -r 'select(.latency_ms) | "| \(.label) | \(.target_rate // "closed") | \(.achieved_rps * 10 | round / 10) | \(.latency_ms.p50) | \(.latency_ms.p95) | \(.latency_ms.p99) | \(.latency_ms.max) | \(.errors) \(.errors_by_kind | to_entries | map("\(.key)=\(.value)") | join(" ")) |"' "$results"
+    echo
+    echo "- P95 at 100 req/s (default settings): $p95_100 ms (target < 35 ms)"
+    echo "- best setting: $best_label ($best_args, model $best_model), closed loop c32: $best_rps req/s"
+    echo "- highest sustained open-loop rate at the best setting (of 300..800 step 100): $max_sustained req/s (target >= 400)"
+    jq -r 'select(.label == "rss default") | "- RSS after warm-up \(.rss_warm_kib) KiB, after \(.requests) requests \(.rss_after_kib) KiB: growth \(.growth * 1000 | round / 10) % (target <= 10 %)"' "$results"
+    jq -r 'select(.label == "int8 cosine to f32") | "- INT8 vs f32 cosine on the two texts: \(.cosines | map(tostring) | join(", "))"' "$results"
+    if [[ -n $python_rps ]]; then
+        ratio=$(jq -n --argjson a "$candle_c16" --argjson b "$python_rps" '$a / $b * 10 | round / 10')
+        echo "- closed loop at 16 connections: candle-embedder (default settings) $candle_c16 req/s, Python baseline $python_rps req/s: ${ratio}x"
+    fi
+} | tee "$out/summary.md"
