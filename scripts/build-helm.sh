@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 HELM_VERSION=v3.19.5
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOBIN="$PWD/bin"
 
+# The Go SDK lives in /usr/local/go on these machines; a non-login shell may lack it on PATH.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "build-helm: 'go' not found on PATH (need Go >= 1.24)" >&2; exit 1; }
 if [ -x bin/helm ] && bin/helm version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
   echo "build-helm: bin/helm $HELM_VERSION is up to date"

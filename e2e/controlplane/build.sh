@@ -8,6 +8,8 @@ BIN=${BIN:-$CP/bin}
 K8S_VERSION=v1.34.7
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
 
+# The Go SDK lives in /usr/local/go on these machines; a non-login shell may lack it on PATH.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "build.sh: 'go' not found on PATH (need Go >= 1.24)" >&2; exit 1; }
 
 sources=("$CP/go.mod" "$CP/go.sum" "$CP/build.sh" "$CP"/cmd/*/main.go)
@@ -33,7 +35,7 @@ ETCD_VERSION=$(cd "$CP" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v
 mkdir -p "$BIN"
 start=$(date +%s)
 cd "$CP"
-echo "controlplane: building kube-apiserver $K8S_VERSION and etcd $ETCD_VERSION (cold: 10-20 min on 2 cores)"
+echo "controlplane: building kube-apiserver $K8S_VERSION and etcd $ETCD_VERSION (10-20 min with a cold Go cache on 2 cores, seconds when warm)"
 go build -trimpath -ldflags "-s -w $VER" -o "$BIN/kube-apiserver" ./cmd/kube-apiserver
 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" ./cmd/etcd
 echo "controlplane: built in $(( $(date +%s) - start ))s into $BIN"

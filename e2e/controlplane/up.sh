@@ -73,12 +73,14 @@ chmod 600 ./*.key tokens.csv
 
 # --- servers -------------------------------------------------------------------------------------------
 pids=()
-stop_servers() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
+stop_servers() { # the API server first: it would wait for an etcd that is already gone
+  local i p
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do
+    p=${pids[$i]}
+    kill -TERM "$p" 2>/dev/null || continue
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
   rm -f "$W/etcd.pid" "$W/apiserver.pid" "$W/controlplane.env"
 }

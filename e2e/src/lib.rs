@@ -7,3 +7,7 @@ pub mod nginx;
 pub mod reflect;
 pub mod runner;
 pub mod traffic;
+
+// Real components the scenarios run against: kube-apiserver + etcd, Prometheus.
+pub mod controlplane;
+pub mod prometheus;

@@ -1,0 +1,391 @@
+//! TEST HARNESS: a local Kubernetes control plane (etcd + kube-apiserver built from Go modules).
+//!
+//! [`ControlPlane::start`] runs `e2e/controlplane/up.sh --foreground` in its own process group and waits
+//! for the `controlplane.env` it writes once `/readyz` answers. Dropping the [`ControlPlane`] kills the group
+//! (up.sh, etcd, kube-apiserver); if the test process dies without running destructors, up.sh gets
+//! SIGKILL from `PR_SET_PDEATHSIG` and the servers follow it (up.sh starts them with `setpriv --pdeathsig`).
+//!
+//! There is no controller-manager, scheduler or kubelet: no Pods run, no garbage collection, namespaces
+//! stay Terminating when deleted and no namespace gets a `default` ServiceAccount.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::process::Command;
+
+use crate::child::GroupChild;
+
+/// How long up.sh may take from start to a ready API server. Seconds are normal; a loaded CI machine
+/// gets headroom.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(
+        "{missing} not found in {dir}: run `make controlplane` first (builds kube-apiserver and etcd from \
+         Go modules; 10-20 min cold, seconds when cached)"
+    )]
+    BinariesMissing { missing: String, dir: PathBuf },
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the control plane did not start (up.sh: {reason}); its output:\n{log}")]
+    Startup { reason: String, log: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} lacks {key}")]
+    MissingKey { path: PathBuf, key: &'static str },
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("TokenRequest for {namespace}/{name} returned no token")]
+    NoToken { namespace: String, name: String },
+}
+
+type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
+
+/// A running etcd + kube-apiserver pair with an admin and a restricted client.
+pub struct ControlPlane {
+    /// kubeconfig with the contexts `admin` (current; user `e2e-admin` in `system:masters`) and `dev`
+    /// (user `e2e-dev` in group `e2e-devs`, bound to nothing).
+    pub kubeconfig_path: PathBuf,
+    /// `https://127.0.0.1:<port>`
+    pub api_url: String,
+    /// PEM file of the CA that signed the API server's certificate.
+    pub ca_path: PathBuf,
+    pub admin: Client,
+    pub dev: Client,
+    pub admin_token: String,
+    pub dev_token: String,
+    workdir: PathBuf,
+    admin_config: Config,
+    // Held for its Drop: kills up.sh and both servers.
+    _process: GroupChild,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("api_url", &self.api_url)
+            .field("kubeconfig_path", &self.kubeconfig_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `make controlplane` puts the binaries; `E2E_CONTROLPLANE_BIN` overrides.
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("E2E_CONTROLPLANE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| scripts_dir().join("bin"))
+}
+
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane")
+}
+
+/// Fails with the "run make controlplane" message when a binary is missing.
+pub fn check_binaries(dir: &Path) -> Result<()> {
+    let missing: Vec<&str> = ["kube-apiserver", "etcd"]
+        .into_iter()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ControlPlaneError::BinariesMissing {
+            missing: missing.join(" and "),
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver with state, certificates, logs and the kubeconfig under `workdir`
+    /// (created if missing). Returns once `/readyz` answers.
+    pub async fn start(workdir: &Path) -> Result<Self> {
+        let bin = bin_dir();
+        check_binaries(&bin)?;
+        std::fs::create_dir_all(workdir).map_err(|source| ControlPlaneError::Write {
+            path: workdir.to_path_buf(),
+            source,
+        })?;
+        let workdir = workdir
+            .canonicalize()
+            .map_err(|source| ControlPlaneError::Read {
+                path: workdir.to_path_buf(),
+                source,
+            })?;
+        let log_path = workdir.join("up.log");
+        let log = std::fs::File::create(&log_path).map_err(|source| ControlPlaneError::Write {
+            path: log_path.clone(),
+            source,
+        })?;
+
+        // up.sh writes controlplane.env (atomically) once /readyz answers; a stale one must not count.
+        let env_path = workdir.join("controlplane.env");
+        let _ = std::fs::remove_file(&env_path);
+        let script = scripts_dir().join("up.sh");
+        let stderr = log.try_clone().map_err(|source| ControlPlaneError::Write {
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .arg("--foreground")
+            .arg(&workdir)
+            .env("BIN", &bin)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        let mut process =
+            GroupChild::spawn(&mut cmd).map_err(|source| ControlPlaneError::Spawn {
+                what: script.display().to_string(),
+                source,
+            })?;
+
+        let startup_failed = |reason: String| ControlPlaneError::Startup {
+            reason,
+            log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        };
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        while !env_path.exists() {
+            if let Ok(Some(status)) = process.try_wait() {
+                return Err(startup_failed(format!("exited with {status} before ready")));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(startup_failed(format!(
+                    "not ready after {STARTUP_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let env = read_env_file(&env_path)?;
+        let get = |key: &'static str| {
+            env.get(key)
+                .cloned()
+                .ok_or_else(|| ControlPlaneError::MissingKey {
+                    path: env_path.clone(),
+                    key,
+                })
+        };
+        let api_url = get("API_URL")?;
+        let ca_path = PathBuf::from(get("CA_FILE")?);
+        let admin_token = get("ADMIN_TOKEN")?;
+        let kubeconfig_path = PathBuf::from(get("KUBECONFIG")?);
+        let dev_token = get("DEV_TOKEN")?;
+
+        let admin_config = config_for_context(&kubeconfig_path, "admin").await?;
+        let dev_config = config_for_context(&kubeconfig_path, "dev").await?;
+        Ok(Self {
+            kubeconfig_path,
+            api_url,
+            ca_path,
+            admin: Client::try_from(admin_config.clone())?,
+            dev: Client::try_from(dev_config)?,
+            admin_token,
+            dev_token,
+            workdir,
+            admin_config,
+            _process: process,
+        })
+    }
+
+    /// The directory holding etcd's data, the certificates, `etcd.log` and `apiserver.log`.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// A client that authenticates with `token` (same server and CA as the admin client).
+    pub fn client_for_token(&self, token: &str) -> Result<Client> {
+        Ok(Client::try_from(self.config_for_token(token))?)
+    }
+
+    fn config_for_token(&self, token: &str) -> Config {
+        let mut config = self.admin_config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.to_string().into()),
+            ..AuthInfo::default()
+        };
+        config
+    }
+
+    /// Writes a kubeconfig at `path` for a process (e.g. the operator binary) that must act as the
+    /// holder of `token` rather than as admin.
+    pub fn write_kubeconfig(&self, path: &Path, user: &str, token: &str) -> Result<()> {
+        let text = render_kubeconfig(&self.api_url, &self.ca_path, user, token);
+        std::fs::write(path, text).map_err(|source| ControlPlaneError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Creates namespace `namespace` and ServiceAccount `name` in it when missing, and returns a token
+    /// for `system:serviceaccount:<namespace>:<name>` from the TokenRequest API (the API server signs it
+    /// itself; no controller-manager is involved).
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let pp = PostParams::default();
+        let namespaces: Api<Namespace> = Api::all(self.admin.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        ignore_conflict(namespaces.create(&pp, &ns).await)?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), namespace);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        ignore_conflict(accounts.create(&pp, &sa).await)?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(ttl.as_secs().max(600) as i64),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let issued = accounts.create_token_request(name, &pp, &request).await?;
+        issued
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ControlPlaneError::NoToken {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+    }
+}
+
+fn ignore_conflict<T>(result: kube::Result<T>) -> kube::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn config_for_context(kubeconfig: &Path, context: &str) -> Result<Config> {
+    let to_err = |source| ControlPlaneError::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        source,
+    };
+    let parsed = Kubeconfig::read_from(kubeconfig).map_err(to_err)?;
+    let options = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..KubeConfigOptions::default()
+    };
+    Config::from_custom_kubeconfig(parsed, &options)
+        .await
+        .map_err(to_err)
+}
+
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| ControlPlaneError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_env(&text))
+}
+
+/// `KEY=VALUE` lines (no quoting; up.sh writes none).
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A single-context kubeconfig for `user` authenticating with `token`.
+pub fn render_kubeconfig(api_url: &str, ca_path: &Path, user: &str, token: &str) -> String {
+    // JSON strings are valid YAML scalars and quote whatever the values hold.
+    let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: {server}, certificate-authority: {ca}}}\n\
+         users:\n- name: {user}\n  user: {{token: {token}}}\n\
+         contexts:\n- name: {user}\n  context: {{cluster: e2e, user: {user}}}\n\
+         current-context: {user}\n",
+        server = q(api_url),
+        ca = q(&ca_path.to_string_lossy()),
+        user = q(user),
+        token = q(token),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_lines_become_a_map() {
+        let env = parse_env("API_URL=https://127.0.0.1:1234\nADMIN_TOKEN=abc=\n\n");
+        assert_eq!(env["API_URL"], "https://127.0.0.1:1234");
+        // Only the first '=' separates; the value keeps the rest.
+        assert_eq!(env["ADMIN_TOKEN"], "abc=");
+    }
+
+    #[test]
+    fn rendered_kubeconfig_parses_with_the_user_as_current_context() {
+        let text = render_kubeconfig(
+            "https://127.0.0.1:6443",
+            Path::new("/tmp/x/ca.crt"),
+            "system:serviceaccount:e2e:op",
+            "tok\"en",
+        );
+        let parsed = Kubeconfig::from_yaml(&text).expect("valid kubeconfig");
+        assert_eq!(
+            parsed.current_context.as_deref(),
+            Some("system:serviceaccount:e2e:op")
+        );
+        let cluster = parsed.clusters[0].cluster.as_ref().expect("cluster");
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(
+            cluster.certificate_authority.as_deref(),
+            Some("/tmp/x/ca.crt")
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_is_reported_with_the_make_target() {
+        let dir = std::env::temp_dir().join("e2e-no-controlplane-bin");
+        let err = check_binaries(&dir).expect_err("no binaries there");
+        let msg = err.to_string();
+        assert!(msg.contains("kube-apiserver and etcd"), "{msg}");
+        assert!(msg.contains("make controlplane"), "{msg}");
+    }
+}
