@@ -241,7 +241,10 @@ mod tests {
         let bad_pool = parse("models:\n  - {name: a, path: /x, pooling: avg}\n").unwrap();
         assert!(matches!(bad_pool.validate(), Err(ModelError::UnknownPooling(p)) if p == "avg"));
         let bad_q = parse("models:\n  - {name: a, path: /x, quantization: q4}\n").unwrap();
-        assert!(matches!(bad_q.validate(), Err(ModelError::UnknownQuantization(_))));
+        assert!(matches!(
+            bad_q.validate(),
+            Err(ModelError::UnknownQuantization(_))
+        ));
         let bad_d = parse("models:\n  - {name: a, path: /x, dtype: f16}\n").unwrap();
         assert!(matches!(bad_d.validate(), Err(ModelError::UnknownDtype(_))));
     }
@@ -253,12 +256,18 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(two.validate(), Err(ModelError::MultipleDefaults(v)) if v.len() == 2));
-        assert!(matches!(parse("models: []\n").unwrap().validate(), Err(ModelError::NoModels)));
+        assert!(matches!(
+            parse("models: []\n").unwrap().validate(),
+            Err(ModelError::NoModels)
+        ));
     }
 
     #[test]
     fn bad_yaml_and_unknown_fields_are_typed_errors() {
-        assert!(matches!(parse("models: [name: "), Err(ModelError::BadYaml { .. })));
+        assert!(matches!(
+            parse("models: [name: "),
+            Err(ModelError::BadYaml { .. })
+        ));
         assert!(matches!(
             parse("models:\n  - {name: a, path: /x, pooling_mode: mean}\n"),
             Err(ModelError::BadYaml { .. })

@@ -105,10 +105,7 @@ impl Weights {
 
     fn get(&self, name: &str) -> Result<Tensor, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        let t = self
-            .map
-            .get(&full)
-            .ok_or(ModelError::MissingWeight(full))?;
+        let t = self.map.get(&full).ok_or(ModelError::MissingWeight(full))?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
@@ -257,7 +254,9 @@ impl Bert {
                 .iter()
                 .find(|&&t| t as usize >= self.type_vocab_size)
             {
-                return Err(bad(format!("token type {t} is outside the type vocabulary")));
+                return Err(bad(format!(
+                    "token type {t} is outside the type vocabulary"
+                )));
             }
         }
         Ok(())

@@ -208,7 +208,11 @@ fn pooling_from(cfg: &PoolingConfig, path: &Path) -> Result<Pooling, ModelError>
     if cfg.pooling_mode_mean_sqrt_len_tokens {
         return Err(ModelError::UnknownPooling("mean_sqrt_len_tokens".into()));
     }
-    let chosen: Vec<Pooling> = modes.iter().filter(|(on, _)| *on).map(|(_, p)| *p).collect();
+    let chosen: Vec<Pooling> = modes
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| *p)
+        .collect();
     match chosen.as_slice() {
         [one] => Ok(*one),
         [] => Err(ModelError::InvalidConfig {
@@ -239,8 +243,14 @@ fn validate_bert(cfg: &BertConfig, path: &Path) -> Result<(), ModelError> {
             cfg.position_embedding_type
         )));
     }
-    if !matches!(cfg.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
-        return Err(invalid(format!("hidden_act `{}` is not supported", cfg.hidden_act)));
+    if !matches!(
+        cfg.hidden_act.as_str(),
+        "gelu" | "gelu_new" | "gelu_pytorch_tanh"
+    ) {
+        return Err(invalid(format!(
+            "hidden_act `{}` is not supported",
+            cfg.hidden_act
+        )));
     }
     if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
         return Err(invalid(format!(

@@ -119,9 +119,18 @@ fn random_weights(vocab: usize) -> anyhow::Result<HashMap<String, Tensor>> {
     let mut put = |name: String, t: Tensor| {
         w.insert(name, t);
     };
-    put("embeddings.word_embeddings.weight".into(), rng.tensor(&[vocab, h], 0.5)?);
-    put("embeddings.position_embeddings.weight".into(), rng.tensor(&[TINY_POSITIONS, h], 0.5)?);
-    put("embeddings.token_type_embeddings.weight".into(), rng.tensor(&[2, h], 0.5)?);
+    put(
+        "embeddings.word_embeddings.weight".into(),
+        rng.tensor(&[vocab, h], 0.5)?,
+    );
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        rng.tensor(&[TINY_POSITIONS, h], 0.5)?,
+    );
+    put(
+        "embeddings.token_type_embeddings.weight".into(),
+        rng.tensor(&[2, h], 0.5)?,
+    );
     put("embeddings.LayerNorm.weight".into(), ones(h)?);
     put("embeddings.LayerNorm.bias".into(), rng.tensor(&[h], 0.1)?);
     for l in 0..TINY_LAYERS {
@@ -135,7 +144,10 @@ fn random_weights(vocab: usize) -> anyhow::Result<HashMap<String, Tensor>> {
             ("output.dense", h, i),
         ] {
             let scale = 1.0 / (inp as f32).sqrt();
-            put(format!("{p}.{name}.weight"), rng.tensor(&[out, inp], scale)?);
+            put(
+                format!("{p}.{name}.weight"),
+                rng.tensor(&[out, inp], scale)?,
+            );
             put(format!("{p}.{name}.bias"), rng.tensor(&[out], 0.1)?);
         }
         for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
@@ -159,8 +171,24 @@ fn small_wordpiece_tokenizer() -> serde_json::Value {
     vocab.extend(".,!?;:'\"-()/".chars().map(|c| c.to_string()));
     vocab.extend(
         [
-            "the", "a", "is", "of", "and", "to", "in", "hello", "world", "test", "text",
-            "embedding", "model", "this", "that", "search", "query", "document",
+            "the",
+            "a",
+            "is",
+            "of",
+            "and",
+            "to",
+            "in",
+            "hello",
+            "world",
+            "test",
+            "text",
+            "embedding",
+            "model",
+            "this",
+            "that",
+            "search",
+            "query",
+            "document",
         ]
         .iter()
         .map(|s| s.to_string()),

@@ -80,7 +80,11 @@ impl TextEncoder {
                 .map_err(tok_err)?;
             let truncated = !enc.get_overflowing().is_empty();
             if truncated && !truncate {
-                let tokens = self.full.encode(text.as_str(), true).map_err(tok_err)?.len();
+                let tokens = self
+                    .full
+                    .encode(text.as_str(), true)
+                    .map_err(tok_err)?
+                    .len();
                 return Err(ModelError::TooLong {
                     index,
                     tokens,

@@ -1,0 +1,113 @@
+//! Inference throughput of all-MiniLM-L6-v2, f32 and INT8: texts/s per batch size, and how close
+//! INT8 stays to f32. Needs `make model`.
+//!
+//! cargo bench -p candle-embedder --bench inference            (release profile)
+//! cargo bench -p candle-embedder --profile dev --bench inference   (reuses the dev build)
+//! BENCH_SECONDS=5 sets the time per case (default 3); RAYON_NUM_THREADS caps candle's threads.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_embedder::model::pooling::cosine;
+use candle_embedder::model::{Encoded, Model, ModelOptions, Quantization};
+
+const SHORT: [&str; 8] = [
+    "How do I reset my password?",
+    "Best hiking trails near the lake",
+    "The embedding server answers in a few milliseconds.",
+    "Rust makes systems programming safer",
+    "What is the capital of France?",
+    "A man is eating food.",
+    "canary rollout with automatic rollback",
+    "Quarterly revenue grew by twelve percent",
+];
+
+fn texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{} #{i}", SHORT[i % SHORT.len()]))
+        .collect()
+}
+
+fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> (f64, f64) {
+    let refs: Vec<&Encoded> = enc.iter().take(batch).collect();
+    model.embed(&refs).unwrap();
+    let start = Instant::now();
+    let mut runs = 0u32;
+    while start.elapsed() < budget || runs < 3 {
+        model.embed(&refs).unwrap();
+        runs += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let per_batch_ms = secs * 1e3 / runs as f64;
+    (batch as f64 * runs as f64 / secs, per_batch_ms)
+}
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} missing: run `make model`",
+        dir.display()
+    );
+    let budget = Duration::from_secs_f64(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    );
+    let load = |q| {
+        let opts = ModelOptions {
+            quantization: q,
+            ..ModelOptions::default()
+        };
+        let t = Instant::now();
+        let m = Model::load("all-MiniLM-L6-v2", &dir, &opts).unwrap();
+        m.warmup().unwrap();
+        println!("loaded {q} in {:.2}s", t.elapsed().as_secs_f64());
+        m
+    };
+    let f32_model = load(Quantization::None);
+    let int8_model = load(Quantization::Q8_0);
+
+    let texts = texts(64);
+    let enc = f32_model.encode(&texts, true).unwrap();
+    let mean_tokens = enc.iter().map(Encoded::len).sum::<usize>() as f64 / enc.len() as f64;
+    println!(
+        "threads: {} (RAYON_NUM_THREADS={}), short texts of {mean_tokens:.1} tokens on average",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
+    );
+    println!(
+        "{:<6} {:>6} {:>10} {:>10}",
+        "model", "batch", "texts/s", "ms/batch"
+    );
+    for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+        for batch in [1, 2, 8, 32] {
+            let (rate, ms) = bench(model, &enc, batch, budget);
+            println!("{label:<6} {batch:>6} {rate:>10.1} {ms:>10.2}");
+        }
+    }
+
+    let long: Vec<String> = vec![(0..60)
+        .map(|i| format!("Sentence {i} talks about rolling embeddings out safely."))
+        .collect::<Vec<_>>()
+        .join(" ")];
+    let long_enc = f32_model.encode(&long, true).unwrap();
+    for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+        let (rate, ms) = bench(model, &long_enc, 1, budget);
+        println!(
+            "{label:<6} 1 x {} tokens: {rate:.1} texts/s, {ms:.2} ms",
+            long_enc[0].len()
+        );
+    }
+
+    let refs: Vec<&Encoded> = enc.iter().collect();
+    let a = f32_model.embed(&refs).unwrap();
+    let b = int8_model.embed(&refs).unwrap();
+    let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+    let min = cos.iter().copied().fold(f32::INFINITY, f32::min);
+    let mean = cos.iter().sum::<f32>() / cos.len() as f32;
+    println!(
+        "cosine int8 vs f32 over {} texts: min {min:.5}, mean {mean:.5}",
+        cos.len()
+    );
+}
