@@ -1,0 +1,64 @@
+//! candle-embedder: see embedder/README.md for flags, routes and metrics.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use candle_embedder::config::Config;
+use candle_embedder::server;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = Config::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    if cfg.chaos_latency_ms > 0 || cfg.chaos_error_ratio > 0.0 {
+        tracing::warn!(
+            latency_ms = cfg.chaos_latency_ms,
+            error_ratio = cfg.chaos_error_ratio,
+            "CHAOS flags are on: this server injects latency/errors (test use only)"
+        );
+    }
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let loader = server::loader_from(&cfg);
+    match server::run(cfg, listener, loader, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
