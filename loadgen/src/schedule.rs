@@ -53,6 +53,12 @@ impl OpenLoopPlan {
         }
     }
 
+    /// The span the schedule covers: `total_requests / rate`. A server that keeps up answers the
+    /// last request about this long after the start, so rates are computed over at least this span.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.total_requests() as f64 / self.rate)
+    }
+
     /// When request `i` is due, counted from the start of the run.
     pub fn offset(&self, i: u64) -> Duration {
         Duration::from_secs_f64(i as f64 / self.rate)
@@ -72,6 +78,7 @@ mod tests {
         assert_eq!(plan.offset(250), Duration::from_millis(2500));
         // The last request is due before the end, never at or after it.
         assert!(plan.offset(plan.total_requests() - 1) < plan.duration());
+        assert_eq!(plan.window(), Duration::from_secs(30));
     }
 
     #[test]
@@ -95,6 +102,7 @@ mod tests {
     fn a_request_count_caps_the_run() {
         let plan = OpenLoopPlan::new(1000.0, Duration::from_secs(60), Some(500)).unwrap();
         assert_eq!(plan.total_requests(), 500);
+        assert_eq!(plan.window(), Duration::from_millis(500));
         let plan = OpenLoopPlan::new(10.0, Duration::from_secs(1), Some(500)).unwrap();
         assert_eq!(plan.total_requests(), 10);
     }

@@ -170,6 +170,7 @@ pub struct Report {
     /// Open loop: most requests in flight at once; closed loop: workers.
     pub connections: usize,
     pub texts_per_request: usize,
+    /// Start to last answer (open loop: at least the scheduled window, `requests / target_rate`).
     pub elapsed_s: f64,
     pub requests: u64,
     pub ok: u64,

@@ -114,8 +114,9 @@ async fn open_loop_sends_the_seed_payload_at_the_target_rate() {
     assert_eq!(server.received.load(Ordering::SeqCst), 200);
     // 200 requests spread over one second, not sent in a burst.
     assert!(report.elapsed_s >= 0.99, "{report}");
+    // A server that keeps up is credited with the target rate, not more.
     assert!(
-        report.achieved_rps > 170.0 && report.achieved_rps < 202.0,
+        report.achieved_rps > 180.0 && report.achieved_rps <= 200.0 + 1e-9,
         "{report}"
     );
     let (route, body) = server.last_body.lock().unwrap().clone().unwrap();
