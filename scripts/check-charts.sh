@@ -11,6 +11,8 @@
 #      rollouts are rejected, and the operator's RBAC allows what it needs and nothing more
 #      (SubjectAccessReview). ServiceMonitor/PodMonitor/PrometheusRule have no CRD there: they are skipped from the
 #      dry run by name and checked by promtool and a structural check instead.
+#   6. the operator binary (target/debug or OPERATOR_BIN) runs with the chart's arguments and a token
+#      of the chart's ServiceAccount: leader election, a reconciled demo rollout, no RBAC denial
 # Env: HELM (default bin/helm), PROMTOOL (default promtool), KEEP=1 keeps the work dir.
 # Every check runs even after a failure; the exit status says whether any failed.
 set -uo pipefail
@@ -75,6 +77,20 @@ check "PromQL overrides in examples/ parse" \
     bash -c 'python3 scripts/extract-promql.py rollouts examples/*.yaml > "$1" && "$2" check rules "$1" >/dev/null' _ "$work/rollout-rules.yaml" "$PROMTOOL"
 check "default query templates in docs/interfaces.md parse" \
     bash -c 'python3 scripts/extract-promql.py interfaces docs/interfaces.md > "$1" && "$2" check rules "$1" >/dev/null' _ "$work/default-rules.yaml" "$PROMTOOL"
+
+check "every embedder/operator metric the dashboard and alerts use is one the code exports" \
+    python3 - "$work/dashboard-rules.yaml" "$OP/files/alerts.yaml" <<'PY'
+import re, sys, pathlib
+exported = set()
+for f in ("embedder/src/metrics.rs", "operator/src/metrics.rs"):
+    exported |= set(re.findall(r'"((?:embedding|circuit_breaker|model_loaded)_[a-z_]+)"', pathlib.Path(f).read_text()))
+used = set()
+for f in sys.argv[1:]:
+    used |= set(re.findall(r"\b((?:embedding|circuit_breaker|model_loaded)_[a-z_]+)\b", open(f).read()))
+unknown = sorted(n for n in used if n not in exported and re.sub(r"_(bucket|sum|count)$", "", n) not in exported)
+print(f"          {len(used)} names used, {len(exported)} exported" + (f"; unknown: {unknown}" if unknown else ""))
+sys.exit(1 if unknown else 0)
+PY
 
 # ---------------------------------------------------------------------------------------------------
 section "4. helm lint and helm template"
@@ -372,6 +388,69 @@ YAML
         "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
     check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
         "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io"
+
+    # -----------------------------------------------------------------------------------------------
+    section "6. the operator itself under the chart's RBAC and arguments"
+    op_bin=${OPERATOR_BIN:-}
+    for b in target/debug/embedding-rollout-operator target/release/embedding-rollout-operator; do
+        [[ -z "$op_bin" && -x "$b" ]] && op_bin=$b
+    done
+    if [[ -z "$op_bin" ]]; then
+        echo "  FAIL    no operator binary (cargo build -p embedding-rollout-operator)"; failures+=("operator binary")
+    else
+        run_operator_under_chart_rbac() {
+            local ns=embedding-rollout-system sa=embedding-rollout-operator token kc="$work/operator-kubeconfig"
+            token=$(kdr token "$ns" "$sa") || return 1
+            cat >"$kc" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "$API_URL", certificate-authority: "$CA_FILE"}}]
+users: [{name: operator, user: {token: "$token"}}]
+contexts: [{name: operator, context: {cluster: e2e, user: operator}}]
+current-context: operator
+KC
+            # The Deployment's args and env (templates/deployment.yaml), on loopback ports.
+            local args ports=() pids=() i
+            args=$(python3 -c 'import sys,yaml; d=[x for x in yaml.safe_load_all(open(sys.argv[1])) if x and x["kind"]=="Deployment"][0]; print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))' \
+                "$work/rendered/embedding-rollout-operator.yaml")
+            for i in 0 1; do
+                ports[i]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+                mapfile -t argv < <(echo "$args" | sed "s/^--metrics-addr=.*/--metrics-addr=127.0.0.1:${ports[i]}/")
+                env -i PATH=/usr/bin:/bin KUBECONFIG="$kc" POD_NAME="operator-$i" POD_NAMESPACE="$ns" RUST_LOG=info \
+                    "$op_bin" "${argv[@]}" >"$work/operator-$i.log" 2>&1 &
+                pids[i]=$!
+                echo "          operator-$i: $op_bin ${argv[*]}"
+                # Let the first take the lease before the second starts.
+                if ((i == 0)); then
+                    for _ in $(seq 150); do curl -fsS "127.0.0.1:${ports[0]}/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+                fi
+            done
+            local ok=0
+            check "leader (operator-0) becomes ready: lease taken, caches synced" curl -fsS -o /dev/null "127.0.0.1:${ports[0]}/readyz" || ok=1
+            check "lease held by operator-0" bash -c '[[ "$(python3 scripts/kube-dry-run.py get /apis/coordination.k8s.io/v1/namespaces/'"$ns"'/leases/embedding-rollout-operator spec.holderIdentity)" == operator-0 ]]' || ok=1
+            check "standby (operator-1) is live (/healthz 200) while the leader holds the lease" \
+                curl -fsS -o /dev/null "127.0.0.1:${ports[1]}/healthz" || ok=1
+            # A rollout in the demo namespace: the leader must get as far as creating the candidate.
+            kdr create --namespace demo examples/demo-baseline.yaml examples/demo-rollout.yaml >/dev/null || ok=1
+            local phase= i
+            for _ in $(seq 100); do
+                phase=$(kdr get /apis/rollout.akidb.io/v1alpha1/namespaces/demo/embeddingrollouts/demo status.phase 2>/dev/null)
+                [[ "$phase" == Deploying ]] && kdr get /apis/apps/v1/namespaces/demo/deployments/akidb-candle >/dev/null 2>&1 && break
+                sleep 0.3
+            done
+            check "rollout reconciled under the chart's RBAC: phase Deploying, candidate Deployment created (phase: ${phase:-none})" \
+                kdr get /apis/apps/v1/namespaces/demo/deployments/akidb-candle metadata.name || ok=1
+            check "operator exports the dashboard's rollout metrics" \
+                bash -c 'curl -fsS "127.0.0.1:$1/metrics" | grep -E "^embedding_rollout_phase\{.*rollout=\"demo\"" | grep -q "phase=\"Deploying\"" \
+                    && curl -fsS "127.0.0.1:$1/metrics" | grep -q "^embedding_rollout_canary_weight{"' _ "${ports[0]}" || ok=1
+            check "no RBAC denial in the operators' logs" bash -c '! grep -i -E "forbidden|cannot (get|list|watch|create|patch|update|delete)" "$@"' _ "$work"/operator-*.log || ok=1
+            for i in 0 1; do kill -TERM "${pids[i]}" 2>/dev/null; done
+            for i in 0 1; do wait "${pids[i]}" 2>/dev/null; done
+            if ((ok)); then tail -n 15 "$work"/operator-*.log | sed 's/^/          /'; fi
+            return $ok
+        }
+        run_operator_under_chart_rbac || true
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------------

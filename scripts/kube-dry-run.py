@@ -15,6 +15,10 @@ writes to controlplane.env: API_URL, CA_FILE, ADMIN_TOKEN.
       wait until the CRD is Established
   kube-dry-run.py access --user USER (--allow | --deny) 'VERB RESOURCE[.GROUP][/SUB] [NS] [NAME]'...
       SubjectAccessReview for a service account (system:serviceaccount:NS:NAME) or user
+  kube-dry-run.py token NAMESPACE SERVICEACCOUNT
+      print a one-hour token of the service account (TokenRequest)
+  kube-dry-run.py get PATH [JSONPATH.DOTTED]
+      GET an API path; print the JSON, or the value at the dotted path (e.g. status.phase)
 """
 import argparse
 import json
@@ -203,9 +207,32 @@ def main():
     g.add_argument("--allow", action="store_true")
     g.add_argument("--deny", action="store_true")
     s.add_argument("checks", nargs="+")
+    s = sub.add_parser("token")
+    s.add_argument("namespace")
+    s.add_argument("serviceaccount")
+    s = sub.add_parser("get")
+    s.add_argument("path")
+    s.add_argument("field", nargs="?")
     a = p.parse_args()
 
     api = Api()
+    if a.cmd == "token":
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600}}
+        status, resp, _ = api.call(
+            "POST", f"/api/v1/namespaces/{a.namespace}/serviceaccounts/{a.serviceaccount}/token", body)
+        if status not in (200, 201):
+            sys.exit(f"kube-dry-run: token for {a.namespace}/{a.serviceaccount}: HTTP {status}: {resp.get('message')}")
+        print(resp["status"]["token"])
+        return
+    if a.cmd == "get":
+        status, resp, _ = api.call("GET", a.path)
+        if status != 200:
+            sys.exit(f"kube-dry-run: GET {a.path}: HTTP {status}: {resp.get('message')}")
+        for key in (a.field.split(".") if a.field else []):
+            resp = resp.get(key, {}) if isinstance(resp, dict) else {}
+        print(resp if isinstance(resp, str) else json.dumps(resp))
+        return
     if a.cmd == "dry-run":
         failures = post_all(api, a.files, a.namespace, True, a.skip_kind)
     elif a.cmd == "expect-reject":
