@@ -15,9 +15,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
+use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::child::GroupChild;
@@ -65,6 +70,10 @@ pub enum ControlPlaneError {
     Client(#[from] kube::Error),
     #[error("TokenRequest for {namespace}/{name} returned no token")]
     NoToken { namespace: String, name: String },
+    #[error("manifest document {index}: {reason}")]
+    Manifest { index: usize, reason: String },
+    #[error("CRD {name} not Established within {timeout:?}")]
+    CrdNotEstablished { name: String, timeout: Duration },
 }
 
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
@@ -216,6 +225,11 @@ impl ControlPlane {
         })
     }
 
+    /// [`apply_yaml`] with the admin identity (field manager `e2e-admin`).
+    pub async fn apply_as_admin(&self, yaml: &str) -> Result<Vec<DynamicObject>> {
+        apply_yaml(&self.admin, yaml, "e2e-admin").await
+    }
+
     /// The directory holding etcd's data, the certificates, `etcd.log` and `apiserver.log`.
     pub fn workdir(&self) -> &Path {
         &self.workdir
@@ -289,6 +303,73 @@ impl ControlPlane {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
             })
+    }
+}
+
+/// How long an applied CRD may take to be served.
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `kubectl apply --server-side -f` for a multi-document YAML string: every object is applied as
+/// `field_manager` with `client`'s identity, in order. After a CustomResourceDefinition it waits until
+/// the CRD is Established, so a later document may be of the new kind. Namespaced objects without a
+/// namespace go to `default`. Returns the objects as the server stored them.
+pub async fn apply_yaml(
+    client: &Client,
+    yaml: &str,
+    field_manager: &str,
+) -> Result<Vec<DynamicObject>> {
+    let mut applied = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let bad = |reason: String| ControlPlaneError::Manifest { index, reason };
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let types = obj
+            .types
+            .as_ref()
+            .ok_or_else(|| bad("no apiVersion/kind".into()))?;
+        let gvk = GroupVersionKind::try_from(types).map_err(|e| bad(e.to_string()))?;
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| bad("no metadata.name".into()))?;
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|e| bad(format!("{}/{}: {e}", gvk.api_version(), gvk.kind)))?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => {
+                let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        let params = PatchParams::apply(field_manager).force();
+        let stored = api.patch(&name, &params, &Patch::Apply(&obj)).await?;
+        if gvk.group == "apiextensions.k8s.io" && gvk.kind == "CustomResourceDefinition" {
+            wait_crd_established(client, &name).await?;
+        }
+        applied.push(stored);
+    }
+    Ok(applied)
+}
+
+/// Waits until the CRD `name` is Established (its resources are served).
+pub async fn wait_crd_established(client: &Client, name: &str) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let established = await_condition(crds, name, conditions::is_crd_established());
+    match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ControlPlaneError::Manifest {
+            index: 0,
+            reason: format!("watching CRD {name}: {e}"),
+        }),
+        Err(_) => Err(ControlPlaneError::CrdNotEstablished {
+            name: name.to_string(),
+            timeout: CRD_ESTABLISHED_TIMEOUT,
+        }),
     }
 }
 

@@ -9,10 +9,8 @@ use e2e::controlplane::ControlPlane;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::Client;
 use serde_json::json;
 
 fn workdir(test: &str) -> PathBuf {
@@ -91,31 +89,19 @@ spec:
               phase: {type: string}
 "#;
 
-async fn apply_widget_crd(client: &Client) {
-    let crd: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD).expect("test CRD parses");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "widgets.e2e.akidb.io",
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("server-side apply of the CRD");
-    let established = kube::runtime::wait::await_condition(
-        crds,
-        "widgets.e2e.akidb.io",
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(30), established)
-        .await
-        .expect("CRD established within 30 s")
-        .expect("watching the CRD");
-}
-
 #[tokio::test]
 async fn a_crd_can_be_applied_and_its_schema_is_enforced() {
     let cp = start("crd").await;
-    apply_widget_crd(&cp.admin).await;
+    // As `kubectl apply -f` would: the CRD and an object of its kind in one file.
+    let manifest = format!(
+        "{WIDGET_CRD}---\napiVersion: e2e.akidb.io/v1\nkind: Widget\nmetadata: {{name: first}}\nspec: {{size: 1}}\n"
+    );
+    let applied = cp
+        .apply_as_admin(&manifest)
+        .await
+        .expect("apply CRD + Widget");
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[1].metadata.namespace.as_deref(), Some("default"));
 
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("e2e.akidb.io", "v1", "Widget"),
