@@ -1,3 +1,10 @@
 //! operator
 pub mod crd;
 pub mod duration;
+pub mod prometheus;
+pub mod traffic;
+pub mod workload;
+pub mod leader;
+pub mod metrics;
+pub mod server;
+pub mod cluster;

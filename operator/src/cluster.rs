@@ -1,0 +1,182 @@
+//! Small, idempotent writes to the API server, each one call the decision's actions map onto.
+//!
+//! Owned objects (candidate Deployment/Service/ConfigMap, canary Ingress) are server-side
+//! applied with our field manager, so re-applying the same object is a no-op and fields other
+//! controllers own (e.g. an HPA's replicas, kubectl annotations) are left alone. Objects we do not
+//! own (primary Ingress, baseline Deployment) get narrow merge patches; the primary's backend
+//! patch carries the resourceVersion it was computed from, so a concurrent edit gives 409 and a
+//! fresh reconcile instead of a lost update.
+
+use std::fmt::Debug;
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, networking::v1::Ingress},
+    NamespaceResourceScope,
+};
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams},
+    Client, Resource,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::json;
+
+use crate::{
+    traffic::nginx::{retarget_backends, BackendChange, ServiceTarget},
+    workload::MANAGER,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0} changed while we worked on it (409 Conflict); will re-read and retry")]
+    Conflict(String),
+    #[error("{0} not found")]
+    Missing(String),
+}
+
+impl ClusterError {
+    fn from_kube(what: String, e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(s) if s.code == 409 => ClusterError::Conflict(what),
+            _ => ClusterError::Api { what, source: e },
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClusterError::Conflict(_))
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn describe<K: Resource<DynamicType = ()>>(name: &str) -> String {
+    format!("{} {name}", K::kind(&()))
+}
+
+/// The namespaced typed API for `K` in `ns`.
+pub fn api<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ClusterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(|e| ClusterError::from_kube(format!("reading {}", describe::<K>(name)), e))
+}
+
+/// Server-side apply `obj` (which must carry its name) with our field manager.
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, ClusterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| ClusterError::from_kube(format!("applying {}", describe::<K>(&name)), e))
+}
+
+/// Delete if present; absent is success.
+pub async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<bool, ClusterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(ClusterError::from_kube(
+            format!("deleting {}", describe::<K>(name)),
+            e,
+        )),
+    }
+}
+
+/// Set `spec.replicas` of a Deployment we may not own (the baseline) with a narrow merge patch.
+pub async fn scale_deployment(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> Result<(), ClusterError> {
+    let patch = json!({"spec": {"replicas": replicas}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Err(ClusterError::Missing(describe::<Deployment>(name))),
+        Err(e) => Err(ClusterError::from_kube(
+            format!("scaling {} to {replicas}", describe::<Deployment>(name)),
+            e,
+        )),
+    }
+}
+
+/// Point the primary Ingress's backends on Service `from` at `to`. Returns what changed (empty
+/// when it already routes there, in which case nothing is written).
+pub async fn retarget_primary(
+    api: &Api<Ingress>,
+    name: &str,
+    from: &str,
+    to: &ServiceTarget,
+) -> Result<Vec<BackendChange>, ClusterError> {
+    let ingress = get_opt(api, name)
+        .await?
+        .ok_or_else(|| ClusterError::Missing(describe::<Ingress>(name)))?;
+    let spec = ingress.spec.clone().unwrap_or_default();
+    let (new_spec, changes) = retarget_backends(&spec, from, to);
+    if changes.is_empty() {
+        return Ok(changes);
+    }
+    // Merge patch replaces `rules` as a whole; the resourceVersion makes that safe.
+    let patch = json!({
+        "metadata": {"resourceVersion": ingress.metadata.resource_version},
+        "spec": {"rules": new_spec.rules, "defaultBackend": new_spec.default_backend},
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| {
+            ClusterError::from_kube(format!("retargeting {}", describe::<Ingress>(name)), e)
+        })?;
+    Ok(changes)
+}
+
+/// Remove owner references to `owner_uid` so garbage collection spares the object.
+pub async fn orphan<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, ClusterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let Some(obj) = get_opt(api, name).await? else {
+        return Ok(false);
+    };
+    let refs = obj.meta().owner_references.clone().unwrap_or_default();
+    if !refs.iter().any(|r| r.uid == owner_uid) {
+        return Ok(false);
+    }
+    let kept: Vec<_> = refs.into_iter().filter(|r| r.uid != owner_uid).collect();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": obj.meta().resource_version,
+            "ownerReferences": kept,
+        }
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| ClusterError::from_kube(format!("orphaning {}", describe::<K>(name)), e))?;
+    Ok(true)
+}

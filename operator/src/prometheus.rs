@@ -1,0 +1,245 @@
+//! The Prometheus edge: render the rollout's PromQL templates and run them as instant queries.
+//!
+//! Every outcome a gate can meet is a value here, never a panic: a number (including `+Inf`), no
+//! data (empty vector), NaN (e.g. `histogram_quantile` over a zero rate), or a [`QueryError`]
+//! (unreachable, timeout, rejected PromQL, HTTP error, garbage). The decision core decides what
+//! each means for the rollout.
+
+use std::time::Duration;
+
+use prometheus_http_query::{response::Data, Client, Error as PromError};
+
+/// Default PromQL templates (docs/interfaces.md). `{{service}}` is the metrics `service` label,
+/// `{{window}}` the range, `{{quantile}}` the quantile for the latency query.
+pub const DEFAULT_P95: &str = r#"histogram_quantile({{quantile}}, sum by (le) (rate(embedding_request_duration_seconds_bucket{service="{{service}}"}[{{window}}])))"#;
+pub const DEFAULT_ERROR_RATE: &str = r#"sum(rate(embedding_errors_total{service="{{service}}"}[{{window}}])) / sum(rate(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
+pub const DEFAULT_REQUESTS: &str =
+    r#"sum(increase(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
+pub const DEFAULT_BREAKER: &str = r#"max(max_over_time(circuit_breaker_state{service="embedding",backend="{{service}}"}[{{window}}]))"#;
+
+/// The quantile the latency gate is about.
+pub const P95_QUANTILE: f64 = 0.95;
+
+/// Fill a template. Placeholders may carry inner spaces (`{{ service }}`) since users write
+/// overrides by hand.
+pub fn render(template: &str, service: &str, window: &str, quantile: f64) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
+        let name = rest[start + 2..start + 2 + len].trim();
+        let value = match name {
+            "service" => Some(service.to_string()),
+            "window" => Some(window.to_string()),
+            "quantile" => Some(format_quantile(quantile)),
+            _ => None,
+        };
+        out.push_str(&rest[..start]);
+        match value {
+            Some(v) => out.push_str(&v),
+            // Unknown placeholder: keep it verbatim so Prometheus reports the bad query.
+            None => out.push_str(&rest[start..start + 2 + len + 2]),
+        }
+        rest = &rest[start + 2 + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn format_quantile(q: f64) -> String {
+    // 0.95 not 0.9500000000000001; Display for f64 is the shortest round-trip form.
+    format!("{q}")
+}
+
+/// What an instant query returned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading {
+    /// A number; `+Inf`/`-Inf` are numbers too (a histogram quantile above the last bucket).
+    Value(f64),
+    /// Empty result vector: the series does not exist (yet) in the window.
+    NoData,
+    /// Prometheus answered NaN, e.g. a quantile or ratio over zero traffic.
+    NotANumber,
+}
+
+impl Reading {
+    pub fn value(self) -> Option<f64> {
+        match self {
+            Reading::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Why a query produced no reading.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    #[error("invalid Prometheus address {address:?}: {message}")]
+    BadAddress { address: String, message: String },
+    #[error("Prometheus unreachable: {0}")]
+    Unreachable(String),
+    #[error("Prometheus query timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("Prometheus rejected the query ({kind}): {message}")]
+    Rejected { kind: String, message: String },
+    #[error("Prometheus answered with an unusable response: {0}")]
+    BadResponse(String),
+    #[error("query returned a {0}, expected an instant vector or scalar")]
+    UnexpectedShape(&'static str),
+}
+
+/// A Prometheus endpoint plus the per-query time budget.
+#[derive(Clone)]
+pub struct Prometheus {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Prometheus {
+    pub fn new(address: &str, timeout: Duration) -> Result<Self, QueryError> {
+        let client = address
+            .parse::<Client>()
+            .map_err(|e| QueryError::BadAddress {
+                address: address.to_string(),
+                message: error_chain(&e),
+            })?;
+        Ok(Self { client, timeout })
+    }
+
+    /// Run one instant query. The timeout is both sent to Prometheus (so it stops evaluating) and
+    /// enforced locally (so a hung connection cannot stall a reconcile).
+    pub async fn instant(&self, promql: &str) -> Result<Reading, QueryError> {
+        let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        let request = self.client.query(promql).timeout(millis).get();
+        match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => Err(QueryError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(classify(e, self.timeout)),
+            Ok(Ok(result)) => reading_from(result.data()),
+        }
+    }
+}
+
+fn classify(e: PromError, timeout: Duration) -> QueryError {
+    match e {
+        PromError::Prometheus(p) if p.is_timeout() => QueryError::Timeout(timeout),
+        PromError::Prometheus(p) => QueryError::Rejected {
+            kind: p.error_type().to_string(),
+            message: p.message().to_string(),
+        },
+        PromError::Client(c) => {
+            let message = error_chain(&c);
+            match c.inner() {
+                Some(r) if r.is_timeout() => QueryError::Timeout(timeout),
+                Some(r) if r.is_connect() || r.is_request() => QueryError::Unreachable(message),
+                Some(r) => match r.status() {
+                    Some(status) => QueryError::BadResponse(format!("HTTP {status}: {message}")),
+                    None => QueryError::BadResponse(message),
+                },
+                None => QueryError::BadResponse(message),
+            }
+        }
+        other => QueryError::BadResponse(error_chain(&other)),
+    }
+}
+
+/// Reduce a query result to one reading. Several series (an override without aggregation) are
+/// reduced to the worst, i.e. largest, number: every gate is an upper bound, so that is the
+/// conservative choice.
+fn reading_from(data: &Data) -> Result<Reading, QueryError> {
+    let values: Vec<f64> = match data {
+        Data::Vector(v) => v.iter().map(|s| s.sample().value()).collect(),
+        Data::Scalar(s) => vec![s.value()],
+        Data::Matrix(_) => return Err(QueryError::UnexpectedShape("range vector")),
+    };
+    Ok(reduce(&values))
+}
+
+fn reduce(values: &[f64]) -> Reading {
+    if values.is_empty() {
+        return Reading::NoData;
+    }
+    values
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        })
+        .map_or(Reading::NotANumber, Reading::Value)
+}
+
+/// "outer: inner: innermost", so the status message says why (e.g. connection refused).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_p95_renders_to_the_documented_query() {
+        assert_eq!(
+            render(DEFAULT_P95, "candle", "5m", P95_QUANTILE),
+            r#"histogram_quantile(0.95, sum by (le) (rate(embedding_request_duration_seconds_bucket{service="candle"}[5m])))"#
+        );
+    }
+
+    #[test]
+    fn every_default_renders_service_and_window_everywhere() {
+        for t in [DEFAULT_ERROR_RATE, DEFAULT_REQUESTS, DEFAULT_BREAKER] {
+            let q = render(t, "mlx", "2m", P95_QUANTILE);
+            assert!(!q.contains("{{"), "{q}");
+            assert!(q.contains(r#""mlx""#), "{q}");
+            assert!(q.contains("[2m]"), "{q}");
+        }
+        assert_eq!(
+            render(DEFAULT_ERROR_RATE, "mlx", "5m", 0.95),
+            r#"sum(rate(embedding_errors_total{service="mlx"}[5m])) / sum(rate(embedding_requests_total{service="mlx"}[5m]))"#
+        );
+        assert_eq!(
+            render(DEFAULT_BREAKER, "candle", "1m", 0.95),
+            r#"max(max_over_time(circuit_breaker_state{service="embedding",backend="candle"}[1m]))"#
+        );
+    }
+
+    #[test]
+    fn overrides_may_use_spaces_and_other_quantiles() {
+        let q = render(
+            "histogram_quantile({{ quantile }}, x{job=\"{{ service }}\"}[{{window}}])",
+            "c",
+            "30s",
+            0.99,
+        );
+        assert_eq!(q, "histogram_quantile(0.99, x{job=\"c\"}[30s])");
+    }
+
+    #[test]
+    fn unknown_or_unclosed_placeholders_are_left_for_prometheus_to_reject() {
+        assert_eq!(
+            render("a{{nope}}b{{service}}", "s", "1m", 0.95),
+            "a{{nope}}bs"
+        );
+        assert_eq!(render("x{{service", "s", "1m", 0.95), "x{{service");
+    }
+
+    #[test]
+    fn several_series_reduce_to_the_worst_value_ignoring_nan() {
+        assert_eq!(reduce(&[]), Reading::NoData);
+        assert_eq!(reduce(&[f64::NAN]), Reading::NotANumber);
+        assert_eq!(reduce(&[0.01, f64::NAN, 0.03]), Reading::Value(0.03));
+        assert_eq!(reduce(&[1.0, f64::INFINITY]), Reading::Value(f64::INFINITY));
+    }
+}
