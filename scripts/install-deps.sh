@@ -50,6 +50,12 @@ echo "install-deps: $(prometheus --version 2>&1 | head -n1 | cut -d' ' -f1-3), $
 shopt -s nullglob
 for part in scripts/install-deps.d/*.sh; do
   echo "install-deps: $part"
+  # A subshell: a part's `cd`, variables or early `exit 0` cannot affect the next part.
   # shellcheck source=/dev/null
-  source "$part"
+  # (Not `( ... ) || ...`: errexit would be off inside the part.)
+  set +e
+  ( set -e; source "$part" )
+  rc=$?
+  set -e
+  [ "$rc" = 0 ] || { echo "install-deps: $part failed (exit $rc)" >&2; exit 1; }
 done
