@@ -28,6 +28,8 @@ pub const ROLLOUT_LABEL: &str = "rollout.akidb.io/rollout";
 pub const HISTORY_LIMIT: usize = 10;
 
 /// Moves embedding traffic from a baseline service to a candidate, step by step, behind go/no-go gates.
+// Clippy reads the repeated `type_ = ...` of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "rollout.akidb.io",
@@ -40,9 +42,21 @@ pub const HISTORY_LIMIT: usize = 10;
     doc = "Moves embedding traffic from a baseline service to a candidate through nginx canary weights, behind Prometheus go/no-go gates, with automatic promotion and rollback.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStep"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.currentWeight"),
-    printcolumn(name = "Candidate", type_ = "string", json_path = ".spec.candidate.image"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.currentWeight"
+    ),
+    printcolumn(
+        name = "Candidate",
+        type_ = "string",
+        json_path = ".spec.candidate.image"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EmbeddingRolloutSpec {

@@ -1,10 +1,4 @@
 //! operator
 pub mod crd;
+pub mod decision;
 pub mod duration;
-pub mod prometheus;
-pub mod traffic;
-pub mod workload;
-pub mod leader;
-pub mod metrics;
-pub mod server;
-pub mod cluster;

@@ -1,0 +1,154 @@
+//! The committed CRD must match the Rust types, and the schema must carry the defaults and
+//! validations users rely on.
+
+use embedding_rollout_operator::crd::{self, EmbeddingRollout, EmbeddingRolloutSpec, NoDataPolicy};
+use kube::CustomResourceExt;
+
+const COMMITTED: &str = include_str!("../../crds/embeddingrollouts.rollout.akidb.io.yaml");
+
+#[test]
+fn committed_crd_is_up_to_date() {
+    assert!(
+        COMMITTED == crd::crd_yaml(),
+        "crds/embeddingrollouts.rollout.akidb.io.yaml is stale: run make crds"
+    );
+}
+
+fn schema() -> serde_json::Value {
+    let crd = EmbeddingRollout::crd();
+    let v = &crd.spec.versions[0];
+    serde_json::to_value(
+        v.schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn names_scope_and_subresources() {
+    let crd = EmbeddingRollout::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("embeddingrollouts.rollout.akidb.io")
+    );
+    assert_eq!(crd.spec.group, "rollout.akidb.io");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.kind, "EmbeddingRollout");
+    assert_eq!(
+        crd.spec.names.short_names,
+        Some(vec!["erollout".to_string()])
+    );
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, "v1alpha1");
+    assert!(v.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<_> = v
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(columns, ["Phase", "Step", "Weight", "Candidate", "Age"]);
+}
+
+#[test]
+fn schema_carries_defaults() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    assert_eq!(spec["rollbackDeadline"]["default"], "5m");
+    let steps = &spec["steps"]["default"];
+    assert_eq!(steps[0]["weight"], 1);
+    assert_eq!(steps[3]["duration"], "7d");
+    let analysis = &spec["analysis"]["properties"];
+    assert_eq!(analysis["interval"]["default"], "1m");
+    assert_eq!(analysis["failureLimit"]["default"], 3);
+    assert_eq!(analysis["noDataPolicy"]["default"], "Hold");
+    assert_eq!(analysis["gates"]["properties"]["maxP95Ms"]["default"], 35.0);
+    assert_eq!(
+        spec["baseline"]["properties"]["metricsService"]["default"],
+        "mlx"
+    );
+    assert_eq!(
+        spec["candidate"]["properties"]["metricsService"]["default"],
+        "candle"
+    );
+    assert_eq!(
+        spec["baseline"]["properties"]["standbyReplicas"]["default"],
+        2
+    );
+}
+
+#[test]
+fn schema_carries_validations_with_messages() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    let rules = spec["steps"]["x-kubernetes-validations"]
+        .as_array()
+        .unwrap();
+    let messages: Vec<_> = rules
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.contains(&"step weights must be strictly increasing"));
+    assert!(messages.contains(&"the last step must have weight 100"));
+    assert_eq!(
+        spec["steps"]["items"]["properties"]["weight"]["minimum"],
+        1.0
+    );
+    assert_eq!(
+        spec["steps"]["items"]["properties"]["weight"]["maximum"],
+        100.0
+    );
+    assert_eq!(
+        spec["steps"]["items"]["properties"]["duration"]["pattern"],
+        embedding_rollout_operator::duration::PATTERN
+    );
+    let gates = &spec["analysis"]["properties"]["gates"]["x-kubernetes-validations"];
+    assert!(gates
+        .to_string()
+        .contains("gates.maxP95Ms must be positive"));
+    assert_eq!(
+        spec["analysis"]["properties"]["failureLimit"]["minimum"],
+        1.0
+    );
+}
+
+#[test]
+fn minimal_object_gets_the_documented_defaults() {
+    let spec: EmbeddingRolloutSpec = serde_json::from_value(serde_json::json!({
+        "baseline": {"deployment": "akidb-mlx", "service": "akidb-mlx"},
+        "candidate": {"image": "ghcr.io/akidb/candle-embedder:1.0.0"},
+        "ingress": {"name": "akidb-ingress"}
+    }))
+    .unwrap();
+    assert_eq!(spec.steps, crd::default_steps());
+    assert_eq!(spec.baseline.standby_replicas, 2);
+    assert_eq!(spec.baseline.metrics_service, "mlx");
+    assert_eq!(spec.candidate.replicas, 2);
+    assert_eq!(spec.candidate.full_replicas(), 2);
+    assert_eq!(spec.candidate.metrics_service, "candle");
+    assert_eq!(spec.analysis.gates.max_p95_ms, 35.0);
+    assert_eq!(spec.analysis.gates.max_error_rate, 0.005);
+    assert_eq!(spec.analysis.rollback_triggers.p95_ms, 50.0);
+    assert_eq!(spec.analysis.no_data_policy, NoDataPolicy::Hold);
+    assert!(spec.promotion.auto);
+    assert_eq!(spec.rollback_deadline.parse().unwrap().as_secs(), 300);
+    assert!(!spec.paused);
+}
+
+#[test]
+fn candidate_name_defaults_to_rollout_name() {
+    let spec: EmbeddingRolloutSpec = serde_json::from_value(serde_json::json!({
+        "baseline": {"deployment": "a", "service": "a"},
+        "candidate": {"image": "img"},
+        "ingress": {"name": "ing"}
+    }))
+    .unwrap();
+    let r = EmbeddingRollout::new("emb", spec);
+    assert_eq!(r.candidate_name(), "emb-candle");
+    assert_eq!(r.spec.ingress.canary_name(), "ing-canary");
+}
