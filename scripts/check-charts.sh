@@ -416,7 +416,7 @@ KC
             for i in 0 1; do
                 ports[i]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
                 mapfile -t argv < <(echo "$args" | sed "s/^--metrics-addr=.*/--metrics-addr=127.0.0.1:${ports[i]}/")
-                env -i PATH=/usr/bin:/bin KUBECONFIG="$kc" POD_NAME="operator-$i" POD_NAMESPACE="$ns" RUST_LOG=info \
+                env -i PATH=/usr/bin:/bin NO_COLOR=1 KUBECONFIG="$kc" POD_NAME="operator-$i" POD_NAMESPACE="$ns" RUST_LOG=info \
                     "$op_bin" "${argv[@]}" >"$work/operator-$i.log" 2>&1 &
                 pids[i]=$!
                 echo "          operator-$i: $op_bin ${argv[*]}"
