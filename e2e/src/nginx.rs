@@ -12,6 +12,8 @@
 //! - a primary backend without ready endpoints answers 503;
 //! - when two non-canary Ingresses claim the same host+path, the oldest wins.
 //!
+//! FQDN endpoints named `localhost` / `*.localhost` are 127.0.0.1 (RFC 6761), see [`crate::runner`].
+//!
 //! Not emulated: canary-by-header/cookie, session affinity, TLS, rewrites, defaultBackend.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,10 +200,14 @@ fn endpoints_of(
                 continue;
             }
             for addr in &ep.addresses {
-                let host = if slice.address_type == "IPv6" {
-                    format!("[{addr}]")
-                } else {
-                    addr.clone()
+                let host = match slice.address_type.as_str() {
+                    "IPv6" => format!("[{addr}]"),
+                    // RFC 6761: localhost names are loopback. The deployment runner needs them
+                    // because the API server rejects loopback IPs in EndpointSlices.
+                    "FQDN" if addr == "localhost" || addr.ends_with(".localhost") => {
+                        "127.0.0.1".to_string()
+                    }
+                    _ => addr.clone(),
                 };
                 out.insert(format!("{host}:{slice_port}"));
             }
@@ -572,6 +578,16 @@ mod tests {
             "ports": [{"name": "http", "port": port, "protocol": "TCP"}]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn localhost_fqdn_endpoints_are_loopback() {
+        let (svcs, _) = world();
+        let mut s = slice("mlx", 9005, true);
+        s.address_type = "FQDN".into();
+        s.endpoints[0].addresses = vec!["mlx-abc.localhost".into()];
+        let rs = routes(&[primary()], &svcs, &[s], &RouteOptions::default());
+        assert_eq!(rs[0].primary.endpoints, vec!["127.0.0.1:9005"]);
     }
 
     fn world() -> (Vec<Service>, Vec<EndpointSlice>) {

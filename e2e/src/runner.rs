@@ -7,7 +7,10 @@
 //! - the Deployment's status subresource (observedGeneration, replicas, updated/ready/available
 //!   replicas, Available and Progressing conditions with Kubernetes' reasons);
 //! - one EndpointSlice per (Service, pod) whose selector matches the pod template labels, since every
-//!   process listens on its own port and a slice's ports are shared by all its endpoints;
+//!   process listens on its own port and a slice's ports are shared by all its endpoints. The API
+//!   server rejects loopback IPs in EndpointSlices ("may not be in the loopback range") and
+//!   single-label FQDNs, so the address is `addressType: FQDN`, `<pod>.localhost`: loopback by
+//!   RFC 6761 §6.3 (the ingress emulator maps it to 127.0.0.1);
 //! - a Prometheus file_sd JSON listing every live process (labels deployment, namespace, pod).
 //!
 //! A pod-template change is a rolling replace honouring maxSurge/maxUnavailable; a removed pod first
@@ -115,6 +118,10 @@ pub struct RunnerConfig {
     pub max_grace: Duration,
     /// Extra environment for every process (after the container's env).
     pub extra_env: Vec<(String, String)>,
+    /// Directories the image would provide, mapped to local ones (default: `/models` -> the
+    /// workspace's `models/`, where the image bakes the model). Applied to args, env values and the
+    /// contents of files written from ConfigMaps (a models file names `/models/...`).
+    pub image_paths: Vec<(String, PathBuf)>,
 }
 
 impl RunnerConfig {
@@ -129,6 +136,7 @@ impl RunnerConfig {
             termination_delay: Duration::from_secs(1),
             max_grace: Duration::from_secs(30),
             extra_env: Vec::new(),
+            image_paths: vec![("/models".to_string(), workspace_root().join("models"))],
         }
     }
 }
@@ -574,6 +582,37 @@ pub fn rewrite_path(value: &str, map: &[(String, PathBuf)]) -> String {
     value.to_string()
 }
 
+/// Rewrite container paths inside a text file (YAML values like `path: /models/x`): an occurrence
+/// counts when it starts a value (after whitespace, a quote, `=` or `:`) and ends at a path
+/// boundary. Pure.
+pub fn rewrite_paths_in_text(text: &str, map: &[(String, PathBuf)]) -> String {
+    let mut out = text.to_string();
+    for (container, local) in map {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        let mut prev: Option<char> = None;
+        while let Some(i) = rest.find(container.as_str()) {
+            let before = rest[..i].chars().last().or(prev);
+            let after = rest[i + container.len()..].chars().next();
+            let starts_value =
+                before.is_none_or(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ':'));
+            let ends_path =
+                after.is_none_or(|c| c == '/' || c.is_whitespace() || matches!(c, '"' | '\''));
+            result.push_str(&rest[..i]);
+            if starts_value && ends_path {
+                result.push_str(&local.display().to_string());
+            } else {
+                result.push_str(container);
+            }
+            prev = container.chars().last();
+            rest = &rest[i + container.len()..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
 /// Container args without `--host`/`--port` (the runner sets them). Pure.
 pub fn strip_listen_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
@@ -619,6 +658,16 @@ pub struct PodView {
     pub terminating: bool,
 }
 
+/// FQDN of a harness pod: `<pod>.localhost` (RFC 6761: always loopback); `harness.localhost` when
+/// the pod name is too long for a DNS label.
+pub fn endpoint_host(pod: &str) -> String {
+    if pod.len() <= 63 {
+        format!("{pod}.localhost")
+    } else {
+        "harness.localhost".to_string()
+    }
+}
+
 /// The EndpointSlices of a namespace: one per (Service with selector, matching pod). Pure.
 pub fn desired_slices(
     namespace: &str,
@@ -656,9 +705,9 @@ pub fn desired_slices(
                         "apiVersion": "v1", "kind": "Service", "name": name, "uid": uid
                     })]),
                 },
-                "addressType": "IPv4",
+                "addressType": "FQDN",
                 "endpoints": [{
-                    "addresses": ["127.0.0.1"],
+                    "addresses": [endpoint_host(&pod.name)],
                     "conditions": {
                         "ready": pod.ready && !pod.terminating,
                         "serving": pod.ready,
@@ -999,6 +1048,7 @@ impl Runner {
                         .await
                         .map_err(io(format!("creating {}", parent.display())))?;
                 }
+                let content = rewrite_paths_in_text(content, &self.cfg.image_paths);
                 tokio::fs::write(&target, content)
                     .await
                     .map_err(io(format!("writing {}", target.display())))?;
@@ -1011,6 +1061,7 @@ impl Runner {
             }
         }
 
+        path_map.extend(self.cfg.image_paths.iter().cloned());
         let port = free_port().map_err(io("picking a free port"))?;
         let mut args: Vec<String> = strip_listen_args(&container.args.clone().unwrap_or_default())
             .iter()
@@ -1407,6 +1458,20 @@ mod tests {
     }
 
     #[test]
+    fn image_paths_in_models_files_point_at_local_directories() {
+        let map = vec![("/models".to_string(), PathBuf::from("/ws/models"))];
+        let yaml = "models:\n  - name: a\n    path: /models/all-MiniLM-L6-v2\n  - path: \"/models/b\"\n  - path: /other/models/c\n";
+        assert_eq!(
+            rewrite_paths_in_text(yaml, &map),
+            "models:\n  - name: a\n    path: /ws/models/all-MiniLM-L6-v2\n  - path: \"/ws/models/b\"\n  - path: /other/models/c\n"
+        );
+        assert_eq!(
+            rewrite_paths_in_text("/modelsx: /models", &map),
+            "/modelsx: /ws/models"
+        );
+    }
+
+    #[test]
     fn listen_flags_of_the_container_are_replaced() {
         let args: Vec<String> = ["--port", "8080", "--host=0.0.0.0", "--service-name", "mlx"]
             .iter()
@@ -1449,6 +1514,8 @@ mod tests {
             "mlx"
         );
         assert_eq!(a.ports.as_ref().unwrap()[0].port, Some(9001));
+        assert_eq!(a.address_type, "FQDN");
+        assert_eq!(a.endpoints[0].addresses, vec!["mlx-a.localhost"]);
         assert_eq!(
             a.endpoints[0].conditions.as_ref().unwrap().ready,
             Some(true)
