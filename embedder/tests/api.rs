@@ -261,12 +261,12 @@ async fn bad_input_gets_clear_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_429_with_retry_after() {
-    // Batches wait up to 1 s to fill, so the first two requests sit in a queue of 4 texts.
+    // Batches wait up to 2 s to fill, so the first two requests sit in a queue of 4 texts.
     let s = start(&[
         "--queue-capacity",
         "4",
         "--max-batch-wait-ms",
-        "1000",
+        "2000",
         "--inference-threads",
         "1",
     ])
@@ -303,7 +303,7 @@ async fn full_queue_answers_429_with_retry_after() {
     ) != Some(4.0)
     {
         assert!(
-            t0.elapsed() < Duration::from_millis(900),
+            t0.elapsed() < Duration::from_millis(1800),
             "queue never filled"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -511,8 +511,8 @@ async fn metrics_carry_the_contract_names_and_labels_after_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_results_equal_unbatched_even_with_a_bad_request_in_the_mix() {
-    // A 30 ms batch window makes the concurrent requests below share batches.
-    let s = start(&["--max-batch-wait-ms", "30", "--inference-threads", "1"]).await;
+    // A 100 ms batch window makes the concurrent requests below share batches.
+    let s = start(&["--max-batch-wait-ms", "100", "--inference-threads", "1"]).await;
     let texts = [
         "the cat sat on the mat",
         "a",
