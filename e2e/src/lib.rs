@@ -11,3 +11,6 @@ pub mod traffic;
 // Real components the scenarios run against: kube-apiserver + etcd, Prometheus.
 pub mod controlplane;
 pub mod prometheus;
+
+// The end-to-end environment the scenarios and `make demo` share.
+pub mod scenario;

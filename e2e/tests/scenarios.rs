@@ -1,0 +1,730 @@
+//! End-to-end scenarios: the operator binary (as the chart's ServiceAccount, not admin) against a real
+//! kube-apiserver, real Prometheus, real nginx and real candle-embedder processes, with constant
+//! client traffic recorded request by request. Run sequentially:
+//! `cargo test -p e2e --test scenarios -- --test-threads=1 --nocapture`.
+//! Missing prerequisites fail the test with the command that provides them; nothing is skipped.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use e2e::controlplane::ControlPlane;
+use e2e::scenario::{
+    self, bucket_by_served, expected_candidate_share, fast_rollout, phase, secs_between, timestamp,
+    Env, Observation, BASELINE, CANARY_INGRESS, CANDIDATE, PRIMARY_INGRESS,
+};
+use e2e::traffic::Sample;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, PostParams};
+use serde_json::{json, Value};
+
+const RATE: f64 = 20.0;
+
+fn workdir(test: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("scenarios")
+        .join(test)
+}
+
+async fn env(test: &str) -> Env {
+    let t = Instant::now();
+    let env = Env::start(test, &workdir(test))
+        .await
+        .unwrap_or_else(|e| panic!("environment for {test}: {e:#}"));
+    println!(
+        "[{test}] environment up in {:.1}s (API {}, Prometheus {}, nginx {}, workdir {})",
+        t.elapsed().as_secs_f64(),
+        env.cp.api_url,
+        env.prometheus.url(),
+        env.ingress.url(),
+        env.workdir.display()
+    );
+    env
+}
+
+fn ok<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn terminal(r: &Value) -> bool {
+    matches!(
+        phase(r),
+        "Promoted" | "Decommissioned" | "RolledBack" | "Failed"
+    )
+}
+
+/// Weights only go up while the rollout moves forward: the rollout's step and currentWeight and the
+/// canary Ingress's weight, over every observation.
+fn assert_never_backwards(log: &[Observation]) {
+    let forward = |o: &Observation| {
+        matches!(
+            o.phase.as_str(),
+            "" | "Pending" | "Deploying" | "Progressing" | "Paused" | "Promoting" | "Promoted"
+        )
+    };
+    let mut step = 0;
+    let mut weight = 0;
+    let mut canary = 0;
+    for o in log.iter().filter(|o| forward(o)) {
+        assert!(o.step >= step, "step went back {step} -> {}: {o:?}", o.step);
+        assert!(
+            o.weight >= weight,
+            "currentWeight went back {weight} -> {}: {o:?}",
+            o.weight
+        );
+        if let Some(c) = o.canary_weight {
+            assert!(
+                c >= canary,
+                "canary Ingress weight went back {canary} -> {c}: {o:?}"
+            );
+            canary = c;
+        }
+        step = o.step;
+        weight = o.weight;
+    }
+}
+
+/// The candidate's share per nginx configuration, within a tolerance loose enough for small
+/// samples (at 1 %: 0-8 %). Returns the weights (basis points) that had enough samples.
+fn assert_shares(env: &Env, samples: &[Sample]) -> Vec<u32> {
+    let served = env.served();
+    let mut seen = Vec::new();
+    println!("  nginx configuration            requests  candle share  expected");
+    for (s, bucket) in bucket_by_served(&served, samples, Duration::from_secs(1)) {
+        let answered: Vec<&Sample> = bucket.iter().filter(|s| s.served_by.is_some()).collect();
+        let n = answered.len();
+        let candle = answered
+            .iter()
+            .filter(|s| s.served_by.as_deref() == Some("candle"))
+            .count();
+        let share = if n == 0 {
+            0.0
+        } else {
+            candle as f64 / n as f64
+        };
+        let expected = expected_candidate_share(s);
+        println!(
+            "  primary={:<12} canary={:>5}bp {:>9}  {:>11.3}  {:>8.3}",
+            s.primary, s.canary_bp, n, share, expected
+        );
+        if n < 20 {
+            continue;
+        }
+        if expected == 0.0 || expected == 1.0 {
+            assert_eq!(
+                share, expected,
+                "candidate share under {s:?} over {n} requests"
+            );
+        } else {
+            let sd = (expected * (1.0 - expected) / n as f64).sqrt();
+            let tol = (4.0 * sd).max(0.07);
+            assert!(
+                (share - expected).abs() <= tol,
+                "candidate share {share:.3} under {s:?} over {n} requests; expected {expected} +- {tol:.3}"
+            );
+        }
+        seen.push(if s.primary == CANDIDATE {
+            10_000
+        } else {
+            s.canary_bp
+        });
+    }
+    seen
+}
+
+async fn ingress(env: &Env, name: &str) -> Option<Ingress> {
+    let api: Api<Ingress> = Api::namespaced(env.cp.admin.clone(), &env.ns);
+    api.get_opt(name).await.expect("get Ingress")
+}
+
+fn primary_service(ing: &Ingress) -> String {
+    ing.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .paths[0]
+        .backend
+        .service
+        .as_ref()
+        .unwrap()
+        .name
+        .clone()
+}
+
+async fn replicas(env: &Env, name: &str) -> i32 {
+    let api: Api<Deployment> = Api::namespaced(env.cp.admin.clone(), &env.ns);
+    api.get(name)
+        .await
+        .expect("get Deployment")
+        .spec
+        .unwrap()
+        .replicas
+        .unwrap_or(1)
+}
+
+fn failures(samples: &[Sample]) -> Vec<&Sample> {
+    samples.iter().filter(|s| !s.ok()).collect()
+}
+
+/// Runs a rollout to its end with traffic and returns (final rollout, samples, observations).
+async fn run_to_end(
+    env: &mut Env,
+    rollout: Value,
+    timeout: Duration,
+) -> (Value, Vec<Sample>, Vec<Observation>) {
+    let name = rollout["metadata"]["name"].as_str().unwrap().to_string();
+    ok(env.start_operator().await);
+    env.start_traffic(RATE);
+    env.create_rollout(&rollout)
+        .await
+        .unwrap_or_else(|e| panic!("create rollout: {e}"));
+    let mut log = Vec::new();
+    let fin = ok(env
+        .wait_rollout(&name, timeout, "a final phase", &mut log, terminal)
+        .await);
+    // Traffic after the end shows where clients are now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = env.stop_traffic().await;
+    (fin, samples, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s1_happy_path_promotes_with_exact_traffic_shares_and_no_failed_requests() {
+    let t = Instant::now();
+    let mut env = env("happy").await;
+    let rollout = fast_rollout("happy", &env.prometheus.url());
+    let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(360)).await;
+    println!(
+        "[happy] final phase {} after {:.1}s; {} requests",
+        phase(&fin),
+        t.elapsed().as_secs_f64(),
+        samples.len()
+    );
+    assert_eq!(
+        phase(&fin),
+        "Promoted",
+        "status: {}",
+        serde_json::to_string_pretty(&fin["status"]).unwrap()
+    );
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} client requests failed, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_never_backwards(&log);
+    let seen = assert_shares(&env, &samples);
+    for bp in [100, 1_000, 5_000, 10_000] {
+        assert!(
+            seen.contains(&bp),
+            "no (or too little) traffic observed at {bp} basis points; seen {seen:?}"
+        );
+    }
+    let primary = ingress(&env, PRIMARY_INGRESS)
+        .await
+        .expect("primary Ingress");
+    assert_eq!(primary_service(&primary), CANDIDATE);
+    assert!(
+        ingress(&env, CANARY_INGRESS).await.is_none(),
+        "canary Ingress left behind"
+    );
+    assert_eq!(
+        replicas(&env, BASELINE).await,
+        1,
+        "baseline at standbyReplicas"
+    );
+    let tail: Vec<&Sample> = samples.iter().rev().take(20).collect();
+    assert!(
+        tail.iter()
+            .all(|s| s.served_by.as_deref() == Some("candle")),
+        "after promotion every request is served by candle"
+    );
+    env.shutdown().await;
+    println!("[happy] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// Rollback timing: first failing check -> all traffic back on the baseline, from the status and
+/// from the clients (the last response served by candle).
+async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures: bool) {
+    let t = Instant::now();
+    let mut env = env(test).await;
+    let mut rollout = fast_rollout(test, &env.prometheus.url());
+    rollout["spec"]["candidate"]["args"] = json!(chaos);
+    let (fin, samples, _log) = run_to_end(&mut env, rollout, Duration::from_secs(300)).await;
+    let status = &fin["status"];
+    assert_eq!(
+        phase(&fin),
+        "RolledBack",
+        "status: {}",
+        serde_json::to_string_pretty(status).unwrap()
+    );
+    let rb = &status["rollback"];
+    let first_fail = timestamp(&rb["firstFailureAt"])
+        .or_else(|| {
+            status["history"]
+                .as_array()?
+                .iter()
+                .find(|a| a["verdict"] == "Fail")
+                .and_then(|a| timestamp(&a["time"]))
+        })
+        .unwrap_or_else(|| panic!("no first failure time in the status: {status}"));
+    let started = timestamp(&rb["startedAt"]).expect("rollback.startedAt");
+    let completed = timestamp(&rb["completedAt"]).expect("rollback.completedAt");
+    let last_candle = samples
+        .iter()
+        .filter(|s| s.served_by.as_deref() == Some("candle"))
+        .map(|s| s.wall + s.latency)
+        .max()
+        .expect("the candidate served some requests before the rollback");
+    let server_secs = secs_between(first_fail, completed);
+    let client_secs = secs_between(first_fail, last_candle);
+    println!(
+        "[{test}] reason: {}\n[{test}] first failing check -> rollback started {:.1}s -> completed {:.1}s (status); \
+         last candle-served response {:.1}s after the first failing check (clients)",
+        rb["reason"].as_str().unwrap_or(""),
+        secs_between(first_fail, started),
+        server_secs,
+        client_secs
+    );
+    assert!(
+        server_secs < 300.0 && client_secs < 300.0,
+        "rollback too slow: {server_secs:.1}s (status), {client_secs:.1}s (clients)"
+    );
+    // Nothing reaches the candidate once the rollback is complete (2 s for nginx reloads in flight).
+    let late: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.served_by.as_deref() == Some("candle") && secs_between(completed, s.wall) > 2.0
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "candle served after the rollback: {late:?}"
+    );
+    let primary = ingress(&env, PRIMARY_INGRESS)
+        .await
+        .expect("primary Ingress");
+    assert_eq!(primary_service(&primary), BASELINE);
+    if let Some(c) = ingress(&env, CANARY_INGRESS).await {
+        let w = c.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            w.get(e2e::nginx::CANARY_WEIGHT_ANNOTATION)
+                .map(String::as_str),
+            Some("0"),
+            "canary Ingress left with weight"
+        );
+    }
+    assert_eq!(replicas(&env, BASELINE).await, 2, "baseline restored");
+    let failed = failures(&samples);
+    println!(
+        "[{test}] client requests {}, failed {} (all served by {:?})",
+        samples.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|s| s.served_by.clone().unwrap_or_default())
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    if expect_no_client_failures {
+        assert!(
+            failed.is_empty(),
+            "failed requests: {:?}",
+            &failed[..failed.len().min(5)]
+        );
+    } else {
+        assert!(
+            failed
+                .iter()
+                .all(|s| s.served_by.as_deref() == Some("candle")),
+            "only the faulty candidate may fail requests: {:?}",
+            failed
+                .iter()
+                .filter(|s| s.served_by.as_deref() != Some("candle"))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+    }
+    env.shutdown().await;
+    println!("[{test}] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s2_latency_regression_rolls_back() {
+    rollback_scenario("latency", &["--chaos-latency-ms=40"], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_error_regression_rolls_back() {
+    rollback_scenario("errors", &["--chaos-error-ratio=0.02"], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
+    let t = Instant::now();
+    let mut env = env("sigkill").await;
+    let name = "sigkill";
+    let mut rollout = fast_rollout(name, &env.prometheus.url());
+    // A long second step to kill the operator in.
+    rollout["spec"]["steps"][1]["duration"] = json!("40s");
+    ok(env.start_operator().await);
+    env.start_traffic(RATE);
+    env.create_rollout(&rollout).await.expect("create rollout");
+    let mut log = Vec::new();
+    let before = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(180),
+            "step 2 at 10 %",
+            &mut log,
+            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 10,
+        )
+        .await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let step_started = before["status"]["stepStartedAt"].clone();
+    env.kill_operator().await;
+    println!(
+        "[sigkill] operator SIGKILLed at {:.1}s in step 2",
+        env.secs()
+    );
+    // While it is down nothing changes.
+    let down_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < down_until {
+        let o = ok(env.observe(name).await);
+        assert_eq!(
+            (o.step, o.weight),
+            (1, 10),
+            "changed without an operator: {o:?}"
+        );
+        log.push(o);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ok(env.start_operator().await);
+    println!("[sigkill] operator started again at {:.1}s", env.secs());
+    let after = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(20),
+            "the restarted operator's first reconcile",
+            &mut log,
+            |r| r["status"]["currentStep"].as_i64() >= Some(1),
+        )
+        .await);
+    assert_eq!(after["status"]["currentStep"], 1, "resumed at step 2");
+    assert_eq!(
+        after["status"]["stepStartedAt"], step_started,
+        "the step continues, not restarted"
+    );
+    let fin = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(300),
+            "a final phase",
+            &mut log,
+            terminal,
+        )
+        .await);
+    let samples = env.stop_traffic().await;
+    assert_eq!(
+        phase(&fin),
+        "Promoted",
+        "status: {}",
+        serde_json::to_string_pretty(&fin["status"]).unwrap()
+    );
+    assert_never_backwards(&log);
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    env.shutdown().await;
+    println!("[sigkill] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// Prometheus down while the rollout is at 10 %: returns (env, rollout name, log) with Prometheus
+/// stopped after `hold` of checks that nothing advanced.
+async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) -> Vec<Observation> {
+    let mut rollout = fast_rollout(name, &env.prometheus.url());
+    rollout["spec"]["analysis"]["noDataPolicy"] = json!(policy);
+    rollout["spec"]["analysis"]["failureLimit"] = json!(2);
+    ok(env.start_operator().await);
+    env.start_traffic(RATE);
+    env.create_rollout(&rollout).await.expect("create rollout");
+    let mut log = Vec::new();
+    ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(180),
+            "step 2 at 10 %",
+            &mut log,
+            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 10,
+        )
+        .await);
+    env.prometheus.stop().await;
+    println!("[{name}] Prometheus stopped at {:.1}s", env.secs());
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
+    let t = Instant::now();
+    let mut env = env("promdown").await;
+    let name = "promdown";
+    let mut log = stop_prometheus_mid_rollout(&mut env, name, "Hold").await;
+    let stopped = SystemTime::now();
+    // Longer than the step (15 s) plus several analyses: nothing may advance.
+    let hold_until = Instant::now() + Duration::from_secs(35);
+    let mut last = Value::Null;
+    while Instant::now() < hold_until {
+        last = ok(env.rollout(name).await);
+        let o = ok(env.observe(name).await);
+        assert_eq!(
+            (o.phase.as_str(), o.step, o.weight),
+            ("Progressing", 1, 10),
+            "advanced or rolled back without Prometheus: {}",
+            last["status"]
+        );
+        log.push(o);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let history = last["status"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let during: Vec<&Value> = history
+        .iter()
+        .filter(|a| timestamp(&a["time"]).is_some_and(|at| at > stopped + Duration::from_secs(2)))
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no analysis while Prometheus was down: {}",
+        last["status"]
+    );
+    assert!(
+        during.iter().all(|a| a["verdict"] == "Inconclusive"),
+        "analyses without Prometheus must be Inconclusive: {during:?}"
+    );
+    println!(
+        "[promdown] {} Inconclusive analyses while down, e.g. {}",
+        during.len(),
+        during[0]["reasons"]
+    );
+    env.prometheus
+        .start_again()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("[promdown] Prometheus back at {:.1}s", env.secs());
+    let fin = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(300),
+            "a final phase",
+            &mut log,
+            terminal,
+        )
+        .await);
+    let samples = env.stop_traffic().await;
+    assert_eq!(phase(&fin), "Promoted", "status: {}", fin["status"]);
+    assert_never_backwards(&log);
+    assert!(failures(&samples).is_empty(), "failed client requests");
+    env.shutdown().await;
+    println!("[promdown] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s5b_prometheus_down_with_fail_policy_rolls_back() {
+    let t = Instant::now();
+    let mut env = env("promdown-fail").await;
+    let name = "promdown-fail";
+    let mut log = stop_prometheus_mid_rollout(&mut env, name, "Fail").await;
+    let fin = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(120),
+            "a final phase",
+            &mut log,
+            terminal,
+        )
+        .await);
+    let _ = env.stop_traffic().await;
+    assert_eq!(phase(&fin), "RolledBack", "status: {}", fin["status"]);
+    println!(
+        "[promdown-fail] rolled back: {}",
+        fin["status"]["rollback"]["reason"]
+    );
+    let primary = ingress(&env, PRIMARY_INGRESS)
+        .await
+        .expect("primary Ingress");
+    assert_eq!(primary_service(&primary), BASELINE);
+    env.shutdown().await;
+    println!(
+        "[promdown-fail] wall time {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() {
+    let t = Instant::now();
+    let mut env = env("rbac").await;
+    let name = "rbac";
+    // The chart's ClusterRole without `patch` on Ingresses (server-side apply needs it).
+    let roles: Api<ClusterRole> = Api::all(env.cp.admin.clone());
+    let mut role = roles
+        .get(scenario::OPERATOR_SA)
+        .await
+        .expect("the chart's ClusterRole is applied");
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resources.iter().flatten().any(|r| r == "ingresses") {
+            rule.verbs.retain(|v| v != "patch");
+        }
+    }
+    roles
+        .replace(scenario::OPERATOR_SA, &PostParams::default(), &role)
+        .await
+        .expect("replace ClusterRole");
+    ok(env.start_operator().await);
+    env.create_rollout(&fast_rollout(name, &env.prometheus.url()))
+        .await
+        .expect("create rollout");
+    let mut log = Vec::new();
+    // The candidate gets deployed (Deployments are allowed) ...
+    ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(120),
+            "the candidate deployed",
+            &mut log,
+            |_| true,
+        )
+        .await);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let o = ok(env.observe(name).await);
+        assert_eq!(
+            o.weight, 0,
+            "no weight without permission to write Ingresses: {o:?}"
+        );
+        assert!(
+            o.canary_weight.is_none(),
+            "canary Ingress created without permission"
+        );
+        log.push(o);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let logtext = std::fs::read_to_string(env.operator_log()).unwrap_or_default();
+    let r = ok(env.rollout(name).await);
+    let says_forbidden = logtext.to_lowercase().contains("forbidden")
+        || r["status"].to_string().to_lowercase().contains("forbidden");
+    assert!(
+        says_forbidden,
+        "the operator must report Forbidden; status {}\nlog tail:\n{}",
+        r["status"],
+        scenario::tail(&env.operator_log(), 20)
+    );
+    let line = logtext
+        .lines()
+        .find(|l| l.to_lowercase().contains("forbidden"))
+        .unwrap_or("");
+    println!("[rbac] operator reports: {}", &line[..line.len().min(300)]);
+    assert!(env.operator_alive(), "the operator keeps running");
+    env.shutdown().await;
+    println!("[rbac] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_message() {
+    let t = Instant::now();
+    let dir = workdir("crd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cp = ControlPlane::start(&dir.join("controlplane"))
+        .await
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let crd = std::fs::read_to_string(
+        e2e::runner::workspace_root().join("crds/embeddingrollouts.rollout.akidb.io.yaml"),
+    )
+    .expect("CRD file");
+    assert!(
+        !crd.trim().is_empty(),
+        "crds/embeddingrollouts.rollout.akidb.io.yaml is empty"
+    );
+    cp.apply_as_admin(&crd).await.expect("apply CRD");
+    cp.apply_as_admin("apiVersion: v1\nkind: Namespace\nmetadata: {name: crd}\n")
+        .await
+        .expect("namespace");
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(cp.admin.clone(), "crd", &scenario::rollout_resource());
+    let create = |v: Value| {
+        let api = api.clone();
+        async move {
+            let obj: kube::api::DynamicObject = serde_json::from_value(v).unwrap();
+            api.create(&PostParams::default(), &obj).await
+        }
+    };
+    let base = fast_rollout("valid", "http://127.0.0.1:9090");
+    create(base.clone())
+        .await
+        .expect("a valid rollout is accepted");
+
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "weights-not-increasing",
+            Box::new(
+                |v| v["spec"]["steps"] = json!([{"weight": 10, "duration": "1m"}, {"weight": 5, "duration": "1m"}, {"weight": 100, "duration": "1m"}]),
+            ),
+            "step weights must be strictly increasing",
+        ),
+        (
+            "weights-repeated",
+            Box::new(
+                |v| v["spec"]["steps"] = json!([{"weight": 10, "duration": "1m"}, {"weight": 10, "duration": "1m"}, {"weight": 100, "duration": "1m"}]),
+            ),
+            "step weights must be strictly increasing",
+        ),
+        (
+            "last-not-100",
+            Box::new(|v| {
+                v["spec"]["steps"] =
+                    json!([{"weight": 1, "duration": "1m"}, {"weight": 50, "duration": "1m"}])
+            }),
+            "the last step must have weight 100",
+        ),
+        (
+            "negative-p95-gate",
+            Box::new(|v| v["spec"]["analysis"]["gates"]["maxP95Ms"] = json!(-5)),
+            "gates.maxP95Ms must be positive",
+        ),
+        (
+            "negative-error-gate",
+            Box::new(|v| v["spec"]["analysis"]["gates"]["maxErrorRate"] = json!(-0.01)),
+            "gates.maxErrorRate must be in (0, 1]",
+        ),
+        (
+            "negative-trigger",
+            Box::new(|v| v["spec"]["analysis"]["rollbackTriggers"]["p95Ms"] = json!(-1)),
+            "rollbackTriggers.p95Ms must be positive",
+        ),
+    ];
+    for (name, mutate, message) in cases {
+        let mut v = base.clone();
+        v["metadata"]["name"] = json!(name);
+        mutate(&mut v);
+        let err = create(v)
+            .await
+            .expect_err(&format!("{name} must be rejected"));
+        let kube::Error::Api(status) = err else {
+            panic!("{name}: unexpected error {err}")
+        };
+        println!("[crd] {name}: {} {}", status.code, status.message);
+        assert_eq!(status.code, 422, "{name}: {}", status.message);
+        assert!(
+            status.message.contains(message),
+            "{name}: expected {message:?} in {:?}",
+            status.message
+        );
+    }
+    println!("[crd] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
