@@ -9,3 +9,5 @@ pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod cluster;
+pub mod observe;
+pub mod controller;

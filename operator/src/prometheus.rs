@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use prometheus_http_query::{response::Data, Client, Error as PromError};
 
+use crate::{
+    crd::AnalysisSpec,
+    decision::{MetricsSnapshot, QueryResult as CoreQueryResult, ServiceMetrics},
+};
+
 /// Default PromQL templates (docs/interfaces.md). `{{service}}` is the metrics `service` label,
 /// `{{window}}` the range, `{{quantile}}` the quantile for the latency query.
 pub const DEFAULT_P95: &str = r#"histogram_quantile({{quantile}}, sum by (le) (rate(embedding_request_duration_seconds_bucket{service="{{service}}"}[{{window}}])))"#;
@@ -183,6 +188,111 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+// ---------------------------------------------------------------------------------------------
+// One analysis: the four queries for the candidate and the baseline.
+// ---------------------------------------------------------------------------------------------
+
+/// Which services an analysis compares, and how (the rollout's `spec.analysis`, resolved).
+#[derive(Debug, Clone)]
+pub struct AnalysisQueries<'a> {
+    pub candidate_service: &'a str,
+    pub baseline_service: &'a str,
+    pub spec: &'a AnalysisSpec,
+}
+
+impl AnalysisQueries<'_> {
+    fn template(&self, kind: QueryKind) -> &str {
+        let q = &self.spec.queries;
+        let custom = match kind {
+            QueryKind::P95 => q.p95.as_deref(),
+            QueryKind::ErrorRate => q.error_rate.as_deref(),
+            QueryKind::Requests => q.requests.as_deref(),
+            QueryKind::Breaker => q.breaker.as_deref(),
+        };
+        custom
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or(match kind {
+                QueryKind::P95 => DEFAULT_P95,
+                QueryKind::ErrorRate => DEFAULT_ERROR_RATE,
+                QueryKind::Requests => DEFAULT_REQUESTS,
+                QueryKind::Breaker => DEFAULT_BREAKER,
+            })
+    }
+
+    /// The PromQL of the four queries for `service`, in the order p95, error rate, requests,
+    /// breaker; `Err` when the window is not a valid duration.
+    pub fn rendered(&self, service: &str) -> Result<[String; 4], String> {
+        let window = self
+            .spec
+            .window
+            .parse()
+            .map_err(|e| format!("analysis.window: {e}"))?;
+        let window = crate::duration::format(window);
+        Ok(QueryKind::ALL.map(|k| render(self.template(k), service, &window, P95_QUANTILE)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum QueryKind {
+    P95,
+    ErrorRate,
+    Requests,
+    Breaker,
+}
+
+impl QueryKind {
+    const ALL: [QueryKind; 4] = [
+        QueryKind::P95,
+        QueryKind::ErrorRate,
+        QueryKind::Requests,
+        QueryKind::Breaker,
+    ];
+}
+
+fn to_core(r: Result<Reading, QueryError>) -> CoreQueryResult {
+    match r {
+        Ok(Reading::Value(v)) => Ok(Some(v)),
+        Ok(Reading::NoData) => Ok(None),
+        Ok(Reading::NotANumber) => Ok(Some(f64::NAN)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Prometheus {
+    async fn service_metrics(&self, q: &AnalysisQueries<'_>, service: &str) -> ServiceMetrics {
+        let queries = match q.rendered(service) {
+            Ok(qs) => qs,
+            Err(e) => return ServiceMetrics::failed(&e),
+        };
+        let [p95, err, req, brk] = &queries;
+        let (p95, err, req, brk) = tokio::join!(
+            self.instant(p95),
+            self.instant(err),
+            self.instant(req),
+            self.instant(brk)
+        );
+        ServiceMetrics {
+            p95_seconds: to_core(p95),
+            error_rate: to_core(err),
+            requests: to_core(req),
+            breaker: to_core(brk),
+        }
+    }
+
+    /// All eight queries of one analysis, concurrently. Never fails: each query's failure is in
+    /// the snapshot for the decision core to judge.
+    pub async fn snapshot(&self, q: &AnalysisQueries<'_>) -> MetricsSnapshot {
+        let (candidate, baseline) = tokio::join!(
+            self.service_metrics(q, q.candidate_service),
+            self.service_metrics(q, q.baseline_service)
+        );
+        MetricsSnapshot {
+            candidate,
+            baseline,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,616 @@
+//! The kube-runtime controller, the imperative shell around [`crate::decision::reconcile`].
+//!
+//! One reconcile: read the cluster into [`Observed`], query Prometheus when an analysis is due,
+//! call the pure decision, apply its actions in order (stopping at the first error), publish its
+//! events, then write the status in one server-side-apply patch (only when it changed, so our own
+//! write does not wake us up forever). Errors requeue; 409 conflicts requeue within a second.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Service},
+    networking::v1::Ingress,
+};
+use kube::{
+    api::{Api, Patch, PatchParams},
+    runtime::{
+        controller::{Action as Requeue, Controller},
+        events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+    Client, Resource, ResourceExt,
+};
+use serde_json::json;
+
+use crate::{
+    cluster::{self, ClusterError},
+    crd::{
+        EmbeddingRollout, EmbeddingRolloutStatus, Phase, Verdict, COMMAND_ANNOTATION, FINALIZER,
+        ROLLOUT_LABEL,
+    },
+    decision::{self, Action, Backend, Decision, EventType, MetricsSnapshot},
+    metrics::Metrics,
+    observe,
+    prometheus::{AnalysisQueries, Prometheus, QueryError},
+    server::Readiness,
+    traffic::nginx::{self, ServiceTarget, TrafficError},
+    workload::{self, CandidateWorkload, WorkloadError, MANAGER},
+};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Watch one namespace, or all when `None`.
+    pub namespace: Option<String>,
+    pub prometheus_timeout: Duration,
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    prometheus: Mutex<HashMap<String, Prometheus>>,
+    prometheus_timeout: Duration,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, prometheus_timeout: Duration) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.to_string(),
+                instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+            },
+        );
+        Self {
+            client,
+            recorder,
+            metrics,
+            prometheus: Mutex::new(HashMap::new()),
+            prometheus_timeout,
+        }
+    }
+
+    /// One client per Prometheus address (rollouts may point at different ones).
+    fn prometheus(&self, address: &str) -> Result<Prometheus, QueryError> {
+        let mut pool = self.prometheus.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pool.get(address) {
+            return Ok(p.clone());
+        }
+        let p = Prometheus::new(address, self.prometheus_timeout)?;
+        pool.insert(address.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("building the candidate: {0}")]
+    Workload(#[from] WorkloadError),
+    #[error("building the canary Ingress: {0}")]
+    Traffic(#[from] TrafficError),
+    #[error("writing status: {0}")]
+    Status(#[source] ClusterError),
+}
+
+impl Error {
+    fn cluster(&self) -> Option<&ClusterError> {
+        match self {
+            Error::Cluster(c) | Error::Status(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Label value of `embedding_rollout_reconcile_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            _ if self.cluster().is_some_and(ClusterError::is_conflict) => "Conflict",
+            Error::Cluster(ClusterError::Missing(_)) => "Missing",
+            Error::Cluster(_) => "Kube",
+            Error::Status(_) => "Status",
+            Error::Workload(_) => "Workload",
+            Error::Traffic(_) => "Traffic",
+        }
+    }
+
+    /// How soon to try again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            // Someone else wrote in between: re-read soon.
+            _ if self.cluster().is_some_and(ClusterError::is_conflict) => Duration::from_secs(1),
+            // Waiting for a user to create something (the primary Ingress, the baseline).
+            Error::Cluster(ClusterError::Missing(_)) => Duration::from_secs(10),
+            _ => Duration::from_secs(5),
+        }
+    }
+}
+
+/// Run the controller until the future is dropped.
+pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, readiness: Readiness) {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        config.prometheus_timeout,
+    ));
+    let ns = config.namespace.as_deref();
+    let rollouts: Api<EmbeddingRollout> = scoped(&client, ns);
+    // Everything we create carries the rollout label; watching only those keeps caches small.
+    let owned = || watcher::Config::default().labels(ROLLOUT_LABEL);
+
+    let controller = Controller::new(rollouts, watcher::Config::default())
+        .owns(scoped::<Deployment>(&client, ns), owned())
+        .owns(scoped::<Service>(&client, ns), owned())
+        .owns(scoped::<ConfigMap>(&client, ns), owned())
+        .owns(scoped::<Ingress>(&client, ns), owned());
+    let store = controller.store();
+    // The baseline Deployment and the primary Ingress are not ours: map their changes to the
+    // rollouts naming them (baseline pods becoming ready during a rollback, Ingress edits).
+    let controller = controller
+        .watches(
+            scoped::<Deployment>(&client, ns),
+            watcher::Config::default(),
+            referencing(store.clone(), |r, name| r.spec.baseline.deployment == name),
+        )
+        .watches(
+            scoped::<Ingress>(&client, ns),
+            watcher::Config::default(),
+            referencing(store.clone(), |r, name| r.spec.ingress.name == name),
+        );
+
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        // Re-poll with a timeout: the store's readiness future keeps only the most recent
+        // waker, and the controller polls it too, so a single long wait here may never wake.
+        loop {
+            let wait =
+                tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready());
+            match wait.await {
+                Ok(Ok(())) => {
+                    tracing::info!("EmbeddingRollout cache synced; ready");
+                    readiness.set_ready(true);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the EmbeddingRollout cache never synced");
+                    return;
+                }
+                Err(_) => continue,
+            }
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(rollout = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile not run"),
+            }
+        })
+        .await;
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Map an object to the rollouts in its namespace that reference it by name.
+fn referencing<K>(
+    store: Store<EmbeddingRollout>,
+    refers: fn(&EmbeddingRollout, &str) -> bool,
+) -> impl Fn(K) -> Vec<ObjectRef<EmbeddingRollout>> + Send + Sync + Clone + 'static
+where
+    K: Resource,
+{
+    move |obj: K| {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let ns = obj.meta().namespace.clone();
+        store
+            .state()
+            .iter()
+            .filter(|r| r.metadata.namespace == ns && refers(r, &name))
+            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .collect()
+    }
+}
+
+fn error_policy(rollout: Arc<EmbeddingRollout>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.count_error(error.kind());
+    let retry = error.retry_after();
+    tracing::warn!(
+        rollout = %rollout.name_any(),
+        namespace = rollout.namespace().unwrap_or_default(),
+        error = %error,
+        ?retry,
+        "reconcile failed"
+    );
+    Requeue::requeue(retry)
+}
+
+async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&rollout, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    let api: Api<EmbeddingRollout> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting = rollout.meta().deletion_timestamp.is_some();
+
+    if deleting && !rollout.finalizers().iter().any(|f| f == FINALIZER) {
+        // Our cleanup already ran (or never had to): nothing to do but forget the metrics.
+        forget(ctx, &ns, &name);
+        return Ok(Requeue::await_change());
+    }
+    if !deleting && !rollout.finalizers().iter().any(|f| f == FINALIZER) {
+        // Before touching anything, make sure deletion will wait for our cleanup.
+        add_finalizer(&api, rollout).await?;
+    }
+
+    let observed = observe::read(&ctx.client, rollout).await?;
+    let status = rollout.status.clone().unwrap_or_default();
+    let now = Utc::now();
+    let snapshot = if decision::analysis_due(&rollout.spec, &status, now) {
+        Some(query_metrics(ctx, rollout).await)
+    } else {
+        None
+    };
+    let decided = decision::reconcile(&rollout.spec, &status, &observed, snapshot.as_ref(), now);
+    tracing::debug!(rollout = %name, namespace = %ns, phase = %decided.status.phase, actions = ?decided.actions, "decided");
+
+    let mut finalizer_removed = false;
+    for action in &decided.actions {
+        apply_action(ctx, rollout, action).await?;
+        finalizer_removed |= *action == Action::RemoveFinalizer;
+    }
+    for event in &decided.events {
+        publish(ctx, rollout, event).await;
+    }
+    record_metrics(ctx, &ns, &name, &status, &decided);
+
+    if finalizer_removed {
+        // The object is (about to be) gone; a status write would 404.
+        forget(ctx, &ns, &name);
+        return Ok(Requeue::await_change());
+    }
+    if rollout.status.as_ref() != Some(&decided.status) {
+        write_status(&api, &name, &decided.status).await?;
+    }
+    Ok(Requeue::requeue(decided.requeue_after))
+}
+
+async fn query_metrics(ctx: &Context, rollout: &EmbeddingRollout) -> MetricsSnapshot {
+    let spec = &rollout.spec;
+    let queries = AnalysisQueries {
+        candidate_service: &spec.candidate.metrics_service,
+        baseline_service: &spec.baseline.metrics_service,
+        spec: &spec.analysis,
+    };
+    match ctx.prometheus(&spec.analysis.prometheus.address) {
+        Ok(p) => p.snapshot(&queries).await,
+        Err(e) => {
+            let msg = e.to_string();
+            MetricsSnapshot {
+                candidate: decision::ServiceMetrics::failed(&msg),
+                baseline: decision::ServiceMetrics::failed(&msg),
+            }
+        }
+    }
+}
+
+async fn apply_action(
+    ctx: &Context,
+    rollout: &EmbeddingRollout,
+    action: &Action,
+) -> Result<(), Error> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let spec = &rollout.spec;
+    let candidate = rollout.candidate_name();
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = cluster::api(client, &ns);
+    let ingresses: Api<Ingress> = cluster::api(client, &ns);
+    match action {
+        Action::EnsureCandidate { replicas, hash } => {
+            let mut w = CandidateWorkload::for_rollout(rollout, &candidate, *replicas)?;
+            w.pod_hash = hash.clone();
+            let config_maps: Api<ConfigMap> = cluster::api(client, &ns);
+            match workload::models_config_map(&w) {
+                // The ConfigMap first: pods mount it.
+                Some(cm) => {
+                    cluster::apply(&config_maps, &cm).await?;
+                }
+                None => {
+                    cluster::delete_if_exists(
+                        &config_maps,
+                        &workload::models_config_map_name(&candidate),
+                    )
+                    .await?;
+                }
+            }
+            cluster::apply(&deployments, &workload::deployment(&w)).await?;
+            cluster::apply(
+                &cluster::api::<Service>(client, &ns),
+                &workload::service(&w),
+            )
+            .await?;
+        }
+        Action::ScaleCandidate(replicas) => {
+            cluster::scale_deployment(&deployments, &candidate, *replicas).await?;
+        }
+        Action::SetCanaryWeight(weight) => {
+            let primary = cluster::get_opt(&ingresses, &spec.ingress.name)
+                .await?
+                .ok_or_else(|| ClusterError::Missing(format!("Ingress {}", spec.ingress.name)))?;
+            let target = ServiceTarget {
+                name: candidate.clone(),
+                port: spec.candidate.port,
+            };
+            let params = nginx::CanaryParams {
+                baseline_service: &spec.baseline.service,
+                candidate: &target,
+                weight: i32::from(*weight),
+                owner: owner_ref(rollout)?,
+                labels: owned_labels(rollout),
+            };
+            let canary = nginx::build_canary(&primary, &params)?;
+            cluster::apply(&ingresses, &canary).await?;
+        }
+        Action::DeleteCanaryIngress => {
+            cluster::delete_if_exists(&ingresses, &spec.ingress.canary_name()).await?;
+        }
+        Action::PointPrimaryIngressAt(backend) => {
+            let baseline = ServiceTarget {
+                name: spec.baseline.service.clone(),
+                port: spec.baseline.port,
+            };
+            let cand = ServiceTarget {
+                name: candidate.clone(),
+                port: spec.candidate.port,
+            };
+            let (from, to) = match backend {
+                Backend::Candidate => (&baseline, &cand),
+                Backend::Baseline => (&cand, &baseline),
+            };
+            let changes =
+                cluster::retarget_primary(&ingresses, &spec.ingress.name, &from.name, to).await?;
+            for c in &changes {
+                tracing::info!(ingress = %spec.ingress.name, route = %c.route, from = %c.from, to = %c.to, "primary Ingress retargeted");
+            }
+        }
+        Action::ScaleBaseline(replicas) => {
+            cluster::scale_deployment(&deployments, &spec.baseline.deployment, *replicas).await?;
+        }
+        Action::ClearCommand => {
+            let api: Api<EmbeddingRollout> = Api::namespaced(client.clone(), &ns);
+            clear_command(&api, rollout).await?;
+        }
+        Action::RemoveFinalizer => {
+            let api: Api<EmbeddingRollout> = Api::namespaced(client.clone(), &ns);
+            remove_finalizer(&api, rollout).await?;
+        }
+    }
+    Ok(())
+}
+
+fn owner_ref(
+    rollout: &EmbeddingRollout,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, WorkloadError> {
+    rollout
+        .controller_owner_ref(&())
+        .ok_or(WorkloadError::Unidentified)
+}
+
+fn owned_labels(rollout: &EmbeddingRollout) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (ROLLOUT_LABEL.to_string(), rollout.name_any()),
+        (workload::MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+    ])
+}
+
+fn rollout_error(what: String, e: kube::Error) -> ClusterError {
+    match &e {
+        kube::Error::Api(s) if s.code == 409 || s.code == 422 => ClusterError::Conflict(what),
+        _ => ClusterError::Api { what, source: e },
+    }
+}
+
+/// JSON patch guarded by a `test` of the current list, so a concurrent finalizer edit fails
+/// (and is retried) instead of being overwritten.
+async fn add_finalizer(
+    api: &Api<EmbeddingRollout>,
+    rollout: &EmbeddingRollout,
+) -> Result<(), Error> {
+    let name = rollout.name_any();
+    let patch = match rollout.meta().finalizers.as_deref() {
+        None | Some([]) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": rollout.meta().finalizers},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(current) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("well-formed JSON patch");
+    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| {
+            rollout_error(
+                format!("adding the finalizer to EmbeddingRollout {name}"),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+async fn remove_finalizer(
+    api: &Api<EmbeddingRollout>,
+    rollout: &EmbeddingRollout,
+) -> Result<(), Error> {
+    let name = rollout.name_any();
+    let Some(index) = rollout.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch = json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("well-formed JSON patch");
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(rollout_error(
+            format!("removing the finalizer from EmbeddingRollout {name}"),
+            e,
+        )
+        .into()),
+    }
+}
+
+/// Remove the command annotation, but only if it still holds the command we acted on (a newer
+/// command written meanwhile must survive): the JSON patch tests the value first.
+async fn clear_command(
+    api: &Api<EmbeddingRollout>,
+    rollout: &EmbeddingRollout,
+) -> Result<(), Error> {
+    let name = rollout.name_any();
+    let Some(value) = rollout.annotations().get(COMMAND_ANNOTATION) else {
+        return Ok(());
+    };
+    let path = format!(
+        "/metadata/annotations/{}",
+        COMMAND_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let patch = json!([
+        {"op": "test", "path": path, "value": value},
+        {"op": "remove", "path": path},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("well-formed JSON patch");
+    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| {
+            rollout_error(
+                format!("clearing {COMMAND_ANNOTATION} on EmbeddingRollout {name}"),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+/// Best effort: an event that cannot be written must not fail the reconcile.
+async fn publish(ctx: &Context, rollout: &EmbeddingRollout, event: &decision::Event) {
+    let ev = KubeEvent {
+        type_: match event.type_ {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        },
+        reason: truncate(event.reason.clone(), 128),
+        note: Some(truncate(event.message.clone(), 1000)),
+        action: truncate(event.reason.clone(), 128),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &rollout.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = %event.reason, "could not publish event");
+    }
+    tracing::info!(
+        rollout = %rollout.name_any(),
+        namespace = rollout.namespace().unwrap_or_default(),
+        reason = %event.reason,
+        "{}",
+        event.message
+    );
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn record_metrics(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    before: &EmbeddingRolloutStatus,
+    decided: &Decision,
+) {
+    let after = &decided.status;
+    let m = &ctx.metrics;
+    m.set_phase(
+        ns,
+        name,
+        after.phase.as_str(),
+        &Phase::ALL.map(Phase::as_str),
+    );
+    m.set_weight(ns, name, i64::from(after.current_weight));
+    if let Some(a) = &after.last_analysis {
+        if before.last_analysis.as_ref().map(|b| b.time) != Some(a.time) {
+            m.count_verdict(ns, name, a.verdict.as_str());
+        }
+    }
+    if let Some(r) = &after.rollback {
+        if before.rollback.as_ref().map(|b| b.started_at) != Some(r.started_at) {
+            m.count_rollback(ns, name);
+        }
+    }
+}
+
+fn forget(ctx: &Context, ns: &str, name: &str) {
+    ctx.metrics.forget(
+        ns,
+        name,
+        &Phase::ALL.map(Phase::as_str),
+        &[Verdict::Pass, Verdict::Fail, Verdict::Inconclusive].map(Verdict::as_str),
+    );
+}
+
+/// The one status write of a reconcile: server-side apply of the whole status, so fields the new
+/// status no longer has are removed (a merge patch would leave them behind).
+async fn write_status(
+    api: &Api<EmbeddingRollout>,
+    name: &str,
+    status: &EmbeddingRolloutStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": EmbeddingRollout::api_version(&()),
+        "kind": EmbeddingRollout::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::Status(rollout_error(format!("EmbeddingRollout {name} status"), e)))?;
+    Ok(())
+}

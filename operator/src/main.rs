@@ -1,0 +1,181 @@
+//! `embedding-rollout-operator`: runs the EmbeddingRollout controller.
+//!
+//! Kubeconfig comes from `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use embedding_rollout_operator::{
+    controller::{self, ControllerConfig},
+    duration,
+    leader::{self, Elector, LeaseConfig},
+    metrics::Metrics,
+    server::{self, Readiness},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "EmbeddingRollout operator: canary embedding traffic with Prometheus gates"
+)]
+struct Cli {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz, /readyz.
+    #[arg(long, env = "OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: SocketAddr,
+    /// Run only while holding a coordination.k8s.io Lease.
+    #[arg(long, env = "OPERATOR_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: --namespace, else POD_NAMESPACE, else "default").
+    #[arg(long, env = "OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "embedding-rollout-operator"
+    )]
+    lease_name: String,
+    /// Identity in the Lease (default: POD_NAME, else hostname-pid).
+    #[arg(long, env = "OPERATOR_LEASE_IDENTITY")]
+    lease_identity: Option<String>,
+    /// Lease validity without renewal (Go duration).
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// Per-query Prometheus timeout (Go duration).
+    #[arg(long, env = "OPERATOR_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    prometheus_timeout: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "OPERATOR_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("embedding-rollout-operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Both ring (kube) and aws-lc-rs (reqwest, via prometheus-http-query) are linked; rustls
+    // refuses to guess, so choose once for the process. Err only means one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let (bound, server_task) = server::serve(cli.metrics_addr, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("binding the metrics address {}", cli.metrics_addr))?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+
+    let elector = if cli.leader_elect {
+        let namespace = cli
+            .lease_namespace
+            .clone()
+            .or_else(|| cli.namespace.clone())
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "default".to_string());
+        let identity = cli
+            .lease_identity
+            .clone()
+            .unwrap_or_else(leader::default_identity);
+        let mut cfg = LeaseConfig::new(cli.lease_name.clone(), namespace, identity);
+        cfg.lease_duration = cli.lease_duration;
+        cfg.renew_deadline = cli.lease_duration * 2 / 3;
+        cfg.retry_period = (cli.lease_duration / 7).max(Duration::from_millis(500));
+        let elector = Elector::new(client.clone(), cfg.clone());
+        tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "waiting for leadership");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+        Some(elector)
+    } else {
+        None
+    };
+
+    let config = ControllerConfig {
+        namespace: cli.namespace.clone(),
+        prometheus_timeout: cli.prometheus_timeout,
+    };
+    let controller = controller::run(client, config, metrics, readiness.clone());
+
+    let outcome = match &elector {
+        Some(elector) => {
+            tokio::select! {
+                () = controller => Ok(()),
+                lost = elector.hold() => Err(anyhow::anyhow!("stepping down: {lost}")),
+                () = shutdown_signal() => Ok(()),
+            }
+        }
+        None => {
+            tokio::select! {
+                () = controller => Ok(()),
+                () = shutdown_signal() => Ok(()),
+            }
+        }
+    };
+    readiness.set_ready(false);
+    if outcome.is_ok() {
+        if let Some(elector) = &elector {
+            elector.release().await;
+        }
+    }
+    server_task.abort();
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,278 @@
+//! Read the cluster into the decision core's [`Observed`].
+//!
+//! The conversions from API objects are pure and unit-tested; [`read`] only fetches.
+
+use k8s_openapi::api::{apps::v1::Deployment, networking::v1::Ingress};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::{
+    cluster::{self, ClusterError},
+    crd::{EmbeddingRollout, CANDIDATE_HASH_ANNOTATION, COMMAND_ANNOTATION},
+    decision::{DeploymentObs, Observed, PrimaryBackend},
+    traffic::nginx::{self, CANARY_WEIGHT_ANNOTATION},
+};
+
+/// Fetch the candidate and baseline Deployments and both Ingresses.
+pub async fn read(client: &Client, rollout: &EmbeddingRollout) -> Result<Observed, ClusterError> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let spec = &rollout.spec;
+    let deployments = cluster::api::<Deployment>(client, &ns);
+    let ingresses = cluster::api::<Ingress>(client, &ns);
+    let candidate_name = rollout.candidate_name();
+    let canary_name = spec.ingress.canary_name();
+    let (candidate, baseline, primary, canary) = tokio::try_join!(
+        cluster::get_opt(&deployments, &candidate_name),
+        cluster::get_opt(&deployments, &spec.baseline.deployment),
+        cluster::get_opt(&ingresses, &spec.ingress.name),
+        cluster::get_opt(&ingresses, &canary_name),
+    )?;
+    Ok(assemble(
+        rollout,
+        candidate.as_ref(),
+        baseline.as_ref(),
+        primary.as_ref(),
+        canary.as_ref(),
+    ))
+}
+
+pub fn assemble(
+    rollout: &EmbeddingRollout,
+    candidate: Option<&Deployment>,
+    baseline: Option<&Deployment>,
+    primary: Option<&Ingress>,
+    canary: Option<&Ingress>,
+) -> Observed {
+    let candidate_name = rollout.candidate_name();
+    Observed {
+        generation: rollout.meta().generation,
+        deleting: rollout.meta().deletion_timestamp.is_some(),
+        command: rollout
+            .annotations()
+            .get(COMMAND_ANNOTATION)
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty()),
+        candidate: candidate.map(deployment_obs),
+        baseline: baseline.map(deployment_obs),
+        canary_weight: canary.map(canary_weight),
+        primary_backend: primary_backend(primary, &rollout.spec.baseline.service, &candidate_name),
+    }
+}
+
+pub fn deployment_obs(d: &Deployment) -> DeploymentObs {
+    let status = d.status.clone().unwrap_or_default();
+    DeploymentObs {
+        // An unset replicas field means 1 (the API default).
+        spec_replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ready_replicas: status.ready_replicas.unwrap_or(0),
+        available_replicas: status.available_replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        candidate_hash: d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CANDIDATE_HASH_ANNOTATION))
+            .cloned(),
+    }
+}
+
+/// The canary's weight; an unparsable or out-of-range annotation counts as 0 (ingress-nginx
+/// ignores it too), so the decision re-applies the weight it wants.
+pub fn canary_weight(canary: &Ingress) -> u8 {
+    canary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CANARY_WEIGHT_ANNOTATION))
+        .and_then(|w| w.trim().parse::<u8>().ok())
+        .filter(|w| *w <= 100)
+        .unwrap_or(0)
+}
+
+/// Where the primary routes: the candidate wins if any backend uses it (a half-switched
+/// Ingress must still be switched back), then the baseline; other Services only if neither.
+pub fn primary_backend(
+    primary: Option<&Ingress>,
+    baseline: &str,
+    candidate: &str,
+) -> PrimaryBackend {
+    let Some(primary) = primary else {
+        return PrimaryBackend::Missing;
+    };
+    let services = nginx::backend_services(&primary.spec.clone().unwrap_or_default());
+    if services.iter().any(|s| s == candidate) {
+        PrimaryBackend::Candidate
+    } else if services.iter().any(|s| s == baseline) {
+        PrimaryBackend::Baseline
+    } else {
+        PrimaryBackend::Other(services.first().cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::{
+        api::{
+            apps::v1::{DeploymentSpec, DeploymentStatus},
+            networking::v1::{
+                HTTPIngressPath, HTTPIngressRuleValue, IngressBackend, IngressRule,
+                IngressServiceBackend, IngressSpec,
+            },
+        },
+        apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+        jiff::Timestamp,
+    };
+    use std::collections::BTreeMap;
+
+    fn rollout(annotations: &[(&str, &str)]) -> EmbeddingRollout {
+        let mut r: EmbeddingRollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rollout.akidb.io/v1alpha1",
+            "kind": "EmbeddingRollout",
+            "metadata": {"name": "r1", "namespace": "prod", "uid": "u1", "generation": 4},
+            "spec": {
+                "baseline": {"deployment": "akidb-mlx", "service": "akidb-mlx"},
+                "candidate": {"image": "candle:1"},
+                "ingress": {"name": "akidb-ingress"}
+            }
+        }))
+        .unwrap();
+        r.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        r
+    }
+
+    fn ingress(services: &[&str], annotations: &[(&str, &str)]) -> Ingress {
+        Ingress {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(IngressSpec {
+                rules: Some(vec![IngressRule {
+                    host: Some("h".into()),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: services
+                            .iter()
+                            .map(|s| HTTPIngressPath {
+                                path: Some(format!("/{s}")),
+                                path_type: "Prefix".into(),
+                                backend: IngressBackend {
+                                    service: Some(IngressServiceBackend {
+                                        name: s.to_string(),
+                                        port: None,
+                                    }),
+                                    resource: None,
+                                },
+                            })
+                            .collect(),
+                    }),
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn rollout_metadata_and_command_are_read() {
+        let mut r = rollout(&[(COMMAND_ANNOTATION, " promote-full ")]);
+        r.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let o = assemble(&r, None, None, None, None);
+        assert_eq!(o.generation, Some(4));
+        assert!(o.deleting);
+        assert_eq!(o.command.as_deref(), Some("promote-full"));
+        assert_eq!(o.candidate, None);
+        assert_eq!(o.canary_weight, None);
+        assert_eq!(o.primary_backend, PrimaryBackend::Missing);
+        let blank = assemble(
+            &rollout(&[(COMMAND_ANNOTATION, "")]),
+            None,
+            None,
+            None,
+            None,
+        );
+        assert_eq!(blank.command, None);
+    }
+
+    #[test]
+    fn deployment_counts_and_hash_are_read_with_api_defaults() {
+        let d = Deployment {
+            metadata: ObjectMeta {
+                generation: Some(3),
+                annotations: Some(BTreeMap::from([(
+                    CANDIDATE_HASH_ANNOTATION.to_string(),
+                    "abc".to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(2),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(2),
+                available_replicas: Some(1),
+                updated_replicas: Some(2),
+                observed_generation: Some(3),
+                ..Default::default()
+            }),
+        };
+        let obs = deployment_obs(&d);
+        assert_eq!(
+            obs,
+            DeploymentObs {
+                spec_replicas: 2,
+                ready_replicas: 2,
+                available_replicas: 1,
+                updated_replicas: 2,
+                generation: 3,
+                observed_generation: 3,
+                candidate_hash: Some("abc".into()),
+            }
+        );
+        let fresh = deployment_obs(&Deployment {
+            spec: Some(DeploymentSpec::default()),
+            ..Default::default()
+        });
+        assert_eq!(fresh.spec_replicas, 1);
+        assert_eq!(fresh.ready_replicas, 0);
+    }
+
+    #[test]
+    fn canary_weight_comes_from_the_annotation() {
+        let w = |v: &str| canary_weight(&ingress(&[], &[(CANARY_WEIGHT_ANNOTATION, v)]));
+        assert_eq!(w("10"), 10);
+        assert_eq!(w(" 50 "), 50);
+        assert_eq!(w("101"), 0);
+        assert_eq!(w("ten"), 0);
+        assert_eq!(canary_weight(&ingress(&[], &[])), 0);
+    }
+
+    #[test]
+    fn primary_backend_prefers_candidate_then_baseline() {
+        let b =
+            |svcs: &[&str]| primary_backend(Some(&ingress(svcs, &[])), "akidb-mlx", "r1-candle");
+        assert_eq!(b(&["akidb-mlx", "admin"]), PrimaryBackend::Baseline);
+        assert_eq!(b(&["r1-candle", "admin"]), PrimaryBackend::Candidate);
+        assert_eq!(b(&["akidb-mlx", "r1-candle"]), PrimaryBackend::Candidate);
+        assert_eq!(b(&["admin"]), PrimaryBackend::Other("admin".into()));
+    }
+
+    #[test]
+    fn default_candidate_name_is_used_for_the_primary_check() {
+        let r = rollout(&[]);
+        let o = assemble(&r, None, None, Some(&ingress(&["r1-candle"], &[])), None);
+        assert_eq!(o.primary_backend, PrimaryBackend::Candidate);
+    }
+}
