@@ -3,7 +3,8 @@
 //!
 //! cargo bench -p candle-embedder --bench inference            (release profile)
 //! cargo bench -p candle-embedder --profile dev --bench inference   (reuses the dev build)
-//! BENCH_SECONDS=5 sets the time per case (default 3); RAYON_NUM_THREADS caps candle's threads.
+//! BENCH_SECONDS=5 sets the time per case (default 3); BENCH_MODELS=f32 (or int8) runs one model;
+//! RAYON_NUM_THREADS caps candle's threads.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,18 +28,45 @@ fn texts(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> (f64, f64) {
+/// CPU time (user + system) this process has used, from /proc (Linux; 0 elsewhere). On a shared
+/// machine wall-clock rates depend on the neighbours; CPU time per text does much less.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Rate {
+    texts_per_s: f64,
+    ms_per_batch: f64,
+    cpu_ms_per_text: f64,
+}
+
+fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> Rate {
     let refs: Vec<&Encoded> = enc.iter().take(batch).collect();
     model.embed(&refs).unwrap();
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut runs = 0u32;
     while start.elapsed() < budget || runs < 3 {
         model.embed(&refs).unwrap();
         runs += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    let per_batch_ms = secs * 1e3 / runs as f64;
-    (batch as f64 * runs as f64 / secs, per_batch_ms)
+    let texts = batch as f64 * runs as f64;
+    Rate {
+        texts_per_s: texts / secs,
+        ms_per_batch: secs * 1e3 / runs as f64,
+        cpu_ms_per_text: (cpu_seconds() - cpu0) * 1e3 / texts,
+    }
 }
 
 fn main() {
@@ -76,14 +104,31 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
+    // Other processes compete for the same cores; say how busy the machine was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "{:<6} {:>6} {:>10} {:>10}",
         "model", "batch", "texts/s", "ms/batch"
     );
+    let only = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "f32,int8".into());
+    let selected = |label: &str| only.split(',').any(|m| m.trim() == label);
     for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+        if !selected(label) {
+            continue;
+        }
         for batch in [1, 2, 8, 32] {
-            let (rate, ms) = bench(model, &enc, batch, budget);
-            println!("{label:<6} {batch:>6} {rate:>10.1} {ms:>10.2}");
+            let r = bench(model, &enc, batch, budget);
+            println!(
+                "{label:<6} {batch:>6} {:>10.1} {:>10.2} {:>14.2}",
+                r.texts_per_s, r.ms_per_batch, r.cpu_ms_per_text
+            );
         }
     }
 
@@ -93,6 +138,9 @@ fn main() {
         .join(" ")];
     let long_enc = f32_model.encode(&long, true).unwrap();
     for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+        if !selected(label) {
+            continue;
+        }
         let (rate, ms) = bench(model, &long_enc, 1, budget);
         println!(
             "{label:<6} 1 x {} tokens: {rate:.1} texts/s, {ms:.2} ms",
