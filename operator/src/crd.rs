@@ -72,7 +72,7 @@ pub struct EmbeddingRolloutSpec {
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.all(s, s.weight >= 1 && s.weight <= 100)", "message": "every step weight must be between 1 and 100"},
         {"rule": "self.map(s, s.weight).isSorted() && self.all(a, self.exists_one(b, b.weight == a.weight))", "message": "step weights must be strictly increasing"},
-        {"rule": "self[size(self) - 1].weight == 100", "message": "the last step must have weight 100"}
+        {"rule": "size(self) == 0 || self[size(self) - 1].weight == 100", "message": "the last step must have weight 100"}
     ]))]
     pub steps: Vec<Step>,
     /// How each step is judged.
@@ -180,6 +180,9 @@ pub struct Step {
 /// When and how to judge the candidate.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.interval.matches('^(0+([.]0+)?(ms|s|m|h|d)?)+$')", "message": "analysis.interval must be positive"}
+]))]
 pub struct AnalysisSpec {
     /// Time between analyses.
     #[serde(default = "default_interval")]

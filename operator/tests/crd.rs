@@ -115,6 +115,14 @@ fn schema_carries_validations_with_messages() {
         spec["analysis"]["properties"]["failureLimit"]["minimum"],
         1.0
     );
+    let analysis = &spec["analysis"]["x-kubernetes-validations"];
+    assert!(analysis
+        .to_string()
+        .contains("analysis.interval must be positive"));
+    // An empty list is reported by minItems, not by an index error in the "last step" rule.
+    assert!(rules
+        .iter()
+        .any(|r| r["rule"] == "size(self) == 0 || self[size(self) - 1].weight == 100"));
 }
 
 #[test]
