@@ -584,3 +584,36 @@ async fn batched_results_equal_unbatched_even_with_a_bad_request_in_the_mix() {
     );
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_of_a_client_that_went_away_are_not_computed() {
+    // The batch waits 1.5 s to fill; the client gives up after 200 ms.
+    let s = start(&["--max-batch-wait-ms", "1500", "--inference-threads", "1"]).await;
+    let texts_before = sample(
+        &s.metrics().await,
+        r#"embedding_batch_size_sum{service="test-svc"}"#,
+    )
+    .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(s.url("/api/v1/embed"))
+        .json(&json!({"texts": ["never mind", "me neither"]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let m = s.metrics().await;
+    assert_eq!(
+        sample(&m, r#"embedding_batch_size_sum{service="test-svc"}"#),
+        Some(texts_before),
+        "no batch ran for the abandoned texts"
+    );
+    assert_eq!(
+        sample(&m, r#"embedding_queue_depth{service="test-svc"}"#),
+        Some(0.0)
+    );
+    s.stop().await.unwrap();
+}
