@@ -968,7 +968,7 @@ impl Runner {
                 .filter(|r| r.terminating.is_none() && r.hash != hash)
                 .min_by_key(|r| r.started);
             match oldest_old {
-                Some(r) if ready_now - 1 >= min_ready => start_termination(r, grace),
+                Some(r) if ready_now > min_ready => start_termination(r, grace),
                 _ => break,
             }
         }
