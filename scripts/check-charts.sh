@@ -339,6 +339,18 @@ spec:
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
   ingress: {name: akidb-ingress}
   analysis: {noDataPolicy: Maybe}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: zero-interval
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "analysis.interval must be positive"}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  analysis: {interval: 0s}
 YAML
     check "broken rollouts are rejected by the API server" kdr expect-reject "$work/broken-rollouts.yaml"
 
