@@ -610,3 +610,91 @@ async fn ingress_emulator_splits_traffic_by_canary_weight() {
     drop(ing);
     runner.shutdown().await.expect("runner shutdown");
 }
+
+/// A pod-template change behind the ingress, under constant traffic: every process is replaced
+/// (surge, drain, SIGTERM) and no client request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_replace_under_traffic_loses_no_request() {
+    require_embedder_and_model();
+    require_nginx();
+    let dir = workdir("rolling");
+    let cp = control_plane(&dir).await;
+    let client = cp.admin.clone();
+    let ns = "rolling";
+    namespace(&client, ns).await;
+    embedder_app(&client, ns, "akidb-mlx", 2, &["--service-name", "mlx"]).await;
+    ingress(&client, ns, "akidb-ingress", "akidb-mlx", None).await;
+    let runner = DeploymentRunner::start(client.clone(), runner_config(ns, &dir))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ing = IngressEmulator::start(
+        client.clone(),
+        IngressEmulatorConfig::new(ns, dir.join("nginx")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_rolled_out(&client, ns, "akidb-mlx", 2, Duration::from_secs(90)).await;
+    ing.wait_until(Duration::from_secs(20), "two mlx endpoints", |a| {
+        a.routes.len() == 1 && a.routes[0].primary.endpoints.len() == 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let old: Vec<String> = runner
+        .pods()
+        .borrow()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut cfg = TrafficConfig::new(&ing.url(), Some(HOST));
+    cfg.max_duration = Duration::from_secs(120);
+    let load = tokio::spawn(traffic::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        "akidb-mlx",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--max-batch-size=16"}
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .expect("patch template");
+    runner
+        .wait_pods(Duration::from_secs(90), "every old process gone", |pods| {
+            pods.len() == 2 && pods.iter().all(|p| !old.contains(&p.name) && p.ready)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_rolled_out(&client, ns, "akidb-mlx", 2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(());
+    let samples = load.await.expect("traffic task");
+    let s = traffic::summarize(&samples);
+    let upstreams: std::collections::BTreeSet<_> =
+        samples.iter().filter_map(|s| s.upstream.clone()).collect();
+    println!(
+        "rolling replace under 20 req/s: {} requests, {} failed, p95 {:?}, endpoints seen {:?}",
+        s.requests, s.failures, s.p95, upstreams
+    );
+    let failed: Vec<_> = samples.iter().filter(|s| !s.ok()).take(5).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rolling replace: {failed:?}",
+        s.failures,
+        s.requests
+    );
+    assert!(
+        upstreams.len() >= 4,
+        "traffic reached old and new processes: {upstreams:?}"
+    );
+    drop(ing);
+    runner.shutdown().await.expect("runner shutdown");
+}
