@@ -141,10 +141,13 @@ fn main() {
         if !selected(label) {
             continue;
         }
-        let (rate, ms) = bench(model, &long_enc, 1, budget);
+        let r = bench(model, &long_enc, 1, budget);
         println!(
-            "{label:<6} 1 x {} tokens: {rate:.1} texts/s, {ms:.2} ms",
-            long_enc[0].len()
+            "{label:<6} 1 x {} tokens: {:.1} texts/s, {:.2} ms, {:.1} cpu ms",
+            long_enc[0].len(),
+            r.texts_per_s,
+            r.ms_per_batch,
+            r.cpu_ms_per_text
         );
     }
 
