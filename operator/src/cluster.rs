@@ -56,6 +56,14 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// Merge patches are recorded under our name too, so `managedFields` says who changed what.
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PatchParams::default()
+    }
+}
+
 fn describe<K: Resource<DynamicType = ()>>(name: &str) -> String {
     format!("{} {name}", K::kind(&()))
 }
@@ -115,7 +123,7 @@ pub async fn scale_deployment(
 ) -> Result<(), ClusterError> {
     let patch = json!({"spec": {"replicas": replicas}});
     match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(()),
@@ -148,7 +156,7 @@ pub async fn retarget_primary(
         "metadata": {"resourceVersion": ingress.metadata.resource_version},
         "spec": {"rules": new_spec.rules, "defaultBackend": new_spec.default_backend},
     });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| {
             ClusterError::from_kube(format!("retargeting {}", describe::<Ingress>(name)), e)
@@ -156,27 +164,25 @@ pub async fn retarget_primary(
     Ok(changes)
 }
 
-/// Remove owner references to `owner_uid` so garbage collection spares the object.
-pub async fn orphan<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, ClusterError>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
-{
-    let Some(obj) = get_opt(api, name).await? else {
-        return Ok(false);
-    };
-    let refs = obj.meta().owner_references.clone().unwrap_or_default();
-    if !refs.iter().any(|r| r.uid == owner_uid) {
-        return Ok(false);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("boom", "Reason")
+                .with_code(code)
+                .boxed(),
+        )
     }
-    let kept: Vec<_> = refs.into_iter().filter(|r| r.uid != owner_uid).collect();
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": obj.meta().resource_version,
-            "ownerReferences": kept,
-        }
-    });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| ClusterError::from_kube(format!("orphaning {}", describe::<K>(name)), e))?;
-    Ok(true)
+
+    #[test]
+    fn a_409_is_a_conflict_everything_else_an_api_error() {
+        assert!(ClusterError::from_kube("x".into(), api_error(409)).is_conflict());
+        let other = ClusterError::from_kube("writing x".into(), api_error(500));
+        assert!(!other.is_conflict());
+        assert!(other.to_string().starts_with("writing x: "), "{other}");
+        assert!(is_not_found(&api_error(404)));
+        assert!(!is_not_found(&api_error(403)));
+    }
 }

@@ -614,3 +614,30 @@ async fn write_status(
     .map_err(|e| Error::Status(rollout_error(format!("EmbeddingRollout {name} status"), e)))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_retry_fast_and_are_counted_apart() {
+        let conflict = Error::Cluster(ClusterError::Conflict("Ingress x".into()));
+        assert_eq!(conflict.kind(), "Conflict");
+        assert_eq!(conflict.retry_after(), Duration::from_secs(1));
+        let status_conflict = Error::Status(ClusterError::Conflict("status".into()));
+        assert_eq!(status_conflict.kind(), "Conflict");
+        let missing = Error::Cluster(ClusterError::Missing("Ingress akidb".into()));
+        assert_eq!(missing.kind(), "Missing");
+        assert!(missing.retry_after() > conflict.retry_after());
+        let traffic = Error::Traffic(TrafficError::WeightOutOfRange(200));
+        assert_eq!(traffic.kind(), "Traffic");
+        assert_eq!(traffic.retry_after(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn event_texts_are_cut_on_char_boundaries() {
+        assert_eq!(truncate("äbc".into(), 1), "");
+        assert_eq!(truncate("äbc".into(), 2), "ä");
+        assert_eq!(truncate("abc".into(), 10), "abc");
+    }
+}
