@@ -112,11 +112,6 @@ fn ratio(s: &str) -> Result<f64, String> {
 }
 
 impl Config {
-    /// Defaults as if no flag and no env var were given (handy for tests).
-    pub fn defaults() -> Self {
-        Self::parse_from(["candle-embedder"])
-    }
-
     pub fn batcher(&self) -> BatcherConfig {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())

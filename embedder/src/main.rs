@@ -6,9 +6,25 @@ use tracing_subscriber::EnvFilter;
 use candle_embedder::config::Config;
 use candle_embedder::server;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cfg = Config::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(serve(cfg));
+    // A model still loading on a blocking thread must not hold the exit past the grace period.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}
+
+async fn serve(cfg: Config) -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_current_span(false)
