@@ -164,8 +164,11 @@ pub fn in_namespace(yaml: &str, ns: &str) -> anyhow::Result<String> {
     Ok(docs.join("---\n"))
 }
 
+/// Error rate that is 0 (not empty) while `embedding_errors_total` has no series yet.
+pub const ERROR_RATE_QUERY: &str = "(sum(rate(embedding_errors_total{service=\"{{service}}\"}[{{window}}])) or vector(0)) / sum(rate(embedding_requests_total{service=\"{{service}}\"}[{{window}}]))";
+
 /// A rollout of the candle candidate against the demo baseline with short steps (1/10/50/100 %,
-/// 15 s each), analysis every 5 s over 20 s; tests adjust fields before applying it.
+/// 15 s each), analysis every 5 s over 30 s; tests adjust fields before applying it.
 pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
     json!({
         "apiVersion": "rollout.akidb.io/v1alpha1",
@@ -186,15 +189,18 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
             ],
             "analysis": {
                 "interval": "5s",
-                "window": "20s",
+                "window": "30s",
                 "prometheus": {"address": prometheus},
                 // Loose absolute bounds (a loaded 2-core machine); the comparison gate catches
                 // +40 ms, the error gate and trigger catch 2 % errors.
-                "gates": {"maxP95Ms": 250, "maxP95OverBaselineMs": 25, "maxErrorRate": 0.005,
+                "gates": {"maxP95Ms": 250, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 3},
                 "rollbackTriggers": {"p95Ms": 1000, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
-                "noDataPolicy": "Hold"
+                "noDataPolicy": "Hold",
+                // WORKAROUND (reported): the default errorRate query divides a series that does
+                // not exist until the first error, so a healthy candidate is "no data" forever.
+                "queries": {"errorRate": ERROR_RATE_QUERY}
             },
             "promotion": {"auto": true},
             "rollbackDeadline": "1m"
