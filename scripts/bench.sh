@@ -125,7 +125,7 @@ cargo build --release -p embed-loadgen
     echo "avx2: $(grep -qw avx2 <<<"$flags" && echo yes || echo no), avx512f: $(grep -qw avx512f <<<"$flags" && echo yes || echo no)"
     echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD)"
+    echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- embedder loadgen || echo ' + uncommitted changes in embedder/ or loadgen/')"
 } | tee "$out/machine.txt" >&2
 
 # ---------------------------------------------------------------- 1. default settings
