@@ -148,20 +148,16 @@ async fn grace_period_bounds_the_shutdown() {
     );
 }
 
-/// The real binary: JSON logs, SIGTERM drains an in-flight request and exits 0.
+/// The real binary: env-var flags, JSON logs, SIGTERM drains an in-flight request and exits 0.
 #[test]
 fn binary_serves_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = write_tiny_bert(&dir.path().join("tiny")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_candle-embedder"))
-        .args([
-            "--port",
-            "0",
-            "--model-name",
-            "bin-tiny",
-            "--service-name",
-            "bin",
-        ])
+        .args(["--port", "0", "--model-name", "bin-tiny"])
+        // Flags also come from EMBEDDER_* environment variables.
+        .env("EMBEDDER_SERVICE_NAME", "bin-env")
+        .env("EMBEDDER_MAX_TEXTS_PER_REQUEST", "1")
         .arg("--model-dir")
         .arg(&model_dir)
         .args(["--chaos-latency-ms", "500"])
@@ -200,6 +196,27 @@ fn binary_serves_and_exits_cleanly_on_sigterm() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
+    let (served_by, version, too_many) = rt.block_on(async {
+        let r = client
+            .get(format!("{base}/api/v1/version"))
+            .send()
+            .await
+            .unwrap();
+        let served_by = r.headers()["x-served-by"].to_str().unwrap().to_string();
+        let v: serde_json::Value = r.json().await.unwrap();
+        let too_many = client
+            .post(format!("{base}/api/v1/embed"))
+            .json(&json!({"texts": ["a", "b"]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        (served_by, v, too_many)
+    });
+    assert_eq!(served_by, "bin-env");
+    assert_eq!(version["service"], "bin-env");
+    assert_eq!(too_many, 413);
     let url = format!("{base}/api/v1/embed");
     let in_flight = rt.spawn({
         let client = client.clone();
