@@ -19,11 +19,19 @@ ready() { # url
     return 1
 }
 
+# CPU time (user + system) of the server in clock ticks: much less load-dependent than wall time.
+cpu_ticks() { sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'; }
+
 measure() { # label url
     "$lg" --url "$2" --concurrency 16 --duration 5s --json > /dev/null
-    "$lg" --url "$2" --concurrency 16 --duration "$duration" --json | jq -c --arg name "$1" \
+    local before report
+    before=$(cpu_ticks)
+    report=$("$lg" --url "$2" --concurrency 16 --duration "$duration" --json)
+    jq -c --arg name "$1" --argjson ticks "$(($(cpu_ticks) - before))" --argjson hz "$(getconf CLK_TCK)" \
         --argjson rss "$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")" \
-        --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" '{"label": $name, rss_kib: $rss, load: $load} + .'
+        --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        '{"label": $name, rss_kib: $rss, load: $load, server_cpu_s: ($ticks / $hz),
+          server_cpu_ms_per_ok: ($ticks / $hz * 1000 / .ok)} + .' <<<"$report"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     pid=""

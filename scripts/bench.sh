@@ -79,6 +79,11 @@ stop_server() {
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status"; }
 
+# CPU time (user + system, all threads) the server has used, in clock ticks. On a shared machine the
+# wall-clock rate depends on the neighbours; CPU time per request much less.
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { sed 's/.*) //' "/proc/$server_pid/stat" | awk '{print $12 + $13}'; }
+
 # ---------------------------------------------------------------- load
 served=0 # requests answered by the current server instance since its warm-up
 
@@ -87,15 +92,23 @@ run() {
     local label=$1 target_url=$2
     shift 2
     log "$label: embed-loadgen $*"
-    local output json
+    local output json cpu_before cpu_after
+    cpu_before=$(cpu_ticks)
     output=$(target/release/embed-loadgen --url "$target_url" "$@") || true
+    cpu_after=$(cpu_ticks)
     json=$(tail -n1 <<<"$output")
     if ! jq -e . >/dev/null 2>&1 <<<"$json"; then
         echo "bench: no report from embed-loadgen for $label" >&2
         return 1
     fi
+    json=$(jq -c --arg name "$label" --argjson ticks "$((cpu_after - cpu_before))" \
+        --argjson hz "$clk_tck" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        '{"label": $name} + . + {server_cpu_s: ($ticks / $hz), load: $load,
+          server_cpu_ms_per_ok: (if .ok > 0 then $ticks / $hz * 1000 / .ok else null end)}' <<<"$json")
     head -n -1 <<<"$output" >&2
-    jq -c --arg name "$label" '{"label": $name} + .' <<<"$json" >> "$results"
+    jq -r '"server CPU  \(.server_cpu_s) s, \(.server_cpu_ms_per_ok // "-") ms per successful request; load \(.load)"' \
+        <<<"$json" >&2
+    echo "$json" >> "$results"
     served=$((served + $(jq -r .requests <<<"$json")))
     last_json=$json
 }
@@ -246,9 +259,9 @@ fi
     sed 's/^/    /' "$out/machine.txt"
     echo "    load after: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    echo "| run | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms | max ms | errors |"
-    echo "|---|---|---|---|---|---|---|---|"
-    jq -r 'select(.latency_ms) | "| \(.label) | \(.target_rate // "closed") | \(.achieved_rps * 10 | round / 10) | \(.latency_ms.p50) | \(.latency_ms.p95) | \(.latency_ms.p99) | \(.latency_ms.max) | \(.errors) \(.errors_by_kind | to_entries | map("\(.key)=\(.value)") | join(" ")) |"' "$results"
+    echo "| run | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU ms/req | load |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    jq -r 'select(.latency_ms) | "| \(.label) | \(.target_rate // "closed") | \(.achieved_rps * 10 | round / 10) | \(.latency_ms.p50) | \(.latency_ms.p95) | \(.latency_ms.p99) | \(.latency_ms.max) | \(.errors) \(.errors_by_kind | to_entries | map("\(.key)=\(.value)") | join(" ")) | \(.server_cpu_ms_per_ok // "-" | if type == "number" then (. * 100 | round / 100) else . end) | \(.load) |"' "$results"
     echo
     echo "- P95 at 100 req/s (default settings): $p95_100 ms (target < 35 ms)"
     echo "- best setting: $best_label ($best_args, model $best_model), closed loop c32: $best_rps req/s"
@@ -258,5 +271,7 @@ fi
     if [[ -n $python_rps ]]; then
         ratio=$(jq -n --argjson a "$candle_c16" --argjson b "$python_rps" '$a / $b * 10 | round / 10')
         echo "- closed loop at 16 connections: candle-embedder (default settings) $candle_c16 req/s, Python baseline $python_rps req/s: ${ratio}x"
+        jq -rs 'map(select(.label == "default closed c16" or .label == "python closed c16")) | map({(.label): .server_cpu_ms_per_ok}) | add
+            | "- server CPU per request at 16 connections: candle-embedder \(.["default closed c16"] * 100 | round / 100) ms, Python baseline \(.["python closed c16"] * 100 | round / 100) ms: \(.["python closed c16"] / .["default closed c16"] * 10 | round / 10)x less CPU"' "$results"
     fi
 } | tee "$out/summary.md"
