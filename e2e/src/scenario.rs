@@ -191,11 +191,12 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                 "interval": "5s",
                 "window": "30s",
                 "prometheus": {"address": prometheus},
-                // Loose absolute bounds (a loaded 2-core machine); the comparison gate catches
+                // Loose absolute bounds: the 2-core machine is shared and a handful of requests at
+                // 1 % makes the candidate's P95 its slowest request. The comparison gate catches
                 // +40 ms, the error gate and trigger catch 2 % errors.
-                "gates": {"maxP95Ms": 250, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
+                "gates": {"maxP95Ms": 1000, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 3},
-                "rollbackTriggers": {"p95Ms": 1000, "p95SustainedFor": "15s", "errorRate": 0.01},
+                "rollbackTriggers": {"p95Ms": 2000, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
                 "noDataPolicy": "Hold",
                 // WORKAROUND (reported): the default errorRate query divides a series that does
