@@ -906,8 +906,8 @@ impl Reconciler<'_> {
                 self.ensure_canary_weight(self.st.current_weight);
             }
             if self.candidate_ready(full) {
+                // currentWeight becomes 100 once the switch is observed.
                 self.act(Action::PointPrimaryIngressAt(Backend::Candidate));
-                self.st.current_weight = 100;
                 self.st.message = Some("switching the primary Ingress to the candidate".into());
                 self.requeue.push(TRANSITION_REQUEUE);
                 return;
@@ -928,7 +928,11 @@ impl Reconciler<'_> {
             self.requeue.push(WAIT_REQUEUE);
             return;
         }
-        self.st.current_weight = 100;
+        if self.st.current_weight != 100 {
+            // All traffic is on the candidate from now on; analyses measure from here.
+            self.st.current_weight = 100;
+            self.st.step_started_at = Some(self.now);
+        }
         self.ensure_canary_deleted();
         let standby = self.spec.baseline.standby_replicas;
         self.ensure_baseline_replicas(standby);

@@ -1841,3 +1841,185 @@ fn observed_generation_is_recorded() {
         .iter()
         .all(|c| c.observed_generation == Some(7)));
 }
+
+// ----- randomised runs -----------------------------------------------------------------------
+
+/// xorshift64*: a deterministic generator, so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Random clocks, metrics, pod readiness, commands, pauses and image changes. After every
+/// reconcile the safety invariants must hold, and the output must be a fixed point.
+#[test]
+fn random_runs_keep_the_safety_invariants() {
+    let commands = [
+        "pause",
+        "resume",
+        "promote",
+        "promote-full",
+        "abort",
+        "retry",
+        "bogus",
+    ];
+    let metrics = [
+        healthy(),
+        healthy(),
+        healthy(),
+        slow(),
+        very_slow(),
+        erroring(),
+        no_data(),
+        prom_down(),
+    ];
+    let mut phases_seen = std::collections::HashSet::new();
+    for seed in 1..=100u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut sp = spec();
+        for s in &mut sp.steps {
+            s.duration = GoDuration::from("3m");
+        }
+        sp.promotion.decommission_after = Some("10m".into());
+        let mut s = Sim::new(sp);
+        let mut last_weight = 0u8;
+        for tick in 0..300 {
+            s.now += chrono::Duration::seconds(1 + rng.below(90) as i64);
+            if rng.chance(10) {
+                s.pods_ready = !s.pods_ready;
+            }
+            if rng.chance(3) {
+                s.obs.command = Some(commands[rng.below(commands.len() as u64) as usize].into());
+            }
+            if rng.chance(2) {
+                s.spec.paused = !s.spec.paused;
+            }
+            if rng.chance(1) {
+                s.spec.candidate.image = format!("candle:{tick}");
+            }
+            let m = if rng.chance(15) {
+                None
+            } else {
+                Some(metrics[rng.below(metrics.len() as u64) as usize].clone())
+            };
+            s.settle();
+            let before = s.obs.clone();
+            let d = reconcile(&s.spec, &s.status, &s.obs, m.as_ref(), s.now);
+            let ctx = format!(
+                "seed {seed} tick {tick}: {} -> {} {:?}",
+                s.status.phase, d.status.phase, d.actions
+            );
+            phases_seen.insert(s.status.phase);
+            phases_seen.insert(d.status.phase);
+
+            // Fixed point: the same inputs again change nothing and say nothing new.
+            let again = reconcile(&s.spec, &d.status, &before, m.as_ref(), s.now);
+            assert_eq!(again.status, d.status, "{ctx}");
+            assert!(again.events.is_empty(), "{ctx}: {:?}", again.events);
+            assert!(
+                again.actions.iter().all(|a| d.actions.contains(a)),
+                "{ctx}: {:?}",
+                again.actions
+            );
+
+            let full = s.spec.candidate.full_replicas();
+            let hash = d.status.candidate_hash.clone();
+            let cand_full_ready = before.candidate.as_ref().is_some_and(|c| {
+                c.candidate_hash == hash && c.ready_replicas >= full && c.spec_replicas == full
+            });
+            for a in &d.actions {
+                match a {
+                    Action::SetCanaryWeight(w) if *w > 0 => {
+                        assert!(
+                            *w >= last_weight,
+                            "{ctx}: weight went down {last_weight} -> {w}"
+                        );
+                        if *w == 100 {
+                            assert!(
+                                cand_full_ready,
+                                "{ctx}: 100 % before fullReplicas were ready"
+                            );
+                        }
+                        last_weight = *w;
+                    }
+                    Action::SetCanaryWeight(_) | Action::DeleteCanaryIngress => last_weight = 0,
+                    Action::PointPrimaryIngressAt(Backend::Candidate) => {
+                        assert!(
+                            cand_full_ready,
+                            "{ctx}: primary to a candidate without full replicas"
+                        )
+                    }
+                    Action::PointPrimaryIngressAt(Backend::Baseline) => assert!(
+                        before
+                            .baseline
+                            .as_ref()
+                            .is_some_and(|b| b.ready_replicas >= 1),
+                        "{ctx}: primary to a baseline without ready pods"
+                    ),
+                    _ => {}
+                }
+            }
+            if d.status.phase == Phase::RolledBack && s.status.phase != Phase::RolledBack {
+                assert_eq!(before.canary_weight, None, "{ctx}");
+                assert_eq!(before.primary_backend, PrimaryBackend::Baseline, "{ctx}");
+            }
+            if d.status.phase == Phase::Promoted && s.status.phase == Phase::Promoting {
+                assert_eq!(before.primary_backend, PrimaryBackend::Candidate, "{ctx}");
+                assert_eq!(before.canary_weight, None, "{ctx}");
+            }
+            if matches!(d.status.phase, Phase::Deploying | Phase::RolledBack) {
+                assert_eq!(d.status.current_weight, 0, "{ctx}");
+            }
+            assert!(d.status.history.len() <= crate::crd::HISTORY_LIMIT);
+            assert!(d.requeue_after >= Duration::from_secs(1) && d.requeue_after <= MAX_REQUEUE);
+
+            s.apply(&d.actions);
+            s.status = d.status;
+        }
+        // Whatever state the walk ended in, deletion converges to "primary on the live
+        // baseline, no canary" before the finalizer goes.
+        s.obs.deleting = true;
+        s.pods_ready = true;
+        let mut released = false;
+        for _ in 0..5 {
+            let d = s.after(2, None);
+            if d.actions.contains(&Action::RemoveFinalizer) {
+                released = true;
+                break;
+            }
+        }
+        assert!(
+            released,
+            "seed {seed}: finalizer never released: {:?}",
+            s.status.message
+        );
+        assert_eq!(s.obs.canary_weight, None, "seed {seed}");
+        assert_eq!(
+            s.obs.primary_backend,
+            PrimaryBackend::Baseline,
+            "seed {seed}"
+        );
+        assert!(
+            s.obs.baseline.as_ref().unwrap().ready_replicas >= 1,
+            "seed {seed}"
+        );
+    }
+    // The random walk reaches every phase (otherwise the invariants above prove little).
+    for p in Phase::ALL {
+        assert!(phases_seen.contains(&p), "{p} never reached");
+    }
+}
