@@ -267,20 +267,37 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
         add_finalizer(&api, rollout).await?;
     }
 
+    let t0 = Instant::now();
     let observed = observe::read(&ctx.client, rollout).await?;
+    let observe_time = t0.elapsed();
     let status = rollout.status.clone().unwrap_or_default();
     let now = Utc::now();
+    let t1 = Instant::now();
     let snapshot = if decision::analysis_due(&rollout.spec, &status, now) {
         Some(query_metrics(ctx, rollout).await)
     } else {
         None
     };
+    let query_time = t1.elapsed();
     let decided = decision::reconcile(&rollout.spec, &status, &observed, snapshot.as_ref(), now);
     tracing::debug!(rollout = %name, namespace = %ns, phase = %decided.status.phase, actions = ?decided.actions, "decided");
 
+    let t2 = Instant::now();
     let mut finalizer_removed = false;
     for action in &decided.actions {
-        apply_action(ctx, rollout, action).await?;
+        if let Err(e) = apply_action(ctx, rollout, action).await {
+            // The status is not written when an action fails (it would claim what is not
+            // true), so tell the user here; conflicts are routine and only logged.
+            if !e.cluster().is_some_and(ClusterError::is_conflict) {
+                let warning = decision::Event {
+                    type_: EventType::Warning,
+                    reason: "ActionFailed".to_string(),
+                    message: format!("{action:?}: {e}"),
+                };
+                publish(ctx, rollout, &warning).await;
+            }
+            return Err(e);
+        }
         finalizer_removed |= *action == Action::RemoveFinalizer;
     }
     for event in &decided.events {
@@ -293,9 +310,19 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
         forget(ctx, &ns, &name);
         return Ok(Requeue::await_change());
     }
+    let apply_time = t2.elapsed();
+    let t3 = Instant::now();
     if rollout.status.as_ref() != Some(&decided.status) {
         write_status(&api, &name, &decided.status).await?;
     }
+    tracing::debug!(
+        rollout = %name,
+        ?observe_time,
+        ?query_time,
+        ?apply_time,
+        status_time = ?t3.elapsed(),
+        "reconcile timings"
+    );
     Ok(Requeue::requeue(decided.requeue_after))
 }
 
