@@ -617,3 +617,31 @@ async fn texts_of_a_client_that_went_away_are_not_computed() {
     );
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_turns_half_open_after_the_cooldown_and_a_failed_probe_reopens_it() {
+    let s = start(&[
+        "--chaos-error-ratio",
+        "1.0",
+        "--breaker-min-requests",
+        "2",
+        "--breaker-cooldown-secs",
+        "1",
+        "--breaker-half-open-probes",
+        "1",
+    ])
+    .await;
+    let state = r#"circuit_breaker_state{backend="test-svc",service="embedding"}"#;
+    for _ in 0..2 {
+        assert_eq!(s.embed(json!({"texts": ["x"]})).await.0, 500);
+    }
+    assert_eq!(sample(&s.metrics().await, state), Some(1.0));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // No traffic needed: the scrape sees the elapsed cool-down.
+    assert_eq!(sample(&s.metrics().await, state), Some(2.0));
+    // The probe is let through, fails (chaos), and re-opens the breaker.
+    assert_eq!(s.embed(json!({"texts": ["probe"]})).await.0, 500);
+    assert_eq!(sample(&s.metrics().await, state), Some(1.0));
+    assert_eq!(s.embed(json!({"texts": ["x"]})).await.0, 503);
+    s.stop().await.unwrap();
+}
