@@ -231,6 +231,64 @@ impl Nginx {
         }
     }
 
+    /// Worker processes of the running master (children whose title says `worker process`).
+    fn workers(&self) -> Vec<(i32, String)> {
+        let Some(master) = self.child.as_ref().map(|c| c.pid()) else {
+            return Vec::new();
+        };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command: state ppid ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid != Some(master) {
+                continue;
+            }
+            let title = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            out.push((pid, title));
+        }
+        out
+    }
+
+    /// After a reload, old workers keep accepting on the shared listen socket until they handle
+    /// the master's shutdown signal; wait until each has exited or says "shutting down", so that
+    /// every new connection reaches the new configuration.
+    async fn wait_old_workers(&self, old: &[i32], timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let still_accepting = self
+                .workers()
+                .into_iter()
+                .any(|(pid, title)| old.contains(&pid) && !title.contains("shutting down"));
+            if !still_accepting || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Render, validate, install and make nginx serve `routes` as `generation`.
     async fn apply(&mut self, routes: &[Route], generation: u64) -> Result<(), IngressError> {
         self.settings.generation = generation;
@@ -244,9 +302,14 @@ impl Nginx {
                 self.start().await?;
             }
             None => {
+                let old: Vec<i32> = self.workers().into_iter().map(|(pid, _)| pid).collect();
                 if let Some(c) = &self.child {
                     c.signal(libc::SIGHUP);
                 }
+                self.wait_serving(generation, Duration::from_secs(15))
+                    .await?;
+                self.wait_old_workers(&old, Duration::from_secs(5)).await;
+                return Ok(());
             }
         }
         self.wait_serving(generation, Duration::from_secs(15)).await

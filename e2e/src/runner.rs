@@ -311,6 +311,9 @@ struct Replica {
     started: Instant,
     ready_since: Option<Instant>,
     terminating: Option<Terminating>,
+    /// Consecutive failed readiness probes; unready at `failure_threshold` (kubelet semantics).
+    probe_failures: u32,
+    failure_threshold: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -524,10 +527,14 @@ impl Runner {
                 .get_mut(&d)
                 .and_then(|st| st.replicas.get_mut(i))
             {
-                match (ok, r.ready_since) {
-                    (true, None) => r.ready_since = Some(Instant::now()),
-                    (false, Some(_)) => r.ready_since = None,
-                    _ => {}
+                if ok {
+                    r.probe_failures = 0;
+                    r.ready_since.get_or_insert_with(Instant::now);
+                } else {
+                    r.probe_failures += 1;
+                    if r.probe_failures >= r.failure_threshold {
+                        r.ready_since = None;
+                    }
                 }
             }
         }
@@ -764,6 +771,14 @@ impl Runner {
             started: Instant::now(),
             ready_since: None,
             terminating: None,
+            probe_failures: 0,
+            // The container's readinessProbe.failureThreshold, default 3 as in Kubernetes.
+            failure_threshold: container
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.failure_threshold)
+                .unwrap_or(3)
+                .max(1) as u32,
         })
     }
 
