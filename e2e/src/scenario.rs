@@ -421,6 +421,7 @@ impl Env {
                 "RUST_LOG",
                 std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

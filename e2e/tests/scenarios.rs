@@ -19,8 +19,8 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
-/// Client requests per second: 30 gives the candidate ~9 requests per 30 s window at 1 %.
-const RATE: f64 = 30.0;
+/// Client requests per second (20: the k6 script's rate; more queues up on a shared 2-core machine).
+const RATE: f64 = 20.0;
 
 fn workdir(test: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -638,11 +638,10 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         r["status"],
         scenario::tail(&env.operator_log(), 20)
     );
-    let line = logtext
-        .lines()
-        .find(|l| l.to_lowercase().contains("forbidden"))
-        .unwrap_or("");
-    println!("[rbac] operator reports: {}", &line[..line.len().min(300)]);
+    let lower = logtext.to_lowercase();
+    let at = lower.find("forbidden").unwrap_or(0);
+    let excerpt: String = logtext[at..].chars().take(200).collect();
+    println!("[rbac] operator reports: {excerpt}");
     assert!(env.operator_alive(), "the operator keeps running");
     env.shutdown().await;
     println!("[rbac] wall time {:.1}s", t.elapsed().as_secs_f64());
