@@ -1,13 +1,13 @@
 //! operator
+pub mod cluster;
+pub mod controller;
 pub mod crd;
-pub mod duration;
 pub mod decision;
-pub mod prometheus;
-pub mod traffic;
-pub mod workload;
+pub mod duration;
 pub mod leader;
 pub mod metrics;
-pub mod server;
-pub mod cluster;
 pub mod observe;
-pub mod controller;
+pub mod prometheus;
+pub mod server;
+pub mod traffic;
+pub mod workload;

@@ -9,9 +9,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-            KeyToPath, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort,
-            ServiceSpec, Volume, VolumeMount,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+            HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -211,6 +212,21 @@ fn pod_template(w: &CandidateWorkload<'_>) -> PodTemplateSpec {
         // Model loading can take a while; only restart a pod that stays dead.
         liveness_probe: Some(probe("/health/live", 10, 6)),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        // Same hardening as the chart's embedder: the server writes nothing to its filesystem.
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -231,7 +247,13 @@ pub fn deployment(w: &CandidateWorkload<'_>) -> Deployment {
         BTreeMap::from([(CANDIDATE_HASH_ANNOTATION.to_string(), w.pod_hash.clone())]);
     let mut template = pod_template(w);
     if let Some(m) = template.metadata.as_mut() {
-        m.annotations = Some(hash_annotation.clone());
+        let mut annotations = hash_annotation.clone();
+        // The gates read the candidate's own metrics: make its pods discoverable by the common
+        // annotation-based Prometheus scrape configs (a PodMonitor in the chart is the other way).
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), w.port.to_string());
+        annotations.insert("prometheus.io/path".into(), "/metrics".into());
+        m.annotations = Some(annotations);
     }
     let mut metadata = meta(w, w.name.to_string());
     metadata.annotations = Some(hash_annotation);
@@ -455,6 +477,28 @@ mod tests {
         let d = deployment(&w);
         assert!(container(&d).volume_mounts.is_none());
         assert!(models_config_map(&w).is_none());
+    }
+
+    #[test]
+    fn pods_are_scrapable_and_hardened() {
+        let i = inputs();
+        let d = deployment(&workload(&i, None));
+        let pod_annotations = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .clone()
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(pod_annotations["prometheus.io/scrape"], "true");
+        assert_eq!(pod_annotations["prometheus.io/path"], "/metrics");
+        let sc = container(&d).security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
     }
 
     #[test]

@@ -92,6 +92,16 @@ fn read(q: &QueryResult, what: &str) -> Reading {
     }
 }
 
+/// Like [`read`], but +Inf is a real latency: histogram_quantile answers it when the quantile
+/// falls in the top (+Inf) bucket, i.e. requests slower than the largest bucket. It must fail the
+/// gates rather than look like missing data.
+fn read_latency(q: &QueryResult, what: &str) -> Reading {
+    match q {
+        Ok(Some(v)) if *v == f64::INFINITY => Reading::Value(*v),
+        _ => read(q, what),
+    }
+}
+
 fn value(q: &QueryResult) -> Option<f64> {
     match q {
         Ok(Some(v)) if v.is_finite() => Some(*v),
@@ -125,7 +135,7 @@ pub fn evaluate(
     let mut unknown: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    let cand_p95 = read(&m.candidate.p95_seconds, "candidate P95");
+    let cand_p95 = read_latency(&m.candidate.p95_seconds, "candidate P95");
     let cand_p95_ms = match &cand_p95 {
         Reading::Value(s) => Some(seconds_to_ms(*s)),
         Reading::Missing(_) => None,
@@ -147,9 +157,12 @@ pub fn evaluate(
     if weight >= 100 {
         notes.push("baseline comparison skipped: the baseline receives no traffic at 100 %".into());
     } else {
-        match (cand_p95_ms, read(&m.baseline.p95_seconds, "baseline P95")) {
-            (Some(c), Reading::Value(_)) => {
-                let b = base_p95_ms.expect("finite baseline value");
+        match (
+            cand_p95_ms,
+            read_latency(&m.baseline.p95_seconds, "baseline P95"),
+        ) {
+            (Some(c), Reading::Value(b_seconds)) => {
+                let b = seconds_to_ms(b_seconds);
                 let limit = b + gates.max_p95_over_baseline_ms;
                 // Round the limit like the inputs so "exactly baseline + margin" compares equal.
                 if c > (limit * 1_000.0).round() / 1_000.0 {
@@ -245,7 +258,8 @@ pub fn evaluate(
     Evaluation {
         verdict,
         reasons,
-        candidate_p95_ms: cand_p95_ms,
+        // Status holds only finite numbers (JSON has no +Inf); the reasons carry the +Inf.
+        candidate_p95_ms: cand_p95_ms.filter(|v| v.is_finite()),
         baseline_p95_ms: base_p95_ms,
         error_rate,
         baseline_error_rate: value(&m.baseline.error_rate),
@@ -283,6 +297,31 @@ mod tests {
 
     fn eval(m: &MetricsSnapshot) -> Evaluation {
         evaluate(&Gates::default(), &RollbackTriggers::default(), m, 10)
+    }
+
+    #[test]
+    fn infinite_p95_fails_and_fires_the_trigger_but_is_not_stored() {
+        // Every request slower than the top bucket: histogram_quantile answers +Inf.
+        let mut m = healthy();
+        m.candidate.p95_seconds = Ok(Some(f64::INFINITY));
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Fail);
+        assert_eq!(e.p95_above_trigger, Some(true));
+        assert_eq!(e.candidate_p95_ms, None);
+        assert!(
+            e.reasons.iter().any(|r| r.contains("inf ms")),
+            "{:?}",
+            e.reasons
+        );
+    }
+
+    #[test]
+    fn infinite_baseline_p95_does_not_panic_or_fail_the_candidate() {
+        let mut m = healthy();
+        m.baseline.p95_seconds = Ok(Some(f64::INFINITY));
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
+        assert_eq!(e.baseline_p95_ms, None);
     }
 
     fn with(f: impl FnOnce(&mut MetricsSnapshot)) -> MetricsSnapshot {
