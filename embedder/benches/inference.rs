@@ -69,7 +69,37 @@ fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> Rate
     }
 }
 
+/// GFLOP/s of candle's f32 matmul for the layer shapes of MiniLM at `m` rows (BENCH_GEMM=1):
+/// the ceiling the forward pass can reach on this machine.
+fn gemm_roofline(m: usize, budget: Duration) {
+    use candle_core::{Device, Tensor};
+    for (k, n) in [(384, 1152), (384, 384), (384, 1536), (1536, 384)] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).unwrap();
+        x.matmul(&w).unwrap();
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let mut runs = 0u32;
+        while start.elapsed() < budget / 4 {
+            x.matmul(&w).unwrap();
+            runs += 1;
+        }
+        let flop = 2.0 * (m * k * n) as f64 * runs as f64;
+        println!(
+            "gemm {m}x{k}x{n}: {:.1} GFLOP/s wall, {:.1} GFLOP/s per cpu-second",
+            flop / start.elapsed().as_secs_f64() / 1e9,
+            flop / (cpu_seconds() - cpu0).max(1e-9) / 1e9
+        );
+    }
+}
+
 fn main() {
+    if std::env::var("BENCH_GEMM").is_ok() {
+        for m in [11, 88, 352] {
+            gemm_roofline(m, Duration::from_secs(2));
+        }
+        return;
+    }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
     assert!(
         dir.join("model.safetensors").is_file(),
