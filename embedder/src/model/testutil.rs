@@ -13,7 +13,7 @@ pub const TINY_HEADS: usize = 2;
 pub const TINY_INTERMEDIATE: usize = 64;
 pub const TINY_MAX_SEQ_LENGTH: usize = 64;
 const TINY_POSITIONS: usize = 128;
-const SEED: u64 = 0x5eed_0f_b3e7;
+const SEED: u64 = 0x005e_ed0f_b3e7;
 
 /// Where `make model` puts all-MiniLM-L6-v2, seen from this crate.
 pub fn minilm_dir() -> PathBuf {
