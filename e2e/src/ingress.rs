@@ -168,6 +168,9 @@ impl Nginx {
     }
 
     async fn start(&mut self) -> Result<(), IngressError> {
+        kill_orphaned_workers(&self.workdir);
+        // nginx unlinks its unix socket only on a clean exit.
+        let _ = std::fs::remove_file(self.workdir.join("no-endpoints.sock"));
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.base_args(&self.conf()))
             .args(["-g", "daemon off;"])
@@ -313,6 +316,52 @@ impl Nginx {
             }
         }
         self.wait_serving(generation, Duration::from_secs(15)).await
+    }
+}
+
+/// nginx workers do not follow a master that was SIGKILLed (the harness died without cleanup and
+/// `PR_SET_PDEATHSIG` took the master): such orphans still hold this workdir's logs, socket and
+/// maybe its port. Kill the orphaned nginx processes with a file open under `workdir`.
+fn kill_orphaned_workers(workdir: &Path) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let is_orphaned_nginx = stat.contains("(nginx)")
+            && stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                == Some("1");
+        if !is_orphaned_nginx {
+            continue;
+        }
+        let holds_workdir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(workdir));
+        if holds_workdir {
+            tracing::warn!(
+                pid,
+                "killing an orphaned nginx worker of {}",
+                workdir.display()
+            );
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
