@@ -115,6 +115,16 @@ impl Metrics {
         &self.service
     }
 
+    /// Creates the zero-valued error series of a served model, so `rate(embedding_errors_total[..])`
+    /// answers 0 for a healthy server instead of "no data" (labelled counters appear on first use).
+    pub fn init_model_series(&self, model: &str) {
+        for kind in crate::api::error::ERROR_KINDS {
+            self.errors_total
+                .with_label_values(&[&self.service, model, kind])
+                .inc_by(0);
+        }
+    }
+
     /// Counts one finished embed request.
     pub fn observe_request(&self, model: &str, status: u16, error_kind: Option<&str>, secs: f64) {
         let code = status.to_string();

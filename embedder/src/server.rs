@@ -182,6 +182,9 @@ async fn load_and_warm_up(state: Arc<AppState>, loader: Loader) -> anyhow::Resul
             .await
             .map_err(|_| anyhow::anyhow!("warm-up of {} was dropped", model.name()))??;
     }
+    for model in &models {
+        state.metrics.init_model_series(model.name());
+    }
     state.metrics.models_loaded.set(models.len() as i64);
     if state.phase() == Phase::Loading {
         state.set_phase(Phase::Ready);

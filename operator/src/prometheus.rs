@@ -17,7 +17,10 @@ use crate::{
 /// Default PromQL templates (docs/interfaces.md). `{{service}}` is the metrics `service` label,
 /// `{{window}}` the range, `{{quantile}}` the quantile for the latency query.
 pub const DEFAULT_P95: &str = r#"histogram_quantile({{quantile}}, sum by (le) (rate(embedding_request_duration_seconds_bucket{service="{{service}}"}[{{window}}])))"#;
-pub const DEFAULT_ERROR_RATE: &str = r#"sum(rate(embedding_errors_total{service="{{service}}"}[{{window}}])) / sum(rate(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
+/// `or vector(0)`: a healthy server may have no `embedding_errors_total` series at all (counters with
+/// labels appear on first increment), which must read as 0 %, not as "no data". With no requests the
+/// denominator is empty and the result is still "no data", as it should be.
+pub const DEFAULT_ERROR_RATE: &str = r#"(sum(rate(embedding_errors_total{service="{{service}}"}[{{window}}])) or vector(0)) / sum(rate(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
 pub const DEFAULT_REQUESTS: &str =
     r#"sum(increase(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
 pub const DEFAULT_BREAKER: &str = r#"max(max_over_time(circuit_breaker_state{service="embedding",backend="{{service}}"}[{{window}}]))"#;
@@ -317,7 +320,7 @@ mod tests {
         }
         assert_eq!(
             render(DEFAULT_ERROR_RATE, "mlx", "5m", 0.95),
-            r#"sum(rate(embedding_errors_total{service="mlx"}[5m])) / sum(rate(embedding_requests_total{service="mlx"}[5m]))"#
+            r#"(sum(rate(embedding_errors_total{service="mlx"}[5m])) or vector(0)) / sum(rate(embedding_requests_total{service="mlx"}[5m]))"#
         );
         assert_eq!(
             render(DEFAULT_BREAKER, "candle", "1m", 0.95),

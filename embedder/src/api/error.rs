@@ -106,6 +106,7 @@ impl ApiError {
     }
 
     /// `kind` label of `embedding_errors_total`: only server-side failures (5xx and 429) count.
+    /// Every value is in [`ERROR_KINDS`].
     pub fn error_kind(&self) -> Option<&'static str> {
         use ApiError::*;
         match self {
@@ -166,3 +167,15 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// Every `kind` of `embedding_errors_total` (see [`ApiError::error_kind`]).
+pub const ERROR_KINDS: [&str; 8] = [
+    "not_ready",
+    "shutting_down",
+    "queue_full",
+    "breaker_open",
+    "timeout",
+    "inference",
+    "chaos",
+    "internal",
+];
