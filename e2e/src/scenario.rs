@@ -164,9 +164,6 @@ pub fn in_namespace(yaml: &str, ns: &str) -> anyhow::Result<String> {
     Ok(docs.join("---\n"))
 }
 
-/// Error rate that is 0 (not empty) while `embedding_errors_total` has no series yet.
-pub const ERROR_RATE_QUERY: &str = "(sum(rate(embedding_errors_total{service=\"{{service}}\"}[{{window}}])) or vector(0)) / sum(rate(embedding_requests_total{service=\"{{service}}\"}[{{window}}]))";
-
 /// A rollout of the candle candidate against the demo baseline with short steps (1/10/50/100 %,
 /// 15 s each), analysis every 5 s over 30 s; tests adjust fields before applying it.
 pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
@@ -198,10 +195,7 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                           "requireBreakerClosed": true, "minRequests": 3},
                 "rollbackTriggers": {"p95Ms": 2000, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
-                "noDataPolicy": "Hold",
-                // WORKAROUND (reported): the default errorRate query divides a series that does
-                // not exist until the first error, so a healthy candidate is "no data" forever.
-                "queries": {"errorRate": ERROR_RATE_QUERY}
+                "noDataPolicy": "Hold"
             },
             "promotion": {"auto": true},
             "rollbackDeadline": "1m"

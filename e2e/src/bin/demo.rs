@@ -82,10 +82,6 @@ async fn run(env: &mut Env, args: &Args) -> anyhow::Result<()> {
     let analysis = &mut rollout["spec"]["analysis"];
     let example_address = analysis["prometheus"]["address"].clone();
     analysis["prometheus"]["address"] = Value::from(env.prometheus.url());
-    if analysis["queries"]["errorRate"].is_null() {
-        // Same workaround as the scenarios: see e2e/README.md.
-        analysis["queries"]["errorRate"] = Value::from(scenario::ERROR_RATE_QUERY);
-    }
     if !args.candidate_args.is_empty() {
         rollout["spec"]["candidate"]["args"] = serde_json::json!(args.candidate_args);
     }
