@@ -32,7 +32,7 @@ unit: model ## unit and integration tests (no control plane)
 	$(CARGO) test --workspace --exclude e2e
 
 e2e: model build controlplane ## end-to-end scenarios on a real kube-apiserver, Prometheus and nginx
-	$(CARGO) test -p e2e -- --test-threads=1 --nocapture
+	bash e2e/run-tests.sh
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
 	bash scripts/check-charts.sh
