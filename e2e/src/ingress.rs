@@ -239,40 +239,20 @@ impl Nginx {
         let Some(master) = self.child.as_ref().map(|c| c.pid()) else {
             return Vec::new();
         };
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the parenthesised command: state ppid ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid != Some(master) {
-                continue;
-            }
-            let title = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| {
-                    String::from_utf8_lossy(&b)
-                        .replace('\0', " ")
-                        .trim()
-                        .to_string()
-                })
-                .unwrap_or_default();
-            out.push((pid, title));
-        }
-        out
+        processes()
+            .filter(|p| p.ppid == Some(master))
+            .map(|p| {
+                let title = std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .map(|b| {
+                        String::from_utf8_lossy(&b)
+                            .replace('\0', " ")
+                            .trim()
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                (p.pid, title)
+            })
+            .collect()
     }
 
     /// After a reload, old workers keep accepting on the shared listen socket until they handle
@@ -322,26 +302,34 @@ impl Nginx {
 /// nginx workers do not follow a master that was SIGKILLed (the harness died without cleanup and
 /// `PR_SET_PDEATHSIG` took the master): such orphans still hold this workdir's logs, socket and
 /// maybe its port. Kill the orphaned nginx processes with a file open under `workdir`.
-fn kill_orphaned_workers(workdir: &Path) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let is_orphaned_nginx = stat.contains("(nginx)")
-            && stat
+/// One process of `/proc`, with its parent pid and raw `stat` line.
+struct ProcStat {
+    pid: i32,
+    ppid: Option<i32>,
+    stat: String,
+}
+
+/// The processes visible in `/proc` (those that vanish while reading are skipped).
+fn processes() -> impl Iterator<Item = ProcStat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the parenthesised command: state ppid ...
+            let ppid = stat
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                == Some("1");
+                .and_then(|p| p.parse::<i32>().ok());
+            Some(ProcStat { pid, ppid, stat })
+        })
+}
+
+fn kill_orphaned_workers(workdir: &Path) {
+    for ProcStat { pid, ppid, stat } in processes() {
+        let is_orphaned_nginx = stat.contains("(nginx)") && ppid == Some(1);
         if !is_orphaned_nginx {
             continue;
         }
