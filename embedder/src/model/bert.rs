@@ -4,22 +4,26 @@
 //! - Token-wise work (embeddings, every linear layer, GELU, LayerNorm) runs on the batch *packed*:
 //!   all sequences' tokens stacked as one [tokens, hidden] matrix with no padding, so each linear
 //!   layer is a single GEMM and short texts in a batch with a long one cost nothing extra.
-//! - Only attention needs a per-sequence view. When every sequence has the same length it is a
-//!   plain reshape; otherwise rows are gathered into a padded [batch, len, ..] view and a key mask is
-//!   added, and the result is scattered back to the packed layout.
+//! - Attention runs per sequence and head at the sequence's own length, reading Q, K and V in
+//!   place from the packed QKV matrix: no padding, no mask, no transposed copies of the batch.
 //! - Q, K and V are one fused [3*hidden, hidden] projection; the 1/sqrt(head_dim) scale is folded
 //!   into the Q weights at load.
-//! - Linear layers are f32 or INT8 q8_0 (see `linear.rs`).
+//! - f32 weights are packed once at load for our GEMM (`gemm.rs`); LayerNorm, GELU and softmax
+//!   are vectorised loops (`ops.rs`). candle loads the safetensors and runs the INT8 (q8_0)
+//!   variant's matmuls (`linear.rs`).
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::config::{BertConfig, Quantization};
 use super::error::ModelError;
+use super::gemm::{gemm, PackedB};
 use super::linear::Linear;
+use super::ops;
 
-/// Added to attention scores of padding keys; large enough that exp() underflows to exactly 0.
-const MASKED: f32 = -1.0e9;
+/// Attention of all heads of a batch runs on rayon's threads from this many multiply-adds on.
+const PARALLEL_ATTENTION_MACS: usize = 1 << 18;
 
 #[derive(Debug, Clone, Copy)]
 enum Activation {
@@ -29,14 +33,14 @@ enum Activation {
 
 #[derive(Debug)]
 struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
     eps: f32,
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    fn forward(&self, x: &mut [f32]) {
+        ops::layer_norm(x, self.weight.len(), &self.weight, &self.bias, self.eps);
     }
 }
 
@@ -52,9 +56,9 @@ struct Layer {
 
 #[derive(Debug)]
 pub struct Bert {
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
+    word_embeddings: Vec<f32>,
+    position_embeddings: Vec<f32>,
+    token_type_embeddings: Vec<f32>,
     embeddings_norm: LayerNorm,
     layers: Vec<Layer>,
     activation: Activation,
@@ -73,24 +77,16 @@ pub struct Sequence<'a> {
     pub type_ids: &'a [u32],
 }
 
-/// How attention sees the packed batch.
-enum AttentionView {
-    /// All sequences have the same length: a reshape suffices, no mask.
-    Uniform { batch: usize, len: usize },
-    /// Mixed lengths: gather packed rows into [batch, len] slots, mask padding keys, scatter back.
-    Padded {
-        batch: usize,
-        len: usize,
-        gather: Tensor,
-        scatter: Tensor,
-        mask: Tensor,
-    },
-}
-
 /// Names of the weights, with or without the `bert.` prefix some checkpoints carry.
 struct Weights {
     map: HashMap<String, Tensor>,
     prefix: &'static str,
+}
+
+/// A weight as f32 values with its shape.
+struct Loaded {
+    values: Vec<f32>,
+    dims: Vec<usize>,
 }
 
 impl Weights {
@@ -103,17 +99,33 @@ impl Weights {
         Self { map, prefix }
     }
 
-    fn get(&self, name: &str) -> Result<Tensor, ModelError> {
+    fn get(&self, name: &str) -> Result<Loaded, ModelError> {
         let full = format!("{}{name}", self.prefix);
         let t = self.map.get(&full).ok_or(ModelError::MissingWeight(full))?;
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(Loaded {
+            values: t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            dims: t.dims().to_vec(),
+        })
+    }
+
+    /// A weight that must have exactly `dims`; checkpoints that disagree with their config
+    /// fail at load with the name of the tensor, not with an index panic in the first request.
+    fn get_shaped(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let w = self.get(name)?;
+        if w.dims != dims {
+            return Err(ModelError::WeightShape(format!(
+                "weight {}{name} has shape {:?}, the config implies {dims:?}",
+                self.prefix, w.dims
+            )));
+        }
+        Ok(w.values)
     }
 
     /// LayerNorm parameters are `weight`/`bias` in newer checkpoints, `gamma`/`beta` in older ones.
-    fn layer_norm(&self, name: &str, eps: f64) -> Result<LayerNorm, ModelError> {
+    fn layer_norm(&self, name: &str, width: usize, eps: f64) -> Result<LayerNorm, ModelError> {
         let pick = |a: &str, b: &str| {
-            self.get(&format!("{name}.{a}"))
-                .or_else(|_| self.get(&format!("{name}.{b}")))
+            self.get_shaped(&format!("{name}.{a}"), &[width])
+                .or_else(|_| self.get_shaped(&format!("{name}.{b}"), &[width]))
         };
         Ok(LayerNorm {
             weight: pick("weight", "gamma")?,
@@ -122,48 +134,64 @@ impl Weights {
         })
     }
 
-    fn linear(&self, name: &str, q: Quantization) -> Result<Linear, ModelError> {
-        let w = self.get(&format!("{name}.weight"))?;
-        let b = self.get(&format!("{name}.bias"))?;
-        Ok(Linear::new(&w, b, q)?)
+    fn linear(
+        &self,
+        name: &str,
+        outputs: usize,
+        inputs: usize,
+        q: Quantization,
+    ) -> Result<Linear, ModelError> {
+        let w = self.get_shaped(&format!("{name}.weight"), &[outputs, inputs])?;
+        let b = self.get_shaped(&format!("{name}.bias"), &[outputs])?;
+        Ok(Linear::new(&w, b, outputs, inputs, q)?)
     }
 }
 
 impl Bert {
-    /// Builds the encoder from a safetensors weight map (consumed: f32 copies of quantised
-    /// weights are dropped once quantised).
+    /// Builds the encoder from a safetensors weight map (consumed: the tensors are dropped once
+    /// packed or quantised).
     pub fn load(
         cfg: &BertConfig,
         weights: HashMap<String, Tensor>,
         quantization: Quantization,
     ) -> Result<Self, ModelError> {
         let w = Weights::new(weights);
+        let hidden = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
-        let head_dim = cfg.hidden_size / heads;
+        let head_dim = hidden / heads;
+        let inter = cfg.intermediate_size;
         let eps = cfg.layer_norm_eps;
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scale = 1.0 / (head_dim as f32).sqrt();
 
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let part = |n: &str| -> Result<(Tensor, Tensor), ModelError> {
-                Ok((
-                    w.get(&format!("{p}.attention.self.{n}.weight"))?,
-                    w.get(&format!("{p}.attention.self.{n}.bias"))?,
-                ))
-            };
-            let (qw, qb) = part("query")?;
-            let (kw, kb) = part("key")?;
-            let (vw, vb) = part("value")?;
-            let qkv_w = Tensor::cat(&[&(qw * scale)?, &kw, &vw], 0)?;
-            let qkv_b = Tensor::cat(&[&(qb * scale)?, &kb, &vb], 0)?;
+            let mut qkv_w = Vec::with_capacity(3 * hidden * hidden);
+            let mut qkv_b = Vec::with_capacity(3 * hidden);
+            for (part, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+                let name = format!("{p}.attention.self.{part}");
+                let pw = w.get_shaped(&format!("{name}.weight"), &[hidden, hidden])?;
+                let pb = w.get_shaped(&format!("{name}.bias"), &[hidden])?;
+                qkv_w.extend(pw.iter().map(|v| v * factor));
+                qkv_b.extend(pb.iter().map(|v| v * factor));
+            }
             layers.push(Layer {
-                qkv: Linear::new(&qkv_w, qkv_b, quantization)?,
-                attn_out: w.linear(&format!("{p}.attention.output.dense"), quantization)?,
-                attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), quantization)?,
-                output: w.linear(&format!("{p}.output.dense"), quantization)?,
-                output_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), eps)?,
+                qkv: Linear::new(&qkv_w, qkv_b, 3 * hidden, hidden, quantization)?,
+                attn_out: w.linear(
+                    &format!("{p}.attention.output.dense"),
+                    hidden,
+                    hidden,
+                    quantization,
+                )?,
+                attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), hidden, eps)?,
+                intermediate: w.linear(
+                    &format!("{p}.intermediate.dense"),
+                    inter,
+                    hidden,
+                    quantization,
+                )?,
+                output: w.linear(&format!("{p}.output.dense"), hidden, inter, quantization)?,
+                output_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), hidden, eps)?,
             });
         }
 
@@ -172,13 +200,22 @@ impl Bert {
             _ => Activation::GeluTanh,
         };
         Ok(Self {
-            word_embeddings: w.get("embeddings.word_embeddings.weight")?,
-            position_embeddings: w.get("embeddings.position_embeddings.weight")?,
-            token_type_embeddings: w.get("embeddings.token_type_embeddings.weight")?,
-            embeddings_norm: w.layer_norm("embeddings.LayerNorm", eps)?,
+            word_embeddings: w.get_shaped(
+                "embeddings.word_embeddings.weight",
+                &[cfg.vocab_size, hidden],
+            )?,
+            position_embeddings: w.get_shaped(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, hidden],
+            )?,
+            token_type_embeddings: w.get_shaped(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, hidden],
+            )?,
+            embeddings_norm: w.layer_norm("embeddings.LayerNorm", hidden, eps)?,
             layers,
             activation,
-            hidden: cfg.hidden_size,
+            hidden,
             heads,
             head_dim,
             max_positions: cfg.max_position_embeddings,
@@ -199,35 +236,31 @@ impl Bert {
     /// sequence 0's tokens, then sequence 1's, ..., `hidden_size()` floats per token.
     pub fn forward(&self, batch: &[Sequence<'_>]) -> Result<Vec<f32>, ModelError> {
         self.check(batch)?;
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let dev = Device::Cpu;
+        let h = self.hidden;
         let lens: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
         let total: usize = lens.iter().sum();
-
-        let mut ids = Vec::with_capacity(total);
-        let mut types = Vec::with_capacity(total);
-        let mut positions = Vec::with_capacity(total);
-        for s in batch {
-            ids.extend_from_slice(s.ids);
-            types.extend_from_slice(s.type_ids);
-            positions.extend(0..s.ids.len() as u32);
+        if total == 0 {
+            return Ok(Vec::new());
         }
-        let ids = Tensor::from_vec(ids, total, &dev)?;
-        let types = Tensor::from_vec(types, total, &dev)?;
-        let positions = Tensor::from_vec(positions, total, &dev)?;
 
-        let x = self.word_embeddings.index_select(&ids, 0)?;
-        let x = (x + self.position_embeddings.index_select(&positions, 0)?)?;
-        let x = (x + self.token_type_embeddings.index_select(&types, 0)?)?;
-        let mut x = self.embeddings_norm.forward(&x)?;
+        let mut x = vec![0f32; total * h];
+        let rows = batch
+            .iter()
+            .flat_map(|s| s.ids.iter().zip(s.type_ids).enumerate());
+        for (row, (pos, (&id, &ty))) in x.chunks_exact_mut(h).zip(rows) {
+            let word = &self.word_embeddings[id as usize * h..][..h];
+            let position = &self.position_embeddings[pos * h..][..h];
+            let token_type = &self.token_type_embeddings[ty as usize * h..][..h];
+            for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(token_type) {
+                *v = a + b + c;
+            }
+        }
+        self.embeddings_norm.forward(&mut x);
 
-        let view = attention_view(&lens, &dev)?;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &view)?;
+            x = self.layer_forward(layer, x, &lens, total)?;
         }
-        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+        Ok(x)
     }
 
     fn check(&self, batch: &[Sequence<'_>]) -> Result<(), ModelError> {
@@ -265,102 +298,100 @@ impl Bert {
     fn layer_forward(
         &self,
         layer: &Layer,
-        x: &Tensor,
-        view: &AttentionView,
-    ) -> candle_core::Result<Tensor> {
-        let qkv = layer.qkv.forward(x)?;
-        let ctx = self.attention(&qkv, view)?;
-        let attn = (layer.attn_out.forward(&ctx)? + x)?;
-        let attn = layer.attn_norm.forward(&attn)?;
+        x: Vec<f32>,
+        lens: &[usize],
+        total: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        let mut qkv = vec![0f32; total * layer.qkv.outputs()];
+        layer.qkv.forward_add(&x, total, &mut qkv)?;
+        let mut ctx = vec![0f32; total * self.hidden];
+        self.attention(&qkv, lens, &mut ctx);
 
-        let h = layer.intermediate.forward(&attn)?;
-        let h = match self.activation {
-            Activation::GeluErf => h.gelu_erf()?,
-            Activation::GeluTanh => h.gelu()?,
-        };
-        let out = (layer.output.forward(&h)? + attn)?;
-        layer.output_norm.forward(&out)
-    }
+        // The residual is the starting value of the projection's output.
+        let mut attn = x;
+        layer.attn_out.forward_add(&ctx, total, &mut attn)?;
+        layer.attn_norm.forward(&mut attn);
 
-    /// `qkv` is packed [tokens, 3*hidden]; returns the attention context packed [tokens, hidden].
-    fn attention(&self, qkv: &Tensor, view: &AttentionView) -> candle_core::Result<Tensor> {
-        let (h, d) = (self.heads, self.head_dim);
-        match view {
-            AttentionView::Uniform { batch, len } => {
-                let ctx = self.attend(qkv, *batch, *len, None)?;
-                ctx.reshape((batch * len, h * d))
-            }
-            AttentionView::Padded {
-                batch,
-                len,
-                gather,
-                scatter,
-                mask,
-            } => {
-                let padded = qkv.index_select(gather, 0)?;
-                let ctx = self.attend(&padded, *batch, *len, Some(mask))?;
-                ctx.reshape((batch * len, h * d))?.index_select(scatter, 0)
-            }
+        let mut inter = vec![0f32; total * layer.intermediate.outputs()];
+        layer.intermediate.forward_add(&attn, total, &mut inter)?;
+        match self.activation {
+            Activation::GeluErf => ops::gelu_erf(&mut inter),
+            Activation::GeluTanh => ops::gelu_tanh(&mut inter),
         }
+        let mut out = attn;
+        layer.output.forward_add(&inter, total, &mut out)?;
+        layer.output_norm.forward(&mut out);
+        Ok(out)
     }
 
-    /// Multi-head attention over `qkv` laid out as [batch*len, 3*hidden]; returns
-    /// [batch, len, heads, head_dim] contiguous.
-    fn attend(
-        &self,
-        qkv: &Tensor,
-        batch: usize,
-        len: usize,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (h, d) = (self.heads, self.head_dim);
-        // [b, t, 3, h, d] -> [3, b, h, t, d]: one copy, after which q, k and v are each a
-        // contiguous block that the batched matmul can use directly.
-        let qkv = qkv
-            .reshape((batch, len, 3, h, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = qkv.get(0)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+    /// Multi-head attention of every sequence; `qkv` is packed [tokens, 3*hidden] (Q, K, V
+    /// side by side), `ctx` packed [tokens, hidden] and zero on entry.
+    fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut [f32]) {
+        let (h, d) = (self.hidden, self.head_dim);
+        let mut tasks = Vec::with_capacity(lens.len() * self.heads);
+        let mut offset = 0;
+        for &len in lens {
+            tasks.extend((0..self.heads).map(|head| (offset, len, head)));
+            offset += len;
+        }
+        let macs: usize = lens.iter().map(|l| 2 * l * l * h).sum();
+        let ctx_addr = ctx.as_mut_ptr() as usize;
+        let ctx_len = ctx.len();
+        let run = |&(offset, len, head): &(usize, usize, usize)| {
+            let mut scratch = AttentionScratch::default();
+            // SAFETY: each task writes only columns [head*d, (head+1)*d) of rows
+            // [offset, offset+len), disjoint from every other task's.
+            let ctx = unsafe { std::slice::from_raw_parts_mut(ctx_addr as *mut f32, ctx_len) };
+            attend_one(qkv, h, d, offset, len, head, ctx, &mut scratch);
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        probs.matmul(&v)?.transpose(1, 2)?.contiguous()
+        if macs >= PARALLEL_ATTENTION_MACS && rayon::current_num_threads() > 1 {
+            tasks.par_iter().for_each(run);
+        } else {
+            tasks.iter().for_each(run);
+        }
     }
 }
 
-fn attention_view(lens: &[usize], dev: &Device) -> candle_core::Result<AttentionView> {
-    let batch = lens.len();
-    let len = lens.iter().copied().max().unwrap_or(0);
-    if lens.iter().all(|&l| l == len) {
-        return Ok(AttentionView::Uniform { batch, len });
-    }
-    let total: usize = lens.iter().sum();
-    let mut gather = Vec::with_capacity(batch * len);
-    let mut scatter = Vec::with_capacity(total);
-    let mut mask = Vec::with_capacity(batch * len);
-    let mut offset = 0u32;
-    for (i, &l) in lens.iter().enumerate() {
-        for j in 0..len {
-            // Padding slots read any real row of their own sequence; their keys are masked and
-            // their outputs are never scattered back.
-            gather.push(offset + j.min(l - 1) as u32);
-            mask.push(if j < l { 0.0 } else { MASKED });
-        }
-        scatter.extend((0..l).map(|j| (i * len + j) as u32));
-        offset += l as u32;
-    }
-    Ok(AttentionView::Padded {
-        batch,
+#[derive(Default)]
+struct AttentionScratch {
+    keys: PackedB,
+    values: PackedB,
+    scores: Vec<f32>,
+}
+
+/// softmax(Q Kᵀ) V for one head of one sequence, written into its slot of `ctx`.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    qkv: &[f32],
+    h: usize,
+    d: usize,
+    offset: usize,
+    len: usize,
+    head: usize,
+    ctx: &mut [f32],
+    s: &mut AttentionScratch,
+) {
+    let stride = 3 * h;
+    let q = &qkv[offset * stride + head * d..];
+    let k = &qkv[offset * stride + h + head * d..];
+    let v = &qkv[offset * stride + 2 * h + head * d..];
+    // Kᵀ: element (dim, token) = k[token * stride + dim]; V: (token, dim) = v[token * stride + dim].
+    s.keys.repack_strided(k, d, len, 1, stride);
+    s.values.repack_strided(v, len, d, stride, 1);
+    s.scores.clear();
+    s.scores.resize(len * len, 0.0);
+    gemm(q, stride, len, &s.keys, None, &mut s.scores, len, false);
+    ops::softmax_rows(&mut s.scores, len);
+    gemm(
+        &s.scores,
         len,
-        gather: Tensor::from_vec(gather, batch * len, dev)?,
-        scatter: Tensor::from_vec(scatter, total, dev)?,
-        mask: Tensor::from_vec(mask, (batch, 1, 1, len), dev)?,
-    })
+        len,
+        &s.values,
+        None,
+        &mut ctx[offset * h + head * d..],
+        h,
+        false,
+    );
 }
 
 /// Splits the packed output of `Bert::forward` into one slice per sequence.

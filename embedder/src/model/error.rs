@@ -27,6 +27,8 @@ pub enum ModelError {
     InvalidConfig { path: PathBuf, reason: String },
     #[error("model weight `{0}` is missing from model.safetensors")]
     MissingWeight(String),
+    #[error("model weights do not match the config: {0}")]
+    WeightShape(String),
     #[error("unknown pooling `{0}` (expected mean, cls or max)")]
     UnknownPooling(String),
     #[error("unknown quantization `{0}` (expected none or q8_0)")]

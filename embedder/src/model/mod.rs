@@ -3,7 +3,9 @@
 pub mod bert;
 pub mod config;
 pub mod error;
+pub mod gemm;
 pub mod linear;
+pub mod ops;
 pub mod pooling;
 pub mod testutil;
 pub mod tokenize;
