@@ -176,7 +176,7 @@ models:
     default: true
   - name: all-MiniLM-L6-v2-int8
     path: $root/$model_dir
-    quantization: q8_0
+    quantization: int8
 YAML
 
 # label | server args | model

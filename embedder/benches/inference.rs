@@ -1,9 +1,9 @@
-//! Inference throughput of all-MiniLM-L6-v2, f32 and INT8: texts/s per batch size, and how close
-//! INT8 stays to f32. Needs `make model`.
+//! Inference throughput of all-MiniLM-L6-v2, f32 and INT8 (our `int8` kernel and candle's
+//! `q8_0`): texts/s per batch size, and how close INT8 stays to f32. Needs `make model`.
 //!
 //! cargo bench -p candle-embedder --bench inference            (release profile)
 //! cargo bench -p candle-embedder --profile dev --bench inference   (reuses the dev build)
-//! BENCH_SECONDS=5 sets the time per case (default 3); BENCH_MODELS=f32 (or int8) runs one model;
+//! BENCH_SECONDS=5 sets the time per case (default 3); BENCH_MODELS=f32,int8 (or q8_0) picks models;
 //! RAYON_NUM_THREADS caps candle's threads.
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,26 +69,42 @@ fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> Rate
     }
 }
 
-/// GFLOP/s of candle's f32 matmul for the layer shapes of MiniLM at `m` rows (BENCH_GEMM=1):
-/// the ceiling the forward pass can reach on this machine.
+/// Multiply-adds per second of our f32 and INT8 GEMMs for the layer shapes of MiniLM at `m`
+/// rows (BENCH_GEMM=1): how close the kernels run to the machine's peak.
 fn gemm_roofline(m: usize, budget: Duration) {
-    use candle_core::{Device, Tensor};
+    use candle_embedder::model::gemm::{gemm, PackedB};
+    use candle_embedder::model::qgemm::{qgemm, PackedI8};
     for (k, n) in [(384, 1152), (384, 384), (384, 1536), (1536, 384)] {
-        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).unwrap();
-        x.matmul(&w).unwrap();
-        let start = Instant::now();
-        let cpu0 = cpu_seconds();
-        let mut runs = 0u32;
-        while start.elapsed() < budget / 4 {
-            x.matmul(&w).unwrap();
-            runs += 1;
-        }
-        let flop = 2.0 * (m * k * n) as f64 * runs as f64;
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let bias = vec![0f32; n];
+        let packed = PackedB::from_out_in(&w, n, k);
+        let packed8 = PackedI8::quantize_out_in(&w, n, k);
+        let mut c = vec![0f32; m * n];
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let start = Instant::now();
+            let cpu0 = cpu_seconds();
+            let mut runs = 0u32;
+            while start.elapsed() < budget / 8 {
+                f();
+                runs += 1;
+            }
+            let macs = (m * k * n) as f64 * runs as f64;
+            (
+                macs / start.elapsed().as_secs_f64() / 1e9,
+                macs / (cpu_seconds() - cpu0).max(1e-9) / 1e9,
+            )
+        };
+        let f = time(&mut || gemm(&a, k, m, &packed, Some(&bias), &mut c, n, true));
+        let q = time(&mut || qgemm(&a, m, &packed8, &bias, &mut c, n));
         println!(
-            "gemm {m}x{k}x{n}: {:.1} GFLOP/s wall, {:.1} GFLOP/s per cpu-second",
-            flop / start.elapsed().as_secs_f64() / 1e9,
-            flop / (cpu_seconds() - cpu0).max(1e-9) / 1e9
+            "gemm {m}x{k}x{n}: f32 {:.1} GMAC/s wall ({:.1} per cpu-s), int8 {:.1} ({:.1})",
+            f.0, f.1, q.0, q.1
         );
     }
 }
@@ -124,7 +140,8 @@ fn main() {
         m
     };
     let f32_model = load(Quantization::None);
-    let int8_model = load(Quantization::Q8_0);
+    let int8_model = load(Quantization::Int8);
+    let q8_model = load(Quantization::Q8_0);
 
     let texts = texts(64);
     let enc = f32_model.encode(&texts, true).unwrap();
@@ -147,9 +164,13 @@ fn main() {
         "{:<6} {:>6} {:>10} {:>10}",
         "model", "batch", "texts/s", "ms/batch"
     );
-    let only = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "f32,int8".into());
+    let only = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "f32,int8,q8_0".into());
     let selected = |label: &str| only.split(',').any(|m| m.trim() == label);
-    for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+    for (label, model) in [
+        ("f32", &f32_model),
+        ("int8", &int8_model),
+        ("q8_0", &q8_model),
+    ] {
         if !selected(label) {
             continue;
         }
@@ -167,7 +188,11 @@ fn main() {
         .collect::<Vec<_>>()
         .join(" ")];
     let long_enc = f32_model.encode(&long, true).unwrap();
-    for (label, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+    for (label, model) in [
+        ("f32", &f32_model),
+        ("int8", &int8_model),
+        ("q8_0", &q8_model),
+    ] {
         if !selected(label) {
             continue;
         }
@@ -183,12 +208,14 @@ fn main() {
 
     let refs: Vec<&Encoded> = enc.iter().collect();
     let a = f32_model.embed(&refs).unwrap();
-    let b = int8_model.embed(&refs).unwrap();
-    let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
-    let min = cos.iter().copied().fold(f32::INFINITY, f32::min);
-    let mean = cos.iter().sum::<f32>() / cos.len() as f32;
-    println!(
-        "cosine int8 vs f32 over {} texts: min {min:.5}, mean {mean:.5}",
-        cos.len()
-    );
+    for (label, model) in [("int8", &int8_model), ("q8_0", &q8_model)] {
+        let b = model.embed(&refs).unwrap();
+        let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+        let min = cos.iter().copied().fold(f32::INFINITY, f32::min);
+        let mean = cos.iter().sum::<f32>() / cos.len() as f32;
+        println!(
+            "cosine {label} vs f32 over {} texts: min {min:.5}, mean {mean:.5}",
+            cos.len()
+        );
+    }
 }

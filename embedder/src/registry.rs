@@ -7,7 +7,7 @@
 //!     default: true
 //!   - name: all-MiniLM-L6-v2-int8
 //!     path: models/all-MiniLM-L6-v2
-//!     quantization: q8_0
+//!     quantization: int8
 //! ```
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,8 @@ pub struct ModelEntry {
     /// Activation dtype; only `f32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
-    /// `none` (default) or `q8_0` (INT8 linear layers, quantised at load).
+    /// `none` (default), `int8` (our INT8 kernel) or `q8_0` (candle's ggml blocks); both
+    /// quantise the linear layers at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,
     #[serde(default = "yes")]

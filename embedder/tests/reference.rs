@@ -1,6 +1,6 @@
 //! all-MiniLM-L6-v2 against an independent numpy implementation (scripts/reference/bert_numpy.py):
-//! same token ids, f32 embeddings within cosine 0.9999, INT8 within a measured floor, and batching
-//! that does not change results. Needs `make model` (and `make deps` for the Python packages).
+//! same token ids, f32 embeddings within cosine 0.9999, INT8 (ours and candle's q8_0) within a
+//! measured floor, and batching that does not change results. Needs `make model` (and `make deps` for the Python packages).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,8 +11,9 @@ use candle_embedder::model::{Encoded, Model, ModelError, ModelOptions, Quantizat
 use serde::Deserialize;
 
 const F32_FLOOR: f32 = 0.9999;
-/// INT8 (q8_0) against the float64 reference; measured worst case ~0.998 on these texts.
-const INT8_FLOOR: f32 = 0.99;
+/// INT8 (`int8` and `q8_0`) against the float64 reference; measured worst case on these texts
+/// 0.9983 for int8 and 0.9985 for q8_0 (the Japanese and emoji texts are the hardest).
+const INT8_FLOOR: f32 = 0.995;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -110,6 +111,11 @@ fn f32_model() -> &'static Model {
 
 fn int8_model() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| load(Quantization::Int8))
+}
+
+fn q8_0_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
     M.get_or_init(|| load(Quantization::Q8_0))
 }
 
@@ -179,8 +185,13 @@ fn f32_embeddings_match_the_numpy_reference() {
 
 #[test]
 fn int8_embeddings_stay_close_to_the_numpy_reference() {
+    for model in [int8_model(), q8_0_model()] {
+        int8_close_to_reference(model);
+    }
+}
+
+fn int8_close_to_reference(model: &Model) {
     let r = reference();
-    let model = int8_model();
     let enc = model.encode(&texts(), true).unwrap();
     let got = model.embed(&enc.iter().collect::<Vec<_>>()).unwrap();
     let cos: Vec<f32> = got
@@ -190,9 +201,10 @@ fn int8_embeddings_stay_close_to_the_numpy_reference() {
         .collect();
     let min = cos.iter().copied().fold(f32::INFINITY, f32::min);
     let mean = cos.iter().sum::<f32>() / cos.len() as f32;
-    println!("int8 vs numpy reference: min cosine {min:.5}, mean {mean:.5}");
+    let q = model.quantization();
+    println!("{q} vs numpy reference: min cosine {min:.5}, mean {mean:.5}");
     for (i, c) in cos.iter().enumerate() {
-        assert!(*c >= INT8_FLOOR, "text {i}: cosine {c}");
+        assert!(*c >= INT8_FLOOR, "{q}: text {i}: cosine {c}");
     }
 }
 
@@ -235,17 +247,19 @@ fn assert_batched_equals_unbatched(model: &Model, tolerance: f32) {
     );
 }
 
+/// Every row of a batch goes through the same arithmetic in the same order whatever its
+/// neighbours (packed rows, attention per sequence), so batching changes nothing at all.
 #[test]
 fn batching_does_not_change_f32_results() {
-    assert_batched_equals_unbatched(f32_model(), 1e-5);
+    assert_batched_equals_unbatched(f32_model(), f32::MIN_POSITIVE);
 }
 
-/// INT8 quantises every activation row to 8 bits: the last-bit float differences that padded
-/// attention introduces (~1e-7) can flip a rounding step, so batched and unbatched agree to
-/// quantisation noise (measured ~6e-4), not to the float epsilon.
+/// Both INT8 schemes quantise each token row on its own (q8_0 in blocks of 32 within it), so
+/// the same holds.
 #[test]
-fn batching_does_not_change_int8_results_beyond_quantisation_noise() {
-    assert_batched_equals_unbatched(int8_model(), 3e-3);
+fn batching_does_not_change_int8_results() {
+    assert_batched_equals_unbatched(int8_model(), f32::MIN_POSITIVE);
+    assert_batched_equals_unbatched(q8_0_model(), f32::MIN_POSITIVE);
 }
 
 #[test]
@@ -269,6 +283,10 @@ fn model_reports_its_shape() {
     assert_eq!(json["quantization"], "none");
     assert_eq!(
         serde_json::to_value(int8_model().info()).unwrap()["quantization"],
+        "int8"
+    );
+    assert_eq!(
+        serde_json::to_value(q8_0_model().info()).unwrap()["quantization"],
         "q8_0"
     );
 }

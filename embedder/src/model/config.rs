@@ -39,12 +39,16 @@ impl fmt::Display for Pooling {
     }
 }
 
-/// Weights of the linear layers: plain f32, or INT8 blocks (ggml q8_0) quantised at load.
+/// Weights of the linear layers: plain f32; `int8`: per-column INT8 weights with per-token INT8
+/// activations on our AVX2 kernel (`qgemm.rs`); or `q8_0`: ggml's 32-value INT8 blocks through
+/// candle's quantised matmul (finer-grained, slower).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Quantization {
     #[default]
     #[serde(rename = "none")]
     None,
+    #[serde(rename = "int8")]
+    Int8,
     #[serde(rename = "q8_0")]
     Q8_0,
 }
@@ -54,7 +58,8 @@ impl FromStr for Quantization {
     fn from_str(s: &str) -> Result<Self, ModelError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "none" | "" | "f32" => Ok(Quantization::None),
-            "q8_0" | "q8" | "int8" => Ok(Quantization::Q8_0),
+            "int8" | "i8" => Ok(Quantization::Int8),
+            "q8_0" | "q8" => Ok(Quantization::Q8_0),
             _ => Err(ModelError::UnknownQuantization(s.to_string())),
         }
     }
@@ -64,6 +69,7 @@ impl fmt::Display for Quantization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Quantization::None => "none",
+            Quantization::Int8 => "int8",
             Quantization::Q8_0 => "q8_0",
         })
     }
@@ -295,6 +301,8 @@ mod tests {
     #[test]
     fn quantization_names_parse() {
         assert_eq!("q8_0".parse::<Quantization>().unwrap(), Quantization::Q8_0);
+        assert_eq!("int8".parse::<Quantization>().unwrap(), Quantization::Int8);
+        assert_eq!(Quantization::Int8.to_string(), "int8");
         assert_eq!("none".parse::<Quantization>().unwrap(), Quantization::None);
         assert!("q4_k".parse::<Quantization>().is_err());
     }

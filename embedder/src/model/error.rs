@@ -31,7 +31,7 @@ pub enum ModelError {
     WeightShape(String),
     #[error("unknown pooling `{0}` (expected mean, cls or max)")]
     UnknownPooling(String),
-    #[error("unknown quantization `{0}` (expected none or q8_0)")]
+    #[error("unknown quantization `{0}` (expected none, int8 or q8_0)")]
     UnknownQuantization(String),
     #[error("unknown dtype `{0}` (only f32 is supported)")]
     UnknownDtype(String),

@@ -76,6 +76,18 @@ impl PackedB {
         });
     }
 
+    /// The matrix back in PyTorch's [n, k] (out x in) layout.
+    pub fn to_out_in(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.n * self.k];
+        for col in 0..self.n {
+            let panel = self.panel(col / NR);
+            for row in 0..self.k {
+                w[col * self.k + row] = panel[row * NR + col % NR];
+            }
+        }
+        w
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }

@@ -1,14 +1,16 @@
-//! A linear layer whose weights are either f32 (packed once for `gemm`) or INT8 (ggml q8_0
-//! through candle's `QMatMul`), behind one `forward`.
+//! A linear layer whose weights are f32 (packed once for `gemm`), INT8 per column (`qgemm`), or
+//! ggml q8_0 blocks (candle's `QMatMul`), behind one `forward_add`.
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 
 use super::config::Quantization;
 use super::gemm::{gemm, PackedB};
+use super::qgemm::{qgemm, PackedI8, Smoothing};
 
 #[derive(Debug)]
 enum Weight {
     F32(PackedB),
+    Int8(PackedI8),
     Q8(QMatMul),
 }
 
@@ -38,6 +40,7 @@ impl Linear {
         }
         let weight = match quantization {
             Quantization::None => Weight::F32(PackedB::from_out_in(weight, outputs, inputs)),
+            Quantization::Int8 => Weight::Int8(PackedI8::quantize_out_in(weight, outputs, inputs)),
             Quantization::Q8_0 => {
                 let w = Tensor::from_slice(weight, (outputs, inputs), &Device::Cpu)?;
                 Weight::Q8(QMatMul::from_qtensor(QTensor::quantize(
@@ -52,6 +55,39 @@ impl Linear {
             inputs,
             outputs,
         })
+    }
+
+    /// The INT8 version of an f32 layer, its input channels scaled by `smooth` (see
+    /// `Smoothing`); `None` for a layer that is not f32.
+    pub fn to_int8(&self, smooth: Option<&Smoothing>) -> Option<Self> {
+        let Weight::F32(w) = &self.weight else {
+            return None;
+        };
+        let q = PackedI8::quantize_smoothed(&w.to_out_in(), self.outputs, self.inputs, smooth);
+        Some(Self {
+            weight: Weight::Int8(q),
+            bias: self.bias.clone(),
+            inputs: self.inputs,
+            outputs: self.outputs,
+        })
+    }
+
+    /// Largest |w| over the outputs for each input channel (f32 layers only).
+    pub fn input_channel_max(&self) -> Option<Vec<f32>> {
+        let Weight::F32(w) = &self.weight else {
+            return None;
+        };
+        let mut max = vec![0f32; self.inputs];
+        for row in w.to_out_in().chunks_exact(self.inputs) {
+            for (m, v) in max.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        Some(max)
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
     }
 
     pub fn outputs(&self) -> usize {
@@ -83,6 +119,7 @@ impl Linear {
                     true,
                 );
             }
+            Weight::Int8(w) => qgemm(x, rows, w, &self.bias, out, self.outputs),
             Weight::Q8(q) => {
                 let x = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
                 let y = q.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;

@@ -1,12 +1,14 @@
 //! The inference core: a sentence-transformers BERT model loaded from a directory, turning texts
 //! into pooled (and by default L2-normalised) embeddings.
 pub mod bert;
+pub mod calibration;
 pub mod config;
 pub mod error;
 pub mod gemm;
 pub mod linear;
 pub mod ops;
 pub mod pooling;
+pub mod qgemm;
 pub mod testutil;
 pub mod tokenize;
 
@@ -95,8 +97,17 @@ impl Model {
                 reason: e.to_string(),
             }
         })?;
-        let bert = Bert::load(&md.bert, weights, opts.quantization)?;
         let encoder = TextEncoder::load(&md.tokenizer(), max_tokens)?;
+        let bert = match opts.quantization {
+            // INT8 needs the f32 model first: its activation ranges choose the smoothing.
+            Quantization::Int8 => {
+                let texts: Vec<String> = calibration::TEXTS.iter().map(|t| t.to_string()).collect();
+                let enc = encoder.encode(&texts, true)?;
+                let seqs: Vec<Sequence<'_>> = enc.iter().map(Encoded::sequence).collect();
+                Bert::load(&md.bert, weights, Quantization::None)?.into_int8(&seqs)?
+            }
+            q => Bert::load(&md.bert, weights, q)?,
+        };
         Ok(Self {
             name: name.to_string(),
             path: dir.to_path_buf(),
@@ -153,13 +164,7 @@ impl Model {
     /// One forward pass over a batch, pooled and (unless disabled) L2-normalised;
     /// `output[i]` is the embedding of `batch[i]`. Pure CPU work.
     pub fn embed(&self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let seqs: Vec<Sequence<'_>> = batch
-            .iter()
-            .map(|e| Sequence {
-                ids: &e.ids,
-                type_ids: &e.type_ids,
-            })
-            .collect();
+        let seqs: Vec<Sequence<'_>> = batch.iter().map(|e| e.sequence()).collect();
         let hidden = self.bert.forward(&seqs)?;
         let lens: Vec<usize> = batch.iter().map(|e| e.len()).collect();
         let dim = self.dimension();

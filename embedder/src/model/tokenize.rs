@@ -15,6 +15,14 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// The encoder's view of this text.
+    pub fn sequence(&self) -> super::bert::Sequence<'_> {
+        super::bert::Sequence {
+            ids: &self.ids,
+            type_ids: &self.type_ids,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
