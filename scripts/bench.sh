@@ -7,11 +7,14 @@
 #   2. a grid of settings (batch size/wait, inference threads, f32 vs INT8), closed loop at 32 connections,
 #      then an open-loop rate sweep at the best one (target: >= 400 req/s sustained);
 #   3. the Python baseline (sentence-transformers + FastAPI + uvicorn, bench/python_baseline/server.py),
-#      closed loop at 16 connections, and the ratio to candle-embedder at 16 connections.
+#      closed loop at 16 connections, and the ratio to candle-embedder at 16 connections;
+#   4. in process, no HTTP: a naive loop over candle-transformers' BertModel (bench/naive-bert) and
+#      the same loop over our model.
 # Every run's JSON report goes to $BENCH_OUT/results.jsonl; a summary to $BENCH_OUT/summary.md.
 # Whole script: about 10-12 minutes. BENCH_QUICK=1 shortens every run (smoke test of the script only).
 #
 # Env: BENCH_OUT (target/bench), BENCH_PORT (18080), BENCH_PY_PORT (18090), BENCH_SKIP_PYTHON=1,
+#      BENCH_SKIP_NAIVE=1,
 #      BENCH_QUICK=1, PYTHON (python3, to create .venv-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -185,6 +188,7 @@ grid=(
     "b16-w2|--max-batch-size 16 --max-batch-wait-ms 2|all-MiniLM-L6-v2"
     "b64-w5|--max-batch-size 64 --max-batch-wait-ms 5|all-MiniLM-L6-v2"
     "b32-w3-t1|--max-batch-size 32 --max-batch-wait-ms 3 --inference-threads 1|all-MiniLM-L6-v2"
+    "b32-w3-op1|--max-batch-size 32 --max-batch-wait-ms 3 --intra-op-threads 1|all-MiniLM-L6-v2"
     "int8-b32-w3|--max-batch-size 32 --max-batch-wait-ms 3|all-MiniLM-L6-v2-int8"
     "int8-b64-w5|--max-batch-size 64 --max-batch-wait-ms 5|all-MiniLM-L6-v2-int8"
 )
@@ -252,6 +256,25 @@ if [[ ${BENCH_SKIP_PYTHON:-0} != 1 ]]; then
     stop_server
 fi
 
+# ---------------------------------------------------------------- 4. naive candle baseline
+# In-process, no HTTP: a loop over candle-transformers' BertModel (bench/naive-bert, its own crate so
+# the workspace's tests never compile candle-transformers) against the same loop over our model.
+naive_rps="" ours_rps=""
+if [[ ${BENCH_SKIP_NAIVE:-0} != 1 ]]; then
+    log "naive loop over candle-transformers' BertModel (bench/naive-bert)"
+    naive_json=$(cargo run --quiet --release --manifest-path bench/naive-bert/Cargo.toml -- \
+        --model-dir "$model_dir" --seconds "${d_long%s}" | tail -n1)
+    naive_rps=$(jq -r .req_per_s <<<"$naive_json")
+    jq -c '{"label": "naive candle-transformers BertModel loop"} + .' <<<"$naive_json" | tee -a "$results" >&2
+    log "the same loop over candle-embedder's model (BENCH_SEED=1)"
+    seed_line=$(BENCH_SEED=1 BENCH_SECONDS="${d_long%s}" cargo bench --quiet -p candle-embedder \
+        --bench inference 2>/dev/null | grep '^seed request loop')
+    echo "$seed_line" >&2
+    ours_rps=$(sed -n 's/.* \([0-9.]*\) req\/s.*/\1/p' <<<"$seed_line")
+    jq -nc --arg line "$seed_line" --argjson rps "$ours_rps" \
+        '{"label": "candle-embedder model loop", req_per_s: $rps, line: $line}' >> "$results"
+fi
+
 # ---------------------------------------------------------------- summary
 {
     echo "# make bench summary"
@@ -268,6 +291,9 @@ fi
     echo "- highest sustained open-loop rate at the best setting (of 100, 200, ..., 600, 800): $max_sustained req/s (target >= 400)"
     jq -r 'select(.label == "rss default") | "- RSS after warm-up \(.rss_warm_kib) KiB, after \(.requests) requests \(.rss_after_kib) KiB: growth \(.growth * 1000 | round / 10) % (target <= 10 %)"' "$results"
     jq -r 'select(.label == "int8 cosine to f32") | "- INT8 vs f32 cosine on the two texts: \(.cosines | map(tostring) | join(", "))"' "$results"
+    if [[ -n $naive_rps && -n $ours_rps ]]; then
+        echo "- in-process loop, seed request (2 texts) back to back: candle-transformers BertModel $naive_rps req/s, candle-embedder's model $ours_rps req/s: $(jq -n --argjson a "$ours_rps" --argjson b "$naive_rps" '$a / $b * 10 | round / 10')x"
+    fi
     if [[ -n $python_rps ]]; then
         ratio=$(jq -n --argjson a "$candle_c16" --argjson b "$python_rps" '$a / $b * 10 | round / 10')
         echo "- closed loop at 16 connections: candle-embedder (default settings) $candle_c16 req/s, Python baseline $python_rps req/s: ${ratio}x"

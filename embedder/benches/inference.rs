@@ -4,7 +4,8 @@
 //! cargo bench -p candle-embedder --bench inference            (release profile)
 //! cargo bench -p candle-embedder --profile dev --bench inference   (reuses the dev build)
 //! BENCH_SECONDS=5 sets the time per case (default 3); BENCH_MODELS=f32,int8 (or q8_0) picks models;
-//! RAYON_NUM_THREADS caps candle's threads.
+//! RAYON_NUM_THREADS caps the threads one batch is split across; BENCH_SEED=1 runs only the
+//! seed-request loop (compare bench/naive-bert); BENCH_GEMM=1 only the GEMM rates.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,44 @@ fn gemm_roofline(m: usize, budget: Duration) {
     }
 }
 
+/// The seed's k6 request (two texts) embedded back to back on one thread, like
+/// bench/naive-bert's loop over candle-transformers' BertModel (BENCH_SEED=1): the in-process
+/// cost per request, without HTTP or batching across requests.
+fn seed_loop(model: &Model, budget: Duration) {
+    let texts = vec![
+        "Machine learning and artificial intelligence".to_string(),
+        "Natural language processing with transformers".to_string(),
+    ];
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(2) {
+        let enc = model.encode(&texts, true).unwrap();
+        model.embed(&enc.iter().collect::<Vec<_>>()).unwrap();
+    }
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        let enc = model.encode(&texts, true).unwrap();
+        let v = model.embed(&enc.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(v.len(), 2);
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_ms = (cpu_seconds() - cpu0) * 1e3 / lat.len() as f64;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    println!(
+        "seed request loop (2 texts, one thread): {} requests, {:.1} req/s, p50 {:.2} ms, p95 {:.2} ms, {cpu_ms:.2} cpu ms/request",
+        lat.len(),
+        lat.len() as f64 / secs,
+        pct(0.5),
+        pct(0.95)
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start of the loop run: {}", load.trim());
+}
+
 fn main() {
     if std::env::var("BENCH_GEMM").is_ok() {
         for m in [11, 88, 352] {
@@ -140,6 +179,10 @@ fn main() {
         m
     };
     let f32_model = load(Quantization::None);
+    if std::env::var("BENCH_SEED").is_ok() {
+        seed_loop(&f32_model, budget);
+        return;
+    }
     let int8_model = load(Quantization::Int8);
     let q8_model = load(Quantization::Q8_0);
 

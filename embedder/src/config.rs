@@ -63,6 +63,11 @@ pub struct Config {
     #[arg(long, env = "EMBEDDER_INFERENCE_THREADS", default_value_t = 0)]
     pub inference_threads: usize,
 
+    /// Threads one batch's matrix products are split across; 0 means one per core. 1 trades
+    /// latency at low load for a little throughput at saturation (docs/benchmarks.md).
+    #[arg(long, env = "EMBEDDER_INTRA_OP_THREADS", default_value_t = 0)]
+    pub intra_op_threads: usize,
+
     /// A request whose texts are not embedded within this time fails with 504 and counts as a
     /// breaker failure.
     #[arg(long, env = "EMBEDDER_INFERENCE_TIMEOUT_MS", default_value_t = 10_000)]

@@ -8,6 +8,16 @@ use candle_embedder::server;
 
 fn main() -> std::process::ExitCode {
     let cfg = Config::parse();
+    if cfg.intra_op_threads > 0 {
+        // The GEMMs and attention split work on rayon's global pool; size it before first use.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.intra_op_threads)
+            .build_global()
+        {
+            eprintln!("cannot size the intra-op thread pool: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
