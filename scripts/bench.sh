@@ -11,7 +11,7 @@
 #   4. in process, no HTTP: a naive loop over candle-transformers' BertModel (bench/naive-bert) and
 #      the same loop over our model.
 # Every run's JSON report goes to $BENCH_OUT/results.jsonl; a summary to $BENCH_OUT/summary.md.
-# Whole script: about 10-12 minutes. BENCH_QUICK=1 shortens every run (smoke test of the script only).
+# Whole script: about 25-30 minutes (the 100k-request run alone takes ~8 at 200 req/s). BENCH_QUICK=1 shortens every run (smoke test of the script only).
 #
 # Env: BENCH_OUT (target/bench), BENCH_PORT (18080), BENCH_PY_PORT (18090), BENCH_SKIP_PYTHON=1,
 #      BENCH_SKIP_NAIVE=1,
@@ -161,7 +161,7 @@ candle_c16=$(jq -r 'select(.label == "default closed c16") | .achieved_rps' "$re
 remaining=$((topup_target - served))
 if ((remaining > 0)); then
     run "default closed c32 top-up to $topup_target requests" "$url" \
-        --concurrency 32 --requests "$remaining" --duration 300s # bounded: a slow server serves fewer
+        --concurrency 32 --requests "$remaining" --duration 900s # bounded: a slow server serves fewer
 fi
 rss_after=$(rss_kib)
 echo "RSS after $served requests: $rss_after KiB" >&2

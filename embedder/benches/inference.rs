@@ -70,6 +70,38 @@ fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> Rate
     }
 }
 
+/// The machine's f32 peak: 12 independent chains of 8-wide FMAs on one thread (enough to cover
+/// the FMA latency), in GFLOP/s. Every GEMM rate below is a fraction of this.
+fn fma_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn chains(iters: u64) -> f32 {
+            use std::arch::x86_64::*;
+            // Distinct, opaque start values: the compiler must not merge the chains.
+            let mut acc: [__m256; 12] =
+                std::array::from_fn(|i| _mm256_set1_ps(std::hint::black_box(1.0 + i as f32)));
+            let b = _mm256_set1_ps(std::hint::black_box(0.999_999));
+            let c = _mm256_set1_ps(std::hint::black_box(1e-7));
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = _mm256_fmadd_ps(*a, b, c);
+                }
+            }
+            let mut out = [0f32; 8];
+            let sum = acc.iter().fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+            _mm256_storeu_ps(out.as_mut_ptr(), sum);
+            out[0]
+        }
+        let iters = 50_000_000;
+        let start = Instant::now();
+        // SAFETY: the features were just detected.
+        std::hint::black_box(unsafe { chains(iters) });
+        return iters as f64 * 12.0 * 16.0 / start.elapsed().as_secs_f64() / 1e9;
+    }
+    0.0
+}
+
 /// Multiply-adds per second of our f32 and INT8 GEMMs for the layer shapes of MiniLM at `m`
 /// rows (BENCH_GEMM=1): how close the kernels run to the machine's peak.
 fn gemm_roofline(m: usize, budget: Duration) {
@@ -150,6 +182,11 @@ fn seed_loop(model: &Model, budget: Duration) {
 
 fn main() {
     if std::env::var("BENCH_GEMM").is_ok() {
+        println!(
+            "FMA peak, one thread: {:.1} GFLOP/s = {:.1} GMAC/s",
+            fma_peak(),
+            fma_peak() / 2.0
+        );
         for m in [11, 88, 352] {
             gemm_roofline(m, Duration::from_secs(2));
         }
