@@ -89,7 +89,9 @@ fn fma_peak() -> f64 {
                 }
             }
             let mut out = [0f32; 8];
-            let sum = acc.iter().fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+            let sum = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
             _mm256_storeu_ps(out.as_mut_ptr(), sum);
             out[0]
         }
