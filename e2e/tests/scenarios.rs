@@ -542,7 +542,14 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
     let samples = env.stop_traffic().await;
     assert_eq!(phase(&fin), "Promoted", "status: {}", fin["status"]);
     assert_never_backwards(&log);
-    assert!(failures(&samples).is_empty(), "failed client requests");
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} client requests failed, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
     env.shutdown().await;
     println!("[promdown] wall time {:.1}s", t.elapsed().as_secs_f64());
 }
