@@ -168,6 +168,18 @@ fn failures(samples: &[Sample]) -> Vec<&Sample> {
     samples.iter().filter(|s| !s.ok()).collect()
 }
 
+/// Fails with how many client requests failed and the first few of them.
+fn assert_no_failed_requests(samples: &[Sample]) {
+    let failed = failures(samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} client requests failed, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 /// Runs a rollout to its end with traffic and returns (final rollout, samples, observations).
 async fn run_to_end(
     env: &mut Env,
@@ -208,14 +220,7 @@ async fn s1_happy_path_promotes_with_exact_traffic_shares_and_no_failed_requests
         "status: {}",
         serde_json::to_string_pretty(&fin["status"]).unwrap()
     );
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} client requests failed, e.g. {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failed_requests(&samples);
     assert_never_backwards(&log);
     let seen = assert_shares(&env, &samples);
     for bp in [100, 1_000, 5_000, 10_000] {
@@ -331,11 +336,7 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
             .collect::<std::collections::BTreeSet<_>>()
     );
     if expect_no_client_failures {
-        assert!(
-            failed.is_empty(),
-            "failed requests: {:?}",
-            &failed[..failed.len().min(5)]
-        );
+        assert_no_failed_requests(&samples);
     } else {
         assert!(
             failed
@@ -436,12 +437,7 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
         serde_json::to_string_pretty(&fin["status"]).unwrap()
     );
     assert_never_backwards(&log);
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "failed requests: {:?}",
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failed_requests(&samples);
     env.shutdown().await;
     println!("[sigkill] wall time {:.1}s", t.elapsed().as_secs_f64());
 }
@@ -542,14 +538,7 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
     let samples = env.stop_traffic().await;
     assert_eq!(phase(&fin), "Promoted", "status: {}", fin["status"]);
     assert_never_backwards(&log);
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} client requests failed, e.g. {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failed_requests(&samples);
     env.shutdown().await;
     println!("[promdown] wall time {:.1}s", t.elapsed().as_secs_f64());
 }

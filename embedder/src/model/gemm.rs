@@ -131,14 +131,20 @@ pub fn gemm(
         assert!(bias.len() >= n, "gemm: bias too short");
     }
     let panels = b.panels();
-    let threads = rayon::current_num_threads();
     let c_addr = c.as_mut_ptr() as usize;
-    let run = |p0: usize, p1: usize| {
+    let macs = if parallel { m * k * n } else { 0 };
+    for_panel_ranges(panels, macs, |p0, p1| {
         // SAFETY: bounds were checked above; each call writes only the columns of panels
         // [p0, p1), so concurrent calls on disjoint panel ranges never touch the same element.
         unsafe { gemm_panels(a, lda, m, b, bias, c_addr as *mut f32, ldc, p0, p1) }
-    };
-    if parallel && threads > 1 && panels > 1 && m * k * n >= PARALLEL_MIN_MACS {
+    });
+}
+
+/// Runs `run(p0, p1)` over `panels` panels: in one call, or, for products of at least
+/// `PARALLEL_MIN_MACS` multiply-adds, in contiguous ranges on rayon's threads.
+pub(super) fn for_panel_ranges(panels: usize, macs: usize, run: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && panels > 1 && macs >= PARALLEL_MIN_MACS {
         let parts = threads.min(panels);
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(|t| {
@@ -309,17 +315,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn seeded(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::testutil::pseudo_random as seeded;
 
     fn naive(a: &[f32], lda: usize, m: usize, b: &[f32], k: usize, n: usize) -> Vec<f32> {
         let mut c = vec![0f32; m * n];

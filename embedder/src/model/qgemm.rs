@@ -15,12 +15,12 @@
 //! Packed layout: K padded to a multiple of 4; panels of 16 columns; per group of 4 k values a
 //! panel holds 64 bytes: two halves of 8 columns, each column's 4 k values contiguous.
 
-/// Columns per packed panel.
-const NR: usize = 16;
+use super::gemm::for_panel_ranges;
+
+/// Columns per packed panel, as for f32.
+const NR: usize = super::gemm::NR;
 /// Most rows per micro-kernel call (8 i32 accumulators + 7 temporaries = 15 registers).
 const MR: usize = 4;
-/// Below this many multiply-adds a GEMM runs on the calling thread.
-const PARALLEL_MIN_MACS: usize = 1 << 19;
 
 /// A k x n weight matrix quantised per column and packed for `qgemm`.
 ///
@@ -170,21 +170,11 @@ pub fn qgemm(a: &[f32], m: usize, b: &PackedI8, bias: &[f32], c: &mut [f32], ldc
     assert!(bias.len() >= n, "qgemm: bias too short");
     let q = QuantizedRows::new(a, m, k, b.kp, b.smooth.as_deref());
     let panels = b.panels();
-    let threads = rayon::current_num_threads();
     let c_addr = c.as_mut_ptr() as usize;
-    let run = |p0: usize, p1: usize| {
+    for_panel_ranges(panels, m * k * n, |p0, p1| {
         // SAFETY: bounds checked above; each call writes only the columns of its panels.
         unsafe { qgemm_panels(&q, m, b, bias, c_addr as *mut f32, ldc, p0, p1) }
-    };
-    if threads > 1 && panels > 1 && m * k * n >= PARALLEL_MIN_MACS {
-        let parts = threads.min(panels);
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(|t| {
-            run(t * panels / parts, (t + 1) * panels / parts);
-        });
-    } else {
-        run(0, panels);
-    }
+    });
 }
 
 struct Tile<'a> {
@@ -338,17 +328,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn seeded(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::testutil::pseudo_random as seeded;
 
     /// The exact integer result the kernels must produce, from the same rounding.
     fn reference(a: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {

@@ -16,6 +16,19 @@ const TINY_POSITIONS: usize = 128;
 const SEED: u64 = 0x005e_ed0f_b3e7;
 
 /// Where `make model` puts all-MiniLM-L6-v2, seen from this crate.
+/// Deterministic values in [-1, 1] (xorshift), for kernel tests that need reproducible data.
+pub fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 pub fn minilm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
