@@ -209,6 +209,7 @@ impl ControlPlane {
         let kubeconfig_path = PathBuf::from(get("KUBECONFIG")?);
         let dev_token = get("DEV_TOKEN")?;
 
+        crate::use_ring_crypto();
         let admin_config = config_for_context(&kubeconfig_path, "admin").await?;
         let dev_config = config_for_context(&kubeconfig_path, "dev").await?;
         Ok(Self {
@@ -237,6 +238,7 @@ impl ControlPlane {
 
     /// A client that authenticates with `token` (same server and CA as the admin client).
     pub fn client_for_token(&self, token: &str) -> Result<Client> {
+        crate::use_ring_crypto();
         Ok(Client::try_from(self.config_for_token(token))?)
     }
 

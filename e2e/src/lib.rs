@@ -14,3 +14,11 @@ pub mod prometheus;
 
 // The end-to-end environment the scenarios and `make demo` share.
 pub mod scenario;
+
+/// Picks rustls' crypto provider for the process. Built together with the operator (as `make demo`
+/// and `cargo build --workspace` do), rustls gets both ring (kube) and aws-lc-rs (reqwest 0.13 via
+/// prometheus-http-query) and refuses to guess, panicking at the first TLS connection. Call before
+/// creating a client; repeated calls are harmless.
+pub fn use_ring_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    e2e::use_ring_crypto();
     let client = kube::Client::try_default().await?;
     let mut cfg = e2e::runner::RunnerConfig::new(args.namespace, args.workdir);
     if let Some(b) = args.embedder_bin {
