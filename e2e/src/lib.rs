@@ -22,3 +22,13 @@ pub mod scenario;
 pub fn use_ring_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// SIGINT or SIGTERM: both end a harness binary cleanly (children killed, nothing left behind).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -247,15 +247,15 @@ fn main() {
         "model", "batch", "texts/s", "ms/batch"
     );
     let only = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "f32,int8,q8_0".into());
-    let selected = |label: &str| only.split(',').any(|m| m.trim() == label);
-    for (label, model) in [
+    let models: Vec<(&str, &Model)> = [
         ("f32", &f32_model),
         ("int8", &int8_model),
         ("q8_0", &q8_model),
-    ] {
-        if !selected(label) {
-            continue;
-        }
+    ]
+    .into_iter()
+    .filter(|(label, _)| only.split(',').any(|m| m.trim() == *label))
+    .collect();
+    for &(label, model) in &models {
         for batch in [1, 2, 8, 32] {
             let r = bench(model, &enc, batch, budget);
             println!(
@@ -270,14 +270,7 @@ fn main() {
         .collect::<Vec<_>>()
         .join(" ")];
     let long_enc = f32_model.encode(&long, true).unwrap();
-    for (label, model) in [
-        ("f32", &f32_model),
-        ("int8", &int8_model),
-        ("q8_0", &q8_model),
-    ] {
-        if !selected(label) {
-            continue;
-        }
+    for &(label, model) in &models {
         let r = bench(model, &long_enc, 1, budget);
         println!(
             "{label:<6} 1 x {} tokens: {:.1} texts/s, {:.2} ms, {:.1} cpu ms",

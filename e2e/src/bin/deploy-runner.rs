@@ -44,16 +44,6 @@ async fn main() -> anyhow::Result<()> {
         cfg.cwd = c;
     }
     cfg.file_sd = args.file_sd;
-    e2e::runner::run(client, cfg, shutdown_signal()).await?;
+    e2e::runner::run(client, cfg, e2e::shutdown_signal()).await?;
     Ok(())
-}
-
-/// SIGINT or SIGTERM: both end the harness cleanly (children killed, nothing left behind).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

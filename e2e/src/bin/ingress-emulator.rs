@@ -48,18 +48,8 @@ async fn main() -> anyhow::Result<()> {
         emulator.url(),
         emulator.workdir().display()
     );
-    shutdown_signal().await;
+    e2e::shutdown_signal().await;
     // Stops nginx (its whole process group).
     drop(emulator);
     Ok(())
-}
-
-/// SIGINT or SIGTERM: both end the harness cleanly (children killed, nothing left behind).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -21,12 +21,6 @@ use super::error::ModelError;
 use super::gemm::{gemm, PackedB};
 use super::linear::Linear;
 use super::ops;
-use super::qgemm::Smoothing;
-
-/// SmoothQuant's migration strength: how much of the activations' range moves into the weights.
-/// 0.6 gave the best worst-case cosine to f32 among 0.3..0.9 on MiniLM (0.5: 0.9983, 0.6: 0.9987,
-/// 0.7: 0.9985, with every layer in INT8).
-const SMOOTH_ALPHA: f32 = 0.6;
 
 /// Attention of all heads of a batch runs on rayon's threads from this many multiply-adds on.
 const PARALLEL_ATTENTION_MACS: usize = 1 << 18;
@@ -296,15 +290,7 @@ impl Bert {
                 (&mut layer.attn_out, &st.attn_out),
                 (&mut layer.intermediate, &st.intermediate),
             ] {
-                let Some(w_max) = linear.input_channel_max() else {
-                    continue;
-                };
-                let scale = act_max
-                    .iter()
-                    .zip(&w_max)
-                    .map(|(&a, &w)| smooth_factor(a, w))
-                    .collect();
-                if let Some(q) = linear.to_int8(Some(&Smoothing { scale })) {
+                if let Some(q) = linear.to_int8(act_max) {
                     *linear = q;
                 }
             }
@@ -395,17 +381,20 @@ impl Bert {
         let macs: usize = lens.iter().map(|l| 2 * l * l * h).sum();
         let ctx_addr = ctx.as_mut_ptr() as usize;
         let ctx_len = ctx.len();
-        let run = |&(offset, len, head): &(usize, usize, usize)| {
-            let mut scratch = AttentionScratch::default();
+        // Scratch buffers are reused across the tasks one thread runs, not allocated per head.
+        let run = |scratch: &mut AttentionScratch, &(offset, len, head): &(usize, usize, usize)| {
             // SAFETY: each task writes only columns [head*d, (head+1)*d) of rows
             // [offset, offset+len), disjoint from every other task's.
             let ctx = unsafe { std::slice::from_raw_parts_mut(ctx_addr as *mut f32, ctx_len) };
-            attend_one(qkv, h, d, offset, len, head, ctx, &mut scratch);
+            attend_one(qkv, h, d, offset, len, head, ctx, scratch);
         };
         if macs >= PARALLEL_ATTENTION_MACS && rayon::current_num_threads() > 1 {
-            tasks.par_iter().for_each(run);
+            tasks
+                .par_iter()
+                .for_each_init(AttentionScratch::default, run);
         } else {
-            tasks.iter().for_each(run);
+            let mut scratch = AttentionScratch::default();
+            tasks.iter().for_each(|t| run(&mut scratch, t));
         }
     }
 }
@@ -434,15 +423,6 @@ fn record_channel_max(max: &mut [f32], x: &[f32]) {
             *m = m.max(v.abs());
         }
     }
-}
-
-/// SmoothQuant: s = max|x|^alpha / max|w|^(1-alpha), so that after x/s and w*s both sides
-/// have comparable ranges. Channels never seen active (or all-zero weights) keep s = 1.
-fn smooth_factor(act_max: f32, w_max: f32) -> f32 {
-    if act_max <= 0.0 || w_max <= 0.0 {
-        return 1.0;
-    }
-    (act_max.powf(SMOOTH_ALPHA) / w_max.powf(1.0 - SMOOTH_ALPHA)).clamp(1e-3, 1e3)
 }
 
 #[derive(Default)]

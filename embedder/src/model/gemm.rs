@@ -88,14 +88,6 @@ impl PackedB {
         w
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use super::config::Quantization;
 use super::gemm::{gemm, PackedB};
-use super::qgemm::{qgemm, PackedI8, Smoothing};
+use super::qgemm::{qgemm, PackedI8};
 
 #[derive(Debug)]
 enum Weight {
@@ -57,33 +57,19 @@ impl Linear {
         })
     }
 
-    /// The INT8 version of an f32 layer, its input channels scaled by `smooth` (see
-    /// `Smoothing`); `None` for a layer that is not f32.
-    pub fn to_int8(&self, smooth: Option<&Smoothing>) -> Option<Self> {
+    /// The INT8 version of an f32 layer, smoothed for inputs whose largest |value| per channel is
+    /// `act_max` (see `PackedI8`); `None` for a layer that is not f32.
+    pub fn to_int8(&self, act_max: &[f32]) -> Option<Self> {
         let Weight::F32(w) = &self.weight else {
             return None;
         };
-        let q = PackedI8::quantize_smoothed(&w.to_out_in(), self.outputs, self.inputs, smooth);
+        let q = PackedI8::quantize_calibrated(&w.to_out_in(), self.outputs, self.inputs, act_max);
         Some(Self {
             weight: Weight::Int8(q),
             bias: self.bias.clone(),
             inputs: self.inputs,
             outputs: self.outputs,
         })
-    }
-
-    /// Largest |w| over the outputs for each input channel (f32 layers only).
-    pub fn input_channel_max(&self) -> Option<Vec<f32>> {
-        let Weight::F32(w) = &self.weight else {
-            return None;
-        };
-        let mut max = vec![0f32; self.inputs];
-        for row in w.to_out_in().chunks_exact(self.inputs) {
-            for (m, v) in max.iter_mut().zip(row) {
-                *m = m.max(v.abs());
-            }
-        }
-        Some(max)
     }
 
     pub fn inputs(&self) -> usize {
