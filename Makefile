@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e demo lint fmt bench controlplane helm charts-check images images-check clean
+.PHONY: help deps model build crds test unit e2e demo lint fmt bench simulate controlplane helm charts-check images images-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,6 +51,9 @@ fmt:
 
 bench: model ## load-generator benchmark of the embedder (prints rate, p50/p95/p99, errors)
 	bash scripts/bench.sh
+
+simulate: ## seeded simulation of whole rollouts: the judge's false-rollback and missed-regression rates (docs/analysis.md)
+	$(CARGO) run -q --release -p rollout-sim --bin simulate -- --step-cap 2h $(SIMULATE_ARGS)
 
 images-check: ## without a container engine: build the release binaries as the Dockerfiles do and check their libraries
 	bash scripts/check-image-binaries.sh

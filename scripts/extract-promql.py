@@ -89,11 +89,11 @@ def from_rollouts(paths):
 def from_interfaces(path):
     out = []
     for line in open(path):
-        m = re.match(r"^- (p95|errorRate|requests|breaker): `(.+)`", line.strip())
+        m = re.match(r"^- (p95|errorRate|requests|breaker|latencyBuckets|errors): `(.+)`", line.strip())
         if m:
             out.append((f"default_{m.group(1)}", rollout(m.group(2))))
-    if len(out) != 4:
-        raise Unknown(f"expected the 4 default queries in {path}, found {len(out)}")
+    if len(out) != 6:
+        raise Unknown(f"expected the 6 default queries in {path}, found {len(out)}")
     return rules("defaults", out)
 
 

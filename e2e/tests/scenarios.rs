@@ -19,8 +19,10 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
-/// Client requests per second (20: the k6 script's rate; more queues up on a shared 2-core machine).
-const RATE: f64 = 20.0;
+/// Client requests per second. The gates need about 1500 candidate requests per step to be sure of
+/// a 0.5 % error bound (docs/analysis.md); 50 req/s gathers them in a minute at 50 %, and the
+/// shared 2-core machine still answers well within the latency gates.
+const RATE: f64 = 50.0;
 
 fn workdir(test: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -203,11 +205,11 @@ async fn run_to_end(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s1_happy_path_promotes_with_exact_traffic_shares_and_no_failed_requests() {
+async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_failed_requests() {
     let t = Instant::now();
     let mut env = env("happy").await;
     let rollout = fast_rollout("happy", &env.prometheus.url());
-    let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(360)).await;
+    let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(420)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
         phase(&fin),
@@ -223,7 +225,7 @@ async fn s1_happy_path_promotes_with_exact_traffic_shares_and_no_failed_requests
     assert_no_failed_requests(&samples);
     assert_never_backwards(&log);
     let seen = assert_shares(&env, &samples);
-    for bp in [100, 1_000, 5_000, 10_000] {
+    for bp in [5_000, 10_000] {
         assert!(
             seen.contains(&bp),
             "no (or too little) traffic observed at {bp} basis points; seen {seen:?}"
@@ -296,8 +298,9 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
         server_secs,
         client_secs
     );
+    // The spec's rollbackDeadline is 1 m; the wait above allows 300 s, so this bound can fail.
     assert!(
-        server_secs < 300.0 && client_secs < 300.0,
+        server_secs < 60.0 && client_secs < 60.0,
         "rollback too slow: {server_secs:.1}s (status), {client_secs:.1}s (clients)"
     );
     // Nothing reaches the candidate once the rollback is complete (2 s for nginx reloads in flight).
@@ -370,8 +373,8 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
     let mut env = env("sigkill").await;
     let name = "sigkill";
     let mut rollout = fast_rollout(name, &env.prometheus.url());
-    // A long second step to kill the operator in.
-    rollout["spec"]["steps"][1]["duration"] = json!("40s");
+    // A long second step (100 %) to kill the operator in.
+    rollout["spec"]["steps"][1]["duration"] = json!("60s");
     ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
@@ -380,9 +383,9 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
         .wait_rollout(
             name,
             Duration::from_secs(180),
-            "step 2 at 10 %",
+            "step 2 at 100 %",
             &mut log,
-            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 10,
+            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,
         )
         .await);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -398,21 +401,23 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
         let o = ok(env.observe(name).await);
         assert_eq!(
             (o.step, o.weight),
-            (1, 10),
+            (1, 100),
             "changed without an operator: {o:?}"
         );
         log.push(o);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let restarted = SystemTime::now();
     ok(env.start_operator().await);
     println!("[sigkill] operator started again at {:.1}s", env.secs());
+    // Only the restarted operator can write an analysis newer than its own start.
     let after = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(20),
-            "the restarted operator's first reconcile",
+            Duration::from_secs(30),
+            "the restarted operator's first analysis",
             &mut log,
-            |r| r["status"]["currentStep"].as_i64() >= Some(1),
+            |r| timestamp(&r["status"]["lastAnalysis"]["time"]).is_some_and(|t| t > restarted),
         )
         .await);
     assert_eq!(after["status"]["currentStep"], 1, "resumed at step 2");
@@ -455,12 +460,12 @@ async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) ->
         .wait_rollout(
             name,
             Duration::from_secs(180),
-            "step 2 at 10 %",
+            "step 2 at 100 %",
             &mut log,
-            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 10,
+            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,
         )
         .await);
-    // The policy is set only now: at 1 % a few requests in the window can be "no data" too.
+    // The policy is set only now, so only Prometheus being down can trigger it.
     env.rollouts()
         .patch(
             name,
@@ -492,7 +497,7 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
         let o = ok(env.observe(name).await);
         assert_eq!(
             (o.phase.as_str(), o.step, o.weight),
-            ("Progressing", 1, 10),
+            ("Progressing", 1, 100),
             "advanced or rolled back without Prometheus: {}",
             last["status"]
         );
@@ -601,13 +606,30 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         .expect("create rollout");
     let mut log = Vec::new();
     // The candidate gets deployed (Deployments are allowed) ...
+    let deployments: Api<Deployment> = Api::namespaced(env.cp.admin.clone(), &env.ns);
+    let deployed_by = Instant::now() + Duration::from_secs(120);
+    loop {
+        if deployments
+            .get_opt(CANDIDATE)
+            .await
+            .expect("get Deployment")
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deployed_by,
+            "the candidate Deployment was not created within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     ok(env
         .wait_rollout(
             name,
             Duration::from_secs(120),
-            "the candidate deployed",
+            "the rollout deploying",
             &mut log,
-            |_| true,
+            |r| matches!(phase(r), "Deploying" | "Progressing"),
         )
         .await);
     let deadline = Instant::now() + Duration::from_secs(40);

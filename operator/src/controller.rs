@@ -274,7 +274,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     let now = Utc::now();
     let t1 = Instant::now();
     let snapshot = if decision::analysis_due(&rollout.spec, &status, now) {
-        Some(query_metrics(ctx, rollout).await)
+        Some(query_metrics(ctx, rollout, &status, now).await)
     } else {
         None
     };
@@ -326,7 +326,12 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     Ok(Requeue::requeue(decided.requeue_after))
 }
 
-async fn query_metrics(ctx: &Context, rollout: &EmbeddingRollout) -> MetricsSnapshot {
+async fn query_metrics(
+    ctx: &Context,
+    rollout: &EmbeddingRollout,
+    status: &EmbeddingRolloutStatus,
+    now: chrono::DateTime<Utc>,
+) -> MetricsSnapshot {
     let spec = &rollout.spec;
     let queries = AnalysisQueries {
         candidate_service: &spec.candidate.metrics_service,
@@ -334,7 +339,10 @@ async fn query_metrics(ctx: &Context, rollout: &EmbeddingRollout) -> MetricsSnap
         spec: &spec.analysis,
     };
     match ctx.prometheus(&spec.analysis.prometheus.address) {
-        Ok(p) => p.snapshot(&queries).await,
+        Ok(p) => {
+            p.snapshot(&queries, decision::evidence_range(status, now))
+                .await
+        }
         Err(e) => {
             let msg = e.to_string();
             MetricsSnapshot {

@@ -181,15 +181,27 @@ pub struct Step {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!self.interval.matches('^(0+([.]0+)?(ms|s|m|h|d)?)+$')", "message": "analysis.interval must be positive"}
+    {"rule": "!self.interval.matches('^(0+([.]0+)?(ms|s|m|h|d)?)+$')", "message": "analysis.interval must be positive"},
+    {"rule": "self.confidence >= 0.5 && self.confidence < 1.0", "message": "analysis.confidence must be in [0.5, 1)"}
 ]))]
 pub struct AnalysisSpec {
     /// Time between analyses.
     #[serde(default = "default_interval")]
     pub interval: GoDuration,
-    /// PromQL range of each query.
+    /// PromQL range of the recent measurements: the P95, error rate and breaker shown in each
+    /// analysis, and the evidence of the hard rollback triggers. The gates judge all the requests
+    /// of the current step instead (docs/analysis.md).
     #[serde(default = "default_window")]
     pub window: GoDuration,
+    /// Probability that a candidate meeting every gate is never rolled back by them over the
+    /// whole rollout; the same level bounds, per gate and step, promoting one that misses it.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+    /// How long past a step's duration it may keep collecting evidence while its analyses are
+    /// Inconclusive; then `noDataPolicy` decides (`Hold`: keep holding, with a warning; `Fail`:
+    /// roll back).
+    #[serde(default = "default_evidence_timeout")]
+    pub evidence_timeout: GoDuration,
     #[serde(default)]
     pub prometheus: PrometheusSpec,
     #[serde(default)]
@@ -238,10 +250,14 @@ pub struct Gates {
     /// The candidate's circuit breaker must have stayed closed over the window.
     #[serde(default = "default_true")]
     pub require_breaker_closed: bool,
-    /// Fewer candidate requests than this in the window: the analysis cannot pass (Inconclusive).
+    /// Fewer candidate requests than this in the step: the analysis cannot pass (Inconclusive).
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 0))]
     pub min_requests: u64,
+    /// Fewer baseline requests than this in the step: the comparison gate cannot pass.
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 0))]
+    pub min_baseline_requests: u64,
 }
 
 /// Conditions that roll back regardless of `failureLimit`.
@@ -284,6 +300,12 @@ pub struct QueryOverrides {
     pub requests: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// Requests per latency bucket, grouped by `le` (the latency gates count these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_buckets: Option<String>,
+    /// Failed requests (the error gate and trigger count these against `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<String>,
 }
 
 /// After the last step.
@@ -328,6 +350,10 @@ pub struct EmbeddingRolloutStatus {
     /// The last analyses, newest last (bounded).
     #[serde(default)]
     pub history: Vec<AnalysisRecord>,
+    /// Analyses taken since the current step's weight was applied (the look index that spends
+    /// the confidence budget).
+    #[serde(default)]
+    pub step_analyses: u32,
     /// Failing analyses in a row (Inconclusive counts only with `noDataPolicy: Fail`).
     #[serde(default)]
     pub consecutive_failures: u32,
@@ -478,10 +504,44 @@ pub struct AnalysisRecord {
     /// Candidate requests over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_count: Option<f64>,
+    /// Candidate and baseline requests since the step's weight was applied (the gates' evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_step_requests: Option<u64>,
+    /// The look within the step (1 = first analysis of the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub look: Option<u32>,
+    /// Each gate's finding, with its evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateResult>,
     pub verdict: Verdict,
     /// Human-readable reason for every gate that did not pass (and for skipped gates).
     #[serde(default)]
     pub reasons: Vec<String>,
+}
+
+/// One gate of one analysis: what it measured, against what, with how much evidence.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    /// `maxP95Ms`, `maxP95OverBaselineMs`, `maxErrorRate`, `requireBreakerClosed`, `minRequests`.
+    pub gate: String,
+    pub verdict: Verdict,
+    /// For people, e.g. `P(>35 ms) = 2.1 % (99.97 % CI 0.9-4.0 %, n = 312)`.
+    pub evidence: String,
+    /// The measured fraction or value and its confidence bounds (same unit as `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Requests the finding rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
 }
 
 /// Why and how fast traffic went back to the baseline.
@@ -581,6 +641,8 @@ impl Default for AnalysisSpec {
             gates: Gates::default(),
             rollback_triggers: RollbackTriggers::default(),
             failure_limit: default_failure_limit(),
+            confidence: default_confidence(),
+            evidence_timeout: default_evidence_timeout(),
             no_data_policy: NoDataPolicy::default(),
             queries: QueryOverrides::default(),
         }
@@ -603,6 +665,7 @@ impl Default for Gates {
             max_error_rate: default_max_error_rate(),
             require_breaker_closed: true,
             min_requests: default_min_requests(),
+            min_baseline_requests: default_min_requests(),
         }
     }
 }
@@ -690,6 +753,12 @@ fn default_true() -> bool {
 }
 fn default_min_requests() -> u64 {
     100
+}
+fn default_confidence() -> f64 {
+    0.99
+}
+fn default_evidence_timeout() -> GoDuration {
+    "1h".into()
 }
 fn default_failure_limit() -> u32 {
     3

@@ -11,7 +11,9 @@ use prometheus_http_query::{response::Data, Client, Error as PromError};
 
 use crate::{
     crd::AnalysisSpec,
-    decision::{MetricsSnapshot, QueryResult as CoreQueryResult, ServiceMetrics},
+    decision::{
+        BucketsResult, Counts, MetricsSnapshot, QueryResult as CoreQueryResult, ServiceMetrics,
+    },
 };
 
 /// Default PromQL templates (docs/interfaces.md). `{{service}}` is the metrics `service` label,
@@ -23,6 +25,11 @@ pub const DEFAULT_P95: &str = r#"histogram_quantile({{quantile}}, sum by (le) (r
 pub const DEFAULT_ERROR_RATE: &str = r#"(sum(rate(embedding_errors_total{service="{{service}}"}[{{window}}])) or vector(0)) / sum(rate(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
 pub const DEFAULT_REQUESTS: &str =
     r#"sum(increase(embedding_requests_total{service="{{service}}"}[{{window}}]))"#;
+/// The counts the gates test (docs/analysis.md): requests per latency bucket and failed requests,
+/// over `{{window}}` (the analysis window for the triggers, the step so far for the gates).
+pub const DEFAULT_LATENCY_BUCKETS: &str = r#"sum by (le) (increase(embedding_request_duration_seconds_bucket{service="{{service}}"}[{{window}}]))"#;
+pub const DEFAULT_ERRORS: &str =
+    r#"sum(increase(embedding_errors_total{service="{{service}}"}[{{window}}])) or vector(0)"#;
 pub const DEFAULT_BREAKER: &str = r#"max(max_over_time(circuit_breaker_state{service="embedding",backend="{{service}}"}[{{window}}]))"#;
 
 /// The quantile the latency gate is about.
@@ -127,6 +134,32 @@ impl Prometheus {
             Ok(Ok(result)) => reading_from(result.data()),
         }
     }
+
+    /// Run one `sum by (le)` histogram query: `(le, value)` per series. A series without a
+    /// parsable `le` label makes the whole answer unusable (the query is not what it should be).
+    pub async fn buckets(&self, promql: &str) -> Result<Vec<(f64, f64)>, QueryError> {
+        let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        let request = self.client.query(promql).timeout(millis).get();
+        let result = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => return Err(QueryError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(classify(e, self.timeout)),
+            Ok(Ok(result)) => result,
+        };
+        let Data::Vector(v) = result.data() else {
+            return Err(QueryError::UnexpectedShape("non-vector"));
+        };
+        v.iter()
+            .map(|s| {
+                let le = s.metric().get("le").ok_or_else(|| {
+                    QueryError::BadResponse("a latency bucket series has no le label".into())
+                })?;
+                let bound = le.parse::<f64>().map_err(|_| {
+                    QueryError::BadResponse(format!("latency bucket le={le:?} is not a number"))
+                })?;
+                Ok((bound, s.sample().value()))
+            })
+            .collect()
+    }
 }
 
 fn classify(e: PromError, timeout: Duration) -> QueryError {
@@ -213,6 +246,8 @@ impl AnalysisQueries<'_> {
             QueryKind::ErrorRate => q.error_rate.as_deref(),
             QueryKind::Requests => q.requests.as_deref(),
             QueryKind::Breaker => q.breaker.as_deref(),
+            QueryKind::LatencyBuckets => q.latency_buckets.as_deref(),
+            QueryKind::Errors => q.errors.as_deref(),
         };
         custom
             .filter(|t| !t.trim().is_empty())
@@ -221,6 +256,8 @@ impl AnalysisQueries<'_> {
                 QueryKind::ErrorRate => DEFAULT_ERROR_RATE,
                 QueryKind::Requests => DEFAULT_REQUESTS,
                 QueryKind::Breaker => DEFAULT_BREAKER,
+                QueryKind::LatencyBuckets => DEFAULT_LATENCY_BUCKETS,
+                QueryKind::Errors => DEFAULT_ERRORS,
             })
     }
 
@@ -235,6 +272,22 @@ impl AnalysisQueries<'_> {
         let window = crate::duration::format(window);
         Ok(QueryKind::ALL.map(|k| render(self.template(k), service, &window, P95_QUANTILE)))
     }
+
+    /// The PromQL of the three count queries (latency buckets, requests, errors) for `service`
+    /// over `range` (rendered in whole seconds).
+    pub fn counts(&self, service: &str, range: &str) -> [String; 3] {
+        [
+            QueryKind::LatencyBuckets,
+            QueryKind::Requests,
+            QueryKind::Errors,
+        ]
+        .map(|k| render(self.template(k), service, range, P95_QUANTILE))
+    }
+}
+
+/// A range in whole seconds, the form every Prometheus version parses.
+pub fn range_seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,9 +296,12 @@ enum QueryKind {
     ErrorRate,
     Requests,
     Breaker,
+    LatencyBuckets,
+    Errors,
 }
 
 impl QueryKind {
+    /// The four queries of `rendered`, in its order.
     const ALL: [QueryKind; 4] = [
         QueryKind::P95,
         QueryKind::ErrorRate,
@@ -263,33 +319,72 @@ fn to_core(r: Result<Reading, QueryError>) -> CoreQueryResult {
     }
 }
 
+fn buckets_to_core(r: Result<Vec<(f64, f64)>, QueryError>) -> BucketsResult {
+    match r {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Prometheus {
-    async fn service_metrics(&self, q: &AnalysisQueries<'_>, service: &str) -> ServiceMetrics {
+    async fn counts(&self, queries: &[String; 3]) -> Counts {
+        let [buckets, req, err] = queries;
+        let (buckets, req, err) =
+            tokio::join!(self.buckets(buckets), self.instant(req), self.instant(err));
+        Counts {
+            latency: buckets_to_core(buckets),
+            requests: to_core(req),
+            errors: to_core(err),
+        }
+    }
+
+    async fn service_metrics(
+        &self,
+        q: &AnalysisQueries<'_>,
+        service: &str,
+        step_range: Option<Duration>,
+    ) -> ServiceMetrics {
         let queries = match q.rendered(service) {
             Ok(qs) => qs,
             Err(e) => return ServiceMetrics::failed(&e),
         };
-        let [p95, err, req, brk] = &queries;
-        let (p95, err, req, brk) = tokio::join!(
+        let [p95, err, _req, brk] = &queries;
+        let window = q.spec.window.parse().map(range_seconds).unwrap_or_default();
+        let window_counts = q.counts(service, &window);
+        let step = async {
+            match step_range {
+                Some(r) => self.counts(&q.counts(service, &range_seconds(r))).await,
+                None => Counts::no_data(),
+            }
+        };
+        let (p95, err, brk, window, step) = tokio::join!(
             self.instant(p95),
             self.instant(err),
-            self.instant(req),
-            self.instant(brk)
+            self.instant(brk),
+            self.counts(&window_counts),
+            step
         );
         ServiceMetrics {
             p95_seconds: to_core(p95),
             error_rate: to_core(err),
-            requests: to_core(req),
             breaker: to_core(brk),
+            window,
+            step,
         }
     }
 
-    /// All eight queries of one analysis, concurrently. Never fails: each query's failure is in
-    /// the snapshot for the decision core to judge.
-    pub async fn snapshot(&self, q: &AnalysisQueries<'_>) -> MetricsSnapshot {
+    /// Every query of one analysis, concurrently: the shown values and the window counts, and the
+    /// counts since the step began (`step_range`, from `decision::evidence_range`). Never fails:
+    /// each query's failure is in the snapshot for the decision core to judge.
+    pub async fn snapshot(
+        &self,
+        q: &AnalysisQueries<'_>,
+        step_range: Option<Duration>,
+    ) -> MetricsSnapshot {
         let (candidate, baseline) = tokio::join!(
-            self.service_metrics(q, q.candidate_service),
-            self.service_metrics(q, q.baseline_service)
+            self.service_metrics(q, q.candidate_service, step_range),
+            self.service_metrics(q, q.baseline_service, step_range)
         );
         MetricsSnapshot {
             candidate,

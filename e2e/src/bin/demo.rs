@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, default_value = "demo")]
     namespace: String,
     /// Client requests per second through nginx.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 50.0)]
     rate: f64,
     /// Extra candidate args, e.g. `--candidate-arg=--chaos-latency-ms=40` to watch a rollback.
     #[arg(long = "candidate-arg", allow_hyphen_values = true)]
@@ -111,7 +111,7 @@ async fn run(env: &mut Env, args: &Args) -> anyhow::Result<()> {
     );
     println!(
         "{:>6}  {:<12} {:>5} {:>6}  {:>9} {:>9} {:>7} {:>8}  {:<12} message",
-        "time", "phase", "step", "weight", "cand P95", "base P95", "errors", "requests", "verdict"
+        "time", "phase", "step", "weight", "cand P95", "base P95", "errors", "step n", "verdict"
     );
     let steps = rollout["spec"]["steps"]
         .as_array()
@@ -215,9 +215,9 @@ fn status_line(r: &Value, steps: usize) -> String {
             .as_f64()
             .map(|e| format!("{:.2}%", e * 100.0))
             .unwrap_or_else(|| "-".into()),
-        a["requestCount"]
-            .as_f64()
-            .map(|n| format!("{n:.0}"))
+        a["stepRequests"]
+            .as_u64()
+            .map(|n| n.to_string())
             .unwrap_or_else(|| "-".into()),
         a["verdict"].as_str().unwrap_or("-"),
         st["message"].as_str().unwrap_or("")

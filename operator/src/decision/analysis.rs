@@ -1,33 +1,77 @@
-//! The go/no-go gates of one analysis and the hard rollback triggers.
+//! The go/no-go gates of one analysis and the hard rollback triggers, judged as tests on counts.
 //!
-//! Threshold semantics follow the seed's wording (see operator/README.md):
-//! - `maxP95Ms`: candidate P95 must be strictly below (seed "P95 <35ms"): 35 ms fails.
-//! - `maxP95OverBaselineMs`: candidate P95 <= baseline P95 + margin (seed "≤ MLX + 5ms"): equal passes.
-//! - `maxErrorRate`: strictly below (seed "Error rate <0.5%"): exactly 0.5 % fails.
-//! - breaker: the worst state over the window must be 0 (closed) (seed "never opened").
-//! - `minRequests`: at least this many candidate requests (equal is enough), else Inconclusive.
-//! - triggers: P95 strictly above `p95Ms`, error rate strictly above `errorRate` (seed ">50ms", ">1%").
+//! Each statistical gate has three outcomes: **Pass** (confident it holds), **Fail** (confident
+//! it does not), **Inconclusive** (not enough evidence yet). The evidence of the gates is every
+//! request since the current step's weight was applied; the triggers judge the recent `window`.
+//! docs/analysis.md explains the tests, the budget and the guarantees; in short:
 //!
-//! Milliseconds are rounded to the microsecond before comparing, so a Prometheus value of
-//! 0.035 s is exactly 35 ms and the threshold tests do not depend on float noise.
+//! - `maxP95Ms`: "P95 < 35 ms" is "fewer than 5 % of requests take over 35 ms". The requests above
+//!   the bound are counted from the histogram bucket at the bound and tested with an exact
+//!   binomial test. A bound that is not a bucket bound is judged on the bucket below it to pass and
+//!   the bucket above it to fail (both conservative), and the evidence says so.
+//! - `maxP95OverBaselineMs`: distribution-free confidence bounds of both P95s (order statistics,
+//!   read off the binned data by interpolation, as `histogram_quantile` does): Pass when the
+//!   candidate's upper bound is within the baseline's lower bound + margin, Fail when its lower
+//!   bound is above the baseline's upper bound + margin. Skipped at 100 % (no baseline traffic).
+//! - `maxErrorRate`: exact binomial test on errors out of requests.
+//! - breaker: the worst state over the window must be 0 (closed), as before.
+//! - `minRequests` / `minBaselineRequests`: fewer requests in the step can never pass.
+//! - triggers: the same tests at the trigger thresholds on the window, at ten times the evidence.
+//!
+//! Thresholds keep their meaning: `maxP95Ms` and `maxErrorRate` are strict ("< 35 ms",
+//! "< 0.5 %"), the comparison is inclusive ("≤ MLX + 5 ms").
 
-use crate::crd::{BreakerState, Gates, RollbackTriggers, Verdict};
+use super::stats::{
+    self, binomial_test, clopper_pearson, pct, sequential_test, Finding, Histogram,
+};
+use crate::crd::{AnalysisSpec, BreakerState, GateResult, Verdict};
 
 /// One PromQL result: `Err` = the query failed, `Ok(None)` = empty result, `Ok(Some(NaN))` happens
 /// too (e.g. 0/0 when no requests) and counts as no data.
 pub type QueryResult = Result<Option<f64>, String>;
 
-/// The four queries for one service.
+/// A `sum by (le)` histogram query: `(le, count)` per bucket, `le` = +Inf for the last one.
+pub type BucketsResult = Result<Option<Vec<(f64, f64)>>, String>;
+
+/// Counts over one range: the latency histogram, the requests and the failed requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Counts {
+    pub latency: BucketsResult,
+    pub requests: QueryResult,
+    pub errors: QueryResult,
+}
+
+impl Counts {
+    pub fn no_data() -> Self {
+        Self {
+            latency: Ok(None),
+            requests: Ok(None),
+            errors: Ok(None),
+        }
+    }
+
+    pub fn failed(err: &str) -> Self {
+        Self {
+            latency: Err(err.to_string()),
+            requests: Err(err.to_string()),
+            errors: Err(err.to_string()),
+        }
+    }
+}
+
+/// What Prometheus said about one service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceMetrics {
-    /// `histogram_quantile(0.95, ...)`, seconds.
+    /// `histogram_quantile(0.95, ...)` over the window, seconds (shown, not judged).
     pub p95_seconds: QueryResult,
-    /// errors / requests, 0..1.
+    /// errors / requests over the window, 0..1 (shown, not judged).
     pub error_rate: QueryResult,
-    /// requests in the window.
-    pub requests: QueryResult,
     /// worst circuit breaker state in the window: 0 closed, 1 open, 2 half-open.
     pub breaker: QueryResult,
+    /// Counts over the window: the triggers' evidence.
+    pub window: Counts,
+    /// Counts since the step's weight was applied: the gates' evidence.
+    pub step: Counts,
 }
 
 impl ServiceMetrics {
@@ -36,8 +80,9 @@ impl ServiceMetrics {
         Self {
             p95_seconds: Ok(None),
             error_rate: Ok(None),
-            requests: Ok(None),
             breaker: Ok(None),
+            window: Counts::no_data(),
+            step: Counts::no_data(),
         }
     }
 
@@ -46,8 +91,9 @@ impl ServiceMetrics {
         Self {
             p95_seconds: Err(err.to_string()),
             error_rate: Err(err.to_string()),
-            requests: Err(err.to_string()),
             breaker: Err(err.to_string()),
+            window: Counts::failed(err),
+            step: Counts::failed(err),
         }
     }
 }
@@ -56,8 +102,19 @@ impl ServiceMetrics {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricsSnapshot {
     pub candidate: ServiceMetrics,
-    /// Only `p95_seconds` and `error_rate` are used (comparison gate, and the record).
+    /// Its step histogram feeds the comparison gate; the rest is recorded.
     pub baseline: ServiceMetrics,
+}
+
+/// Where an analysis stands in the rollout: what the confidence budget is spent over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Look {
+    /// The candidate's current share, 1..100.
+    pub weight: u8,
+    /// 1 for the first analysis of the step.
+    pub index: u32,
+    /// Steps of the rollout.
+    pub steps: usize,
 }
 
 /// What one analysis found.
@@ -65,25 +122,75 @@ pub struct MetricsSnapshot {
 pub struct Evaluation {
     pub verdict: Verdict,
     pub reasons: Vec<String>,
+    /// Inconclusive because data is missing (query failed, empty, NaN), not only for want of
+    /// evidence: `noDataPolicy` applies to this at once.
+    pub missing_data: bool,
+    pub gates: Vec<GateResult>,
     pub candidate_p95_ms: Option<f64>,
     pub baseline_p95_ms: Option<f64>,
     pub error_rate: Option<f64>,
     pub baseline_error_rate: Option<f64>,
     pub breaker_state: Option<BreakerState>,
     pub request_count: Option<f64>,
-    /// Hard trigger: error rate above `rollbackTriggers.errorRate` (with enough requests).
+    pub step_requests: Option<u64>,
+    pub baseline_step_requests: Option<u64>,
+    /// Hard trigger: error rate above `rollbackTriggers.errorRate`, with strong evidence.
     pub error_rate_trigger: Option<String>,
-    /// P95 against `rollbackTriggers.p95Ms`: Some(true) above, Some(false) at or below, None unknown.
+    /// P95 against `rollbackTriggers.p95Ms`: Some(true) confidently above, Some(false)
+    /// confidently at or below, None not known.
     pub p95_above_trigger: Option<bool>,
+    /// The evidence of the P95 trigger finding, for the rollback reason.
+    pub p95_trigger_evidence: Option<String>,
 }
 
+/// The significance levels of one analysis (docs/analysis.md, "The budget").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Levels {
+    /// Each gate's sequential test, valid over every look of the step.
+    pub gate: f64,
+    /// The baseline's P95 bounds of the comparison gate, spent per look.
+    pub baseline: f64,
+    /// Each trigger's fixed-sample test on the window, spent per look, ten times stronger.
+    pub trigger: f64,
+}
+
+pub fn levels(a: &AnalysisSpec, look: &Look) -> Levels {
+    let per_look = stats::look_alpha(a.confidence, look.steps, look.index);
+    Levels {
+        gate: stats::step_alpha(a.confidence, look.steps),
+        baseline: per_look,
+        trigger: per_look / stats::TRIGGER_EVIDENCE_FACTOR,
+    }
+}
+
+/// Which test decides.
+#[derive(Clone, Copy, Debug)]
+enum Test {
+    /// Anytime-valid over the growing evidence of a step.
+    Sequential(f64),
+    /// One look at one window.
+    Fixed(f64),
+}
+
+impl Test {
+    fn run(self, k: u64, n: u64, p0: f64) -> Finding {
+        match self {
+            Test::Sequential(a) => sequential_test(k, n, p0, a),
+            Test::Fixed(a) => binomial_test(k, n, p0, a),
+        }
+    }
+}
+
+/// The descriptive interval shown with every count (the tests decide, at their own levels).
+const SHOWN_ALPHA: f64 = 0.025;
+
 /// A usable number, or why there is none.
-enum Reading {
-    Value(f64),
+enum Reading<T> {
+    Value(T),
     Missing(String),
 }
 
-fn read(q: &QueryResult, what: &str) -> Reading {
+fn read(q: &QueryResult, what: &str) -> Reading<f64> {
     match q {
         Err(e) => Reading::Missing(format!("Prometheus query for {what} failed: {e}")),
         Ok(None) => Reading::Missing(format!("no data for {what}")),
@@ -92,13 +199,21 @@ fn read(q: &QueryResult, what: &str) -> Reading {
     }
 }
 
-/// Like [`read`], but +Inf is a real latency: histogram_quantile answers it when the quantile
-/// falls in the top (+Inf) bucket, i.e. requests slower than the largest bucket. It must fail the
-/// gates rather than look like missing data.
-fn read_latency(q: &QueryResult, what: &str) -> Reading {
+fn read_count(q: &QueryResult, what: &str) -> Reading<u64> {
+    match read(q, what) {
+        Reading::Value(v) => Reading::Value(v.max(0.0).round() as u64),
+        Reading::Missing(m) => Reading::Missing(m),
+    }
+}
+
+fn read_histogram(q: &BucketsResult, what: &str) -> Reading<Histogram> {
     match q {
-        Ok(Some(v)) if *v == f64::INFINITY => Reading::Value(*v),
-        _ => read(q, what),
+        Err(e) => Reading::Missing(format!("Prometheus query for {what} failed: {e}")),
+        Ok(None) => Reading::Missing(format!("no data for {what}")),
+        Ok(Some(samples)) => match Histogram::from_samples(samples) {
+            Ok(h) => Reading::Value(h),
+            Err(e) => Reading::Missing(format!("{what} is not a histogram: {e}")),
+        },
     }
 }
 
@@ -114,6 +229,18 @@ pub fn seconds_to_ms(s: f64) -> f64 {
     (s * 1_000_000.0).round() / 1_000.0
 }
 
+fn ms(s: f64) -> String {
+    if s.is_infinite() {
+        return "+Inf ms".into();
+    }
+    let v = seconds_to_ms(s);
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{:.1} ms", v)
+    }
+}
+
 fn breaker_state(v: f64) -> Option<BreakerState> {
     match v.round() as i64 {
         0 => Some(BreakerState::Closed),
@@ -123,333 +250,857 @@ fn breaker_state(v: f64) -> Option<BreakerState> {
     }
 }
 
-/// Evaluates the gates and triggers. `weight` is the candidate's current share: at 100 % the
-/// baseline receives no traffic, so the comparison gate is skipped (noted in the reasons).
-pub fn evaluate(
-    gates: &Gates,
-    triggers: &RollbackTriggers,
-    m: &MetricsSnapshot,
-    weight: u8,
-) -> Evaluation {
-    let mut fails: Vec<String> = Vec::new();
-    let mut unknown: Vec<String> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
+/// One gate's outcome before it is recorded.
+struct Judged {
+    verdict: Verdict,
+    /// Why it is not Pass (for the reasons list); empty for Pass.
+    reason: Option<String>,
+    missing: bool,
+    result: GateResult,
+}
 
-    let cand_p95 = read_latency(&m.candidate.p95_seconds, "candidate P95");
-    let cand_p95_ms = match &cand_p95 {
-        Reading::Value(s) => Some(seconds_to_ms(*s)),
-        Reading::Missing(_) => None,
+fn missing(gate: &str, why: String) -> Judged {
+    Judged {
+        verdict: Verdict::Inconclusive,
+        reason: Some(why.clone()),
+        missing: true,
+        result: GateResult {
+            gate: gate.into(),
+            verdict: Verdict::Inconclusive,
+            evidence: why,
+            value: None,
+            low: None,
+            high: None,
+            threshold: None,
+            samples: None,
+        },
+    }
+}
+
+/// "Fewer than 5 % of the requests take over `bound_ms`", tested on the histogram at `alpha`.
+/// Returns the finding and the evidence text.
+struct TailTest {
+    finding: Finding,
+    evidence: String,
+    fraction: f64,
+    low: f64,
+    high: f64,
+    n: u64,
+}
+
+fn tail_test(h: &Histogram, bound_ms: f64, test: Test) -> TailTest {
+    const TAIL: f64 = 0.05;
+    let n = h.total();
+    let bound = bound_ms / 1000.0;
+    let (below, above) = h.neighbours(bound);
+    let over = |le: Option<f64>| match le {
+        Some(le) if le.is_finite() => n - h.at_or_below(le).unwrap_or(0).min(n),
+        Some(_) => 0,
+        None => n, // no bucket at or below the bound: every request may be slower
     };
-    let base_p95_ms = value(&m.baseline.p95_seconds).map(seconds_to_ms);
-
-    // Gate 1: absolute P95, strictly below.
-    match (&cand_p95, cand_p95_ms) {
-        (_, Some(ms)) if ms < gates.max_p95_ms => {}
-        (_, Some(ms)) => fails.push(format!(
-            "candidate P95 {ms} ms is not below maxP95Ms {} ms",
-            gates.max_p95_ms
-        )),
-        (Reading::Missing(why), None) => unknown.push(why.clone()),
-        (Reading::Value(_), None) => unreachable!("a value always converts"),
-    }
-
-    // Gate 2: P95 relative to the baseline, inclusive.
-    if weight >= 100 {
-        notes.push("baseline comparison skipped: the baseline receives no traffic at 100 %".into());
+    // To pass, count the requests above the bucket at or below the bound (more than the truth);
+    // to fail, above the bucket at or above it (fewer than the truth).
+    let k_pass = over(below);
+    let k_fail = over(Some(above));
+    let finding = match (test.run(k_fail, n, TAIL), test.run(k_pass, n, TAIL)) {
+        (Finding::Above, _) => Finding::Above,
+        (_, Finding::Below) => Finding::Below,
+        _ => Finding::Unsure,
+    };
+    let exact = below.is_some_and(|b| (b * 1e6).round() == (bound * 1e6).round());
+    let describe = |k: u64, le: String| {
+        let (lo, hi) = clopper_pearson(k, n, SHOWN_ALPHA);
+        format!(
+            "P(>{le}) = {} (95 % CI {}-{}, n = {n})",
+            pct(if n == 0 { 0.0 } else { k as f64 / n as f64 }),
+            pct(lo),
+            pct(hi)
+        )
+    };
+    let bound_text = format!("{} ms", trim_ms(bound_ms));
+    let (k_shown, evidence) = if exact {
+        (k_pass, describe(k_pass, bound_text))
     } else {
-        match (
-            cand_p95_ms,
-            read_latency(&m.baseline.p95_seconds, "baseline P95"),
-        ) {
-            (Some(c), Reading::Value(b_seconds)) => {
-                let b = seconds_to_ms(b_seconds);
-                let limit = b + gates.max_p95_over_baseline_ms;
-                // Round the limit like the inputs so "exactly baseline + margin" compares equal.
-                if c > (limit * 1_000.0).round() / 1_000.0 {
-                    fails.push(format!(
-                        "candidate P95 {c} ms exceeds baseline P95 {b} ms + {} ms",
-                        gates.max_p95_over_baseline_ms
-                    ));
-                }
-            }
-            (_, Reading::Missing(why)) => unknown.push(why),
-            (None, Reading::Value(_)) => {} // already reported by gate 1
-        }
+        let lower = below.map_or("0 ms".into(), |b| format!("{} ms", trim_ms(b * 1000.0)));
+        let upper = if above.is_finite() {
+            format!("{} ms", trim_ms(above * 1000.0))
+        } else {
+            "+Inf".into()
+        };
+        (
+            k_pass,
+            format!(
+                "{} to pass, {} to fail ({bound_text} is not a bucket bound: judged on the neighbouring buckets)",
+                describe(k_pass, lower),
+                describe(k_fail, upper)
+            ),
+        )
+    };
+    let (low, high) = clopper_pearson(k_shown, n, SHOWN_ALPHA);
+    TailTest {
+        finding,
+        evidence,
+        fraction: if n == 0 {
+            0.0
+        } else {
+            k_shown as f64 / n as f64
+        },
+        low,
+        high,
+        n,
     }
+}
 
-    // Gate 3: error rate, strictly below.
-    let error_rate = value(&m.candidate.error_rate);
-    match read(&m.candidate.error_rate, "candidate error rate") {
-        Reading::Value(r) if r < gates.max_error_rate => {}
-        Reading::Value(r) => fails.push(format!(
-            "candidate error rate {} is not below maxErrorRate {}",
-            percent(r),
-            percent(gates.max_error_rate)
+fn trim_ms(v: f64) -> String {
+    let r = (v * 1000.0).round() / 1000.0;
+    format!("{r}")
+}
+
+fn verdict_of(f: Finding) -> Verdict {
+    match f {
+        Finding::Below => Verdict::Pass,
+        Finding::Above => Verdict::Fail,
+        Finding::Unsure => Verdict::Inconclusive,
+    }
+}
+
+fn max_p95_gate(h: &Histogram, max_p95_ms: f64, alpha: f64) -> Judged {
+    let t = tail_test(h, max_p95_ms, Test::Sequential(alpha));
+    let verdict = verdict_of(t.finding);
+    let reason = match verdict {
+        Verdict::Pass => None,
+        Verdict::Fail => Some(format!(
+            "candidate P95 is not below maxP95Ms {} ms: {}",
+            trim_ms(max_p95_ms),
+            t.evidence
         )),
-        Reading::Missing(why) => unknown.push(why),
+        Verdict::Inconclusive => Some(format!(
+            "not yet sure the candidate P95 is below maxP95Ms {} ms: {}",
+            trim_ms(max_p95_ms),
+            t.evidence
+        )),
+    };
+    Judged {
+        verdict,
+        reason,
+        missing: false,
+        result: GateResult {
+            gate: "maxP95Ms".into(),
+            verdict,
+            evidence: t.evidence,
+            value: Some(t.fraction),
+            low: Some(t.low),
+            high: Some(t.high),
+            threshold: Some(0.05),
+            samples: Some(t.n),
+        },
     }
+}
 
-    // Gate 4: circuit breaker closed over the whole window.
-    let breaker_raw = read(&m.candidate.breaker, "candidate circuit breaker state");
-    let breaker = match &breaker_raw {
+/// "Candidate P95 ≤ baseline P95 + margin". The baseline's P95 is bounded from its own
+/// histogram (order statistics, `baseline_alpha` per side); the candidate is then tested like the
+/// absolute gate, at the lower bound + margin to pass and at the upper bound + margin to fail, its
+/// requests above a bound between buckets counted by interpolation (as `histogram_quantile`
+/// assumes).
+fn comparison_gate(
+    c: &Histogram,
+    b: &Histogram,
+    margin_ms: f64,
+    gate_alpha: f64,
+    baseline_alpha: f64,
+) -> Judged {
+    const TAIL: f64 = 0.05;
+    let (b_lo, b_hi) = b.quantile_bounds(0.95, baseline_alpha);
+    let margin = margin_ms / 1000.0;
+    let n = c.total();
+    let test = Test::Sequential(gate_alpha);
+    let count_above = |x: f64| c.above(x).round().max(0.0) as u64;
+    let pass_at = b_lo.unwrap_or(0.0) + margin;
+    let pass = test.run(count_above(pass_at), n, TAIL) == Finding::Below;
+    let fail_at = b_hi.map(|h| h + margin);
+    let fail = fail_at.is_some_and(|x| test.run(count_above(x), n, TAIL) == Finding::Above);
+    let verdict = if fail {
+        Verdict::Fail
+    } else if pass {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    let frac = |x: f64| {
+        if n == 0 {
+            0.0
+        } else {
+            count_above(x) as f64 / n as f64
+        }
+    };
+    let evidence = format!(
+        "candidate P95 {} (n = {n}; P(>{}) = {}) vs baseline P95 {} (bounds {}-{}, n = {}) + {} ms",
+        c.quantile(0.95).map_or("n/a".into(), ms),
+        ms(pass_at),
+        pct(frac(pass_at)),
+        b.quantile(0.95).map_or("n/a".into(), ms),
+        b_lo.map_or("0 ms".into(), ms),
+        b_hi.map_or("+Inf ms".into(), ms),
+        b.total(),
+        trim_ms(margin_ms)
+    );
+    let reason = match verdict {
+        Verdict::Pass => None,
+        Verdict::Fail => Some(format!(
+            "candidate P95 exceeds the baseline's by more than maxP95OverBaselineMs {} ms: {evidence}",
+            trim_ms(margin_ms)
+        )),
+        Verdict::Inconclusive => Some(format!(
+            "not yet sure the candidate P95 is within baseline + {} ms: {evidence}",
+            trim_ms(margin_ms)
+        )),
+    };
+    let to_ms = |s: Option<f64>| s.filter(|v| v.is_finite()).map(seconds_to_ms);
+    Judged {
+        verdict,
+        reason,
+        missing: false,
+        result: GateResult {
+            gate: "maxP95OverBaselineMs".into(),
+            verdict,
+            evidence,
+            value: to_ms(c.quantile(0.95)),
+            low: to_ms(b_lo),
+            high: to_ms(b_hi),
+            threshold: to_ms(b.quantile(0.95).map(|q| q + margin)),
+            samples: Some(n),
+        },
+    }
+}
+
+fn error_gate(errors: u64, n: u64, max_rate: f64, alpha: f64) -> Judged {
+    let errors = errors.min(n);
+    let verdict = verdict_of(sequential_test(errors, n, max_rate, alpha));
+    let (lo, hi) = clopper_pearson(errors, n, SHOWN_ALPHA);
+    let rate = if n == 0 {
+        0.0
+    } else {
+        errors as f64 / n as f64
+    };
+    let evidence = format!(
+        "errors {} (95 % CI {}-{}, {errors}/{n})",
+        pct(rate),
+        pct(lo),
+        pct(hi)
+    );
+    let reason = match verdict {
+        Verdict::Pass => None,
+        Verdict::Fail => Some(format!(
+            "candidate error rate is not below maxErrorRate {}: {evidence}",
+            pct(max_rate)
+        )),
+        Verdict::Inconclusive => Some(format!(
+            "not yet sure the candidate error rate is below maxErrorRate {}: {evidence}",
+            pct(max_rate)
+        )),
+    };
+    Judged {
+        verdict,
+        reason,
+        missing: false,
+        result: GateResult {
+            gate: "maxErrorRate".into(),
+            verdict,
+            evidence,
+            value: Some(rate),
+            low: Some(lo),
+            high: Some(hi),
+            threshold: Some(max_rate),
+            samples: Some(n),
+        },
+    }
+}
+
+fn breaker_gate(q: &QueryResult) -> (Judged, Option<BreakerState>) {
+    let raw = read(q, "candidate circuit breaker state");
+    let state = match &raw {
         Reading::Value(v) => breaker_state(*v),
         Reading::Missing(_) => None,
     };
+    let judged = |verdict: Verdict, reason: Option<String>, evidence: &str| Judged {
+        verdict,
+        reason,
+        missing: false,
+        result: GateResult {
+            gate: "requireBreakerClosed".into(),
+            verdict,
+            evidence: evidence.into(),
+            value: value(q),
+            low: None,
+            high: None,
+            threshold: Some(0.0),
+            samples: None,
+        },
+    };
+    let j = match (&raw, state) {
+        (_, Some(BreakerState::Closed)) => judged(Verdict::Pass, None, "closed over the window"),
+        (_, Some(BreakerState::Open)) => {
+            let why = "candidate circuit breaker was open in the window";
+            judged(Verdict::Fail, Some(why.into()), why)
+        }
+        (_, Some(BreakerState::HalfOpen)) => {
+            let why = "candidate circuit breaker was half-open in the window";
+            judged(Verdict::Fail, Some(why.into()), why)
+        }
+        (Reading::Value(v), None) => {
+            let why = format!("candidate circuit breaker state {v} is not 0, 1 or 2");
+            missing("requireBreakerClosed", why)
+        }
+        (Reading::Missing(why), None) => missing("requireBreakerClosed", why.clone()),
+    };
+    (j, state)
+}
+
+/// Evaluates the gates and the triggers of one analysis at `look`.
+pub fn evaluate(a: &AnalysisSpec, m: &MetricsSnapshot, look: &Look) -> Evaluation {
+    let gates = &a.gates;
+    let triggers = &a.rollback_triggers;
+    let lv = levels(a, look);
+    let alpha = lv.gate;
+    let mut judged: Vec<Judged> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    let cand_hist = read_histogram(
+        &m.candidate.step.latency,
+        "candidate latency buckets (step)",
+    );
+    let base_hist = read_histogram(&m.baseline.step.latency, "baseline latency buckets (step)");
+    let step_requests = read_count(&m.candidate.step.requests, "candidate requests (step)");
+    let step_n = match &step_requests {
+        Reading::Value(n) => Some(*n),
+        Reading::Missing(_) => None,
+    };
+    let base_n = match &base_hist {
+        Reading::Value(h) => Some(h.total()),
+        Reading::Missing(_) => None,
+    };
+
+    // Gate 1: absolute P95.
+    judged.push(match &cand_hist {
+        Reading::Value(h) => max_p95_gate(h, gates.max_p95_ms, alpha),
+        Reading::Missing(why) => missing("maxP95Ms", why.clone()),
+    });
+
+    // Gate 2: P95 against the baseline, inclusive; the baseline needs its own evidence.
+    if look.weight >= 100 {
+        notes.push("baseline comparison skipped: the baseline receives no traffic at 100 %".into());
+    } else {
+        judged.push(match (&cand_hist, &base_hist) {
+            (Reading::Value(c), Reading::Value(b)) => {
+                let mut j =
+                    comparison_gate(c, b, gates.max_p95_over_baseline_ms, alpha, lv.baseline);
+                if j.verdict == Verdict::Pass && b.total() < gates.min_baseline_requests {
+                    j.verdict = Verdict::Inconclusive;
+                    j.result.verdict = Verdict::Inconclusive;
+                    j.reason = Some(format!(
+                        "only {} baseline requests in this step, minBaselineRequests is {}",
+                        b.total(),
+                        gates.min_baseline_requests
+                    ));
+                }
+                j
+            }
+            (_, Reading::Missing(why)) => missing("maxP95OverBaselineMs", why.clone()),
+            (Reading::Missing(_), _) => missing(
+                "maxP95OverBaselineMs",
+                "no candidate latency buckets to compare".into(),
+            ),
+        });
+    }
+
+    // Gate 3: error rate.
+    judged.push(
+        match (
+            &step_requests,
+            read_count(&m.candidate.step.errors, "candidate errors (step)"),
+        ) {
+            (Reading::Value(n), Reading::Value(k)) => {
+                error_gate(k, *n, gates.max_error_rate, alpha)
+            }
+            (Reading::Missing(why), _) => missing("maxErrorRate", why.clone()),
+            (_, Reading::Missing(why)) => missing("maxErrorRate", why),
+        },
+    );
+
+    // Gate 4: circuit breaker closed over the window.
+    let (breaker, breaker_state) = breaker_gate(&m.candidate.breaker);
     if gates.require_breaker_closed {
-        match (&breaker_raw, breaker) {
-            (_, Some(BreakerState::Closed)) => {}
-            (_, Some(BreakerState::Open)) => {
-                fails.push("candidate circuit breaker was open in the window".into())
-            }
-            (_, Some(BreakerState::HalfOpen)) => {
-                fails.push("candidate circuit breaker was half-open in the window".into())
-            }
-            (Reading::Value(v), None) => unknown.push(format!(
-                "candidate circuit breaker state {v} is not 0, 1 or 2"
-            )),
-            (Reading::Missing(why), None) => unknown.push(why.clone()),
+        judged.push(breaker);
+    }
+
+    // Gate 5: sample size. Too few requests can never pass; a confident Fail still fails.
+    if let Some(n) = step_n {
+        if n < gates.min_requests {
+            let why = format!(
+                "only {n} candidate requests in this step, minRequests is {}",
+                gates.min_requests
+            );
+            judged.push(Judged {
+                verdict: Verdict::Inconclusive,
+                reason: Some(why.clone()),
+                missing: false,
+                result: GateResult {
+                    gate: "minRequests".into(),
+                    verdict: Verdict::Inconclusive,
+                    evidence: why,
+                    value: Some(n as f64),
+                    low: None,
+                    high: None,
+                    threshold: Some(gates.min_requests as f64),
+                    samples: Some(n),
+                },
+            });
         }
     }
 
-    // Gate 5: sample size. Too few requests can never pass, but a failing gate still fails:
-    // a rollback is cheap and safe, a promotion on a handful of requests is not.
-    let requests = value(&m.candidate.requests);
-    let enough_requests = match read(&m.candidate.requests, "candidate request count") {
-        Reading::Value(n) if n >= gates.min_requests as f64 => true,
-        Reading::Value(n) => {
-            unknown.push(format!(
-                "only {} candidate requests in the window, minRequests is {}",
-                n.round(),
-                gates.min_requests
-            ));
-            false
-        }
-        Reading::Missing(why) => {
-            unknown.push(why);
-            false
-        }
-    };
+    // The latency gates count the embedder's histogram unless told otherwise.
+    let q = &a.queries;
+    if q.p95.is_some() && q.latency_buckets.is_none() {
+        notes.push(
+            "queries.p95 is overridden but queries.latencyBuckets is not: the latency gates count embedding_request_duration_seconds_bucket".into(),
+        );
+    }
+    if q.error_rate.is_some() && q.errors.is_none() {
+        notes.push(
+            "queries.errorRate is overridden but queries.errors is not: the error gate counts embedding_errors_total".into(),
+        );
+    }
 
-    // Hard triggers. They act at once, so they need a real sample: a single failed request out
-    // of three must not roll back instantly (the failureLimit path still catches it).
-    let error_rate_trigger = match error_rate {
-        Some(r) if enough_requests && r > triggers.error_rate => Some(format!(
-            "candidate error rate {} is above the rollback trigger {}",
-            percent(r),
-            percent(triggers.error_rate)
-        )),
+    // Hard triggers, on the recent window, at ten times the evidence.
+    let window_hist = read_histogram(&m.candidate.window.latency, "candidate latency buckets");
+    let (p95_above_trigger, p95_trigger_evidence) = match &window_hist {
+        Reading::Value(h) => {
+            let t = tail_test(h, triggers.p95_ms, Test::Fixed(lv.trigger));
+            let above = match t.finding {
+                Finding::Above => Some(true),
+                Finding::Below => Some(false),
+                Finding::Unsure => None,
+            };
+            (above, Some(t.evidence))
+        }
+        Reading::Missing(_) => (None, None),
+    };
+    let error_rate_trigger = match (
+        read_count(&m.candidate.window.errors, "errors"),
+        read_count(&m.candidate.window.requests, "requests"),
+    ) {
+        (Reading::Value(k), Reading::Value(n))
+            if binomial_test(k.min(n), n, triggers.error_rate, lv.trigger) == Finding::Above =>
+        {
+            let (lo, hi) = clopper_pearson(k.min(n), n, SHOWN_ALPHA);
+            Some(format!(
+                "candidate error rate {} (95 % CI {}-{}, {}/{n} in the last {}) is above the rollback trigger {}",
+                pct(k.min(n) as f64 / n as f64),
+                pct(lo),
+                pct(hi),
+                k.min(n),
+                a.window,
+                pct(triggers.error_rate)
+            ))
+        }
         _ => None,
     };
-    let p95_above_trigger = match cand_p95_ms {
-        Some(ms) if enough_requests => Some(ms > triggers.p95_ms),
-        _ => None,
-    };
 
-    let verdict = if !fails.is_empty() {
+    let verdict = if judged.iter().any(|j| j.verdict == Verdict::Fail) {
         Verdict::Fail
-    } else if !unknown.is_empty() {
+    } else if judged.iter().any(|j| j.verdict == Verdict::Inconclusive) {
         Verdict::Inconclusive
     } else {
         Verdict::Pass
     };
-    let mut reasons = fails;
-    reasons.extend(unknown);
+    let missing_data = verdict == Verdict::Inconclusive && judged.iter().any(|j| j.missing);
+    // Failing gates first, then the undecided ones, then notes.
+    let mut reasons: Vec<String> = judged
+        .iter()
+        .filter(|j| j.verdict == Verdict::Fail)
+        .filter_map(|j| j.reason.clone())
+        .collect();
+    reasons.extend(
+        judged
+            .iter()
+            .filter(|j| j.verdict == Verdict::Inconclusive)
+            .filter_map(|j| j.reason.clone()),
+    );
     reasons.extend(notes);
+
+    let cand_p95_ms = match &m.candidate.p95_seconds {
+        Ok(Some(v)) if v.is_finite() => Some(seconds_to_ms(*v)),
+        _ => None,
+    };
     Evaluation {
         verdict,
         reasons,
-        // Status holds only finite numbers (JSON has no +Inf); the reasons carry the +Inf.
-        candidate_p95_ms: cand_p95_ms.filter(|v| v.is_finite()),
-        baseline_p95_ms: base_p95_ms,
-        error_rate,
+        missing_data,
+        gates: judged.into_iter().map(|j| j.result).collect(),
+        candidate_p95_ms: cand_p95_ms,
+        baseline_p95_ms: value(&m.baseline.p95_seconds).map(seconds_to_ms),
+        error_rate: value(&m.candidate.error_rate),
         baseline_error_rate: value(&m.baseline.error_rate),
-        breaker_state: breaker,
-        request_count: requests,
+        breaker_state,
+        request_count: value(&m.candidate.window.requests),
+        step_requests: step_n,
+        baseline_step_requests: base_n,
         error_rate_trigger,
         p95_above_trigger,
+        p95_trigger_evidence,
     }
-}
-
-fn percent(r: f64) -> String {
-    format!("{}%", (r * 100_000.0).round() / 1_000.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::{Gates, QueryOverrides};
+
+    /// The embedder's latency buckets, ms.
+    const BUCKETS_MS: [f64; 22] = [
+        1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, 75.0,
+        100.0, 150.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    ];
+
+    /// Counts of requests at the given latencies (ms, with multiplicity), errors among them.
+    fn counts(latencies: &[(f64, u64)], errors: u64) -> Counts {
+        let mut buckets: Vec<(f64, f64)> = BUCKETS_MS
+            .iter()
+            .map(|le| {
+                let c: u64 = latencies
+                    .iter()
+                    .filter(|(l, _)| l <= le)
+                    .map(|(_, n)| n)
+                    .sum();
+                (le / 1000.0, c as f64)
+            })
+            .collect();
+        let total: u64 = latencies.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::INFINITY, total as f64));
+        Counts {
+            latency: Ok(Some(buckets)),
+            requests: Ok(Some(total as f64)),
+            errors: Ok(Some(errors as f64)),
+        }
+    }
+
+    /// A spread of latencies around `center` ms (±4 ms), `n` requests in all.
+    fn spread(center: f64, n: u64) -> Vec<(f64, u64)> {
+        let offsets = [-4.0, -2.0, -1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 4.0];
+        offsets
+            .iter()
+            .map(|o| (center + o, n / offsets.len() as u64))
+            .collect()
+    }
+
+    fn service(step: Counts, window: Counts, p95: f64) -> ServiceMetrics {
+        ServiceMetrics {
+            p95_seconds: Ok(Some(p95)),
+            error_rate: Ok(Some(0.0)),
+            breaker: Ok(Some(0.0)),
+            window,
+            step,
+        }
+    }
+
+    fn snapshot(cand: Counts, base: Counts) -> MetricsSnapshot {
+        MetricsSnapshot {
+            candidate: service(cand.clone(), cand, 0.02),
+            baseline: service(base.clone(), base, 0.03),
+        }
+    }
 
     fn healthy() -> MetricsSnapshot {
-        MetricsSnapshot {
-            candidate: ServiceMetrics {
-                p95_seconds: Ok(Some(0.020)),
-                error_rate: Ok(Some(0.0)),
-                requests: Ok(Some(1000.0)),
-                breaker: Ok(Some(0.0)),
-            },
-            baseline: ServiceMetrics {
-                p95_seconds: Ok(Some(0.030)),
-                error_rate: Ok(Some(0.0)),
-                requests: Ok(Some(99_000.0)),
-                breaker: Ok(Some(0.0)),
-            },
+        snapshot(
+            counts(&spread(20.0, 5000), 0),
+            counts(&spread(26.0, 50_000), 0),
+        )
+    }
+
+    fn look(weight: u8) -> Look {
+        Look {
+            weight,
+            index: 1,
+            steps: 4,
         }
     }
 
     fn eval(m: &MetricsSnapshot) -> Evaluation {
-        evaluate(&Gates::default(), &RollbackTriggers::default(), m, 10)
+        evaluate(&AnalysisSpec::default(), m, &look(10))
+    }
+
+    fn gate<'a>(e: &'a Evaluation, name: &str) -> &'a GateResult {
+        e.gates.iter().find(|g| g.gate == name).unwrap()
     }
 
     #[test]
-    fn infinite_p95_fails_and_fires_the_trigger_but_is_not_stored() {
-        // Every request slower than the top bucket: histogram_quantile answers +Inf.
-        let mut m = healthy();
-        m.candidate.p95_seconds = Ok(Some(f64::INFINITY));
-        let e = eval(&m);
-        assert_eq!(e.verdict, Verdict::Fail);
-        assert_eq!(e.p95_above_trigger, Some(true));
-        assert_eq!(e.candidate_p95_ms, None);
+    fn healthy_candidate_passes_every_gate_with_its_evidence() {
+        let e = eval(&healthy());
+        assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
+        assert!(e.reasons.is_empty(), "{:?}", e.reasons);
+        let g = gate(&e, "maxP95Ms");
+        assert_eq!(g.samples, Some(5000));
         assert!(
-            e.reasons.iter().any(|r| r.contains("inf ms")),
+            g.evidence.starts_with("P(>35 ms) = 0 % (95 % CI 0 %-"),
+            "{}",
+            g.evidence
+        );
+        assert!(g.evidence.ends_with("n = 5000)"), "{}", g.evidence);
+        assert_eq!(e.step_requests, Some(5000));
+        assert_eq!(e.baseline_step_requests, Some(50_000));
+        assert_eq!(e.p95_above_trigger, Some(false));
+        assert_eq!(e.error_rate_trigger, None);
+        assert!(!e.missing_data);
+    }
+
+    #[test]
+    fn one_slow_request_out_of_five_is_not_a_failure() {
+        // The old judge failed this: a point P95 of 5 requests is the slowest one.
+        let m = snapshot(
+            counts(&[(20.0, 4), (80.0, 1)], 0),
+            counts(&spread(26.0, 5000), 0),
+        );
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Inconclusive, "{:?}", e.reasons);
+        assert_eq!(gate(&e, "maxP95Ms").verdict, Verdict::Inconclusive);
+        assert_eq!(e.p95_above_trigger, None);
+        assert!(!e.missing_data);
+    }
+
+    #[test]
+    fn a_clearly_slow_candidate_fails_on_few_requests() {
+        let m = snapshot(counts(&[(80.0, 8)], 0), counts(&spread(26.0, 5000), 0));
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Fail, "{:?}", e.reasons);
+        assert_eq!(gate(&e, "maxP95Ms").verdict, Verdict::Fail);
+        assert_eq!(gate(&e, "maxP95OverBaselineMs").verdict, Verdict::Fail);
+        assert!(e.reasons[0]
+            .starts_with("candidate P95 is not below maxP95Ms 35 ms: P(>35 ms) = 100 %"));
+        // Too few requests to pass is still said.
+        assert!(e
+            .reasons
+            .iter()
+            .any(|r| r.contains("only 8 candidate requests")));
+    }
+
+    #[test]
+    fn evidence_decides_between_inconclusive_and_pass() {
+        // No slow request at all: 0.95^n must be below the look's level (~3e-4 at look 1).
+        let at = |n: u64| {
+            let mut a = AnalysisSpec::default();
+            a.gates.min_requests = 0;
+            let m = snapshot(
+                counts(&spread(20.0, n), 0),
+                counts(&spread(20.0, 50_000), 0),
+            );
+            let e = evaluate(&a, &m, &look(10));
+            gate(&e, "maxP95Ms").verdict
+        };
+        assert_eq!(at(100), Verdict::Inconclusive);
+        assert_eq!(at(200), Verdict::Pass);
+        // The gates' tests are sequential: a later look of the same evidence says the same.
+        let mut a = AnalysisSpec::default();
+        a.gates.min_requests = 0;
+        let m = snapshot(
+            counts(&spread(20.0, 200), 0),
+            counts(&spread(20.0, 50_000), 0),
+        );
+        let late = evaluate(
+            &a,
+            &m,
+            &Look {
+                index: 500,
+                ..look(10)
+            },
+        );
+        assert_eq!(gate(&late, "maxP95Ms").verdict, Verdict::Pass);
+        // More steps share the budget: each test asks for more.
+        let many = evaluate(
+            &a,
+            &m,
+            &Look {
+                steps: 20,
+                ..look(10)
+            },
+        );
+        assert_eq!(gate(&many, "maxP95Ms").verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn min_requests_blocks_a_pass_only() {
+        let mut a = AnalysisSpec::default();
+        a.gates.min_requests = 10_000;
+        let e = evaluate(&a, &healthy(), &look(10));
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            e.reasons,
+            ["only 5000 candidate requests in this step, minRequests is 10000"]
+        );
+        a.gates.min_requests = 5000;
+        assert_eq!(evaluate(&a, &healthy(), &look(10)).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_bound_between_buckets_is_judged_on_its_neighbours() {
+        let mut a = AnalysisSpec::default();
+        a.gates.max_p95_ms = 37.0;
+        // 10 % of the requests at 38 ms: above 35 and 37, below 40.
+        let m = snapshot(
+            counts(&[(20.0, 900), (38.0, 100)], 0),
+            counts(&spread(36.0, 50_000), 0),
+        );
+        let e = evaluate(&a, &m, &look(10));
+        let g = gate(&e, "maxP95Ms");
+        // Above the 35 ms bucket: cannot pass; above the 40 ms bucket: nothing, cannot fail.
+        assert_eq!(g.verdict, Verdict::Inconclusive);
+        assert!(
+            g.evidence
+                .contains("37 ms is not a bucket bound: judged on the neighbouring buckets"),
+            "{}",
+            g.evidence
+        );
+        assert!(g.evidence.starts_with("P(>35 ms) = 10 %"), "{}", g.evidence);
+        assert!(g.evidence.contains("P(>40 ms) = 0 %"), "{}", g.evidence);
+    }
+
+    #[test]
+    fn exactly_at_the_threshold_is_never_a_confident_pass() {
+        // 5 % of requests above 35 ms: the gate says strictly fewer.
+        let m = snapshot(
+            counts(&[(20.0, 95_000), (38.0, 5000)], 0),
+            counts(&spread(36.0, 100_000), 0),
+        );
+        assert_ne!(gate(&eval(&m), "maxP95Ms").verdict, Verdict::Pass);
+        let m = snapshot(
+            counts(&[(20.0, 90_000), (38.0, 10_000)], 0),
+            counts(&spread(36.0, 100_000), 0),
+        );
+        assert_eq!(gate(&eval(&m), "maxP95Ms").verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn comparison_gate_compares_bounds_of_both_p95s() {
+        let base = counts(&spread(26.0, 50_000), 0);
+        // Same distribution: within + 5 ms.
+        let same = snapshot(counts(&spread(26.0, 5000), 0), base.clone());
+        let e = eval(&same);
+        let g = gate(&e, "maxP95OverBaselineMs");
+        assert_eq!(g.verdict, Verdict::Pass, "{}", g.evidence);
+        assert!(g.evidence.starts_with("candidate P95 "), "{}", g.evidence);
+        assert!(
+            g.evidence
+                .contains("(n = 5000; P(>34.6 ms) = 0 %) vs baseline P95 29.6 ms"),
+            "{}",
+            g.evidence
+        );
+        // + 10 ms: out.
+        let slower = snapshot(counts(&spread(36.0, 5000), 0), base.clone());
+        let g = gate(&eval(&slower), "maxP95OverBaselineMs").clone();
+        assert_eq!(g.verdict, Verdict::Fail, "{}", g.evidence);
+        // A handful of baseline requests: cannot pass.
+        let thin = snapshot(counts(&spread(26.0, 5000), 0), counts(&spread(26.0, 50), 0));
+        let e = eval(&thin);
+        assert_eq!(
+            gate(&e, "maxP95OverBaselineMs").verdict,
+            Verdict::Inconclusive
+        );
+        assert!(
+            e.reasons.iter().any(|r| r
+                .contains("only 50 baseline requests in this step, minBaselineRequests is 100")
+                || r.contains("not yet sure the candidate P95 is within baseline")),
             "{:?}",
             e.reasons
         );
     }
 
     #[test]
-    fn infinite_baseline_p95_does_not_panic_or_fail_the_candidate() {
-        let mut m = healthy();
-        m.baseline.p95_seconds = Ok(Some(f64::INFINITY));
-        let e = eval(&m);
+    fn comparison_is_skipped_at_full_weight() {
+        let m = snapshot(counts(&spread(20.0, 5000), 0), Counts::no_data());
+        let e = evaluate(&AnalysisSpec::default(), &m, &look(100));
         assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
-        assert_eq!(e.baseline_p95_ms, None);
-    }
-
-    fn with(f: impl FnOnce(&mut MetricsSnapshot)) -> MetricsSnapshot {
-        let mut m = healthy();
-        f(&mut m);
-        m
+        assert!(e.reasons[0].contains("comparison skipped"));
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert!(e.missing_data);
     }
 
     #[test]
-    fn healthy_candidate_passes_without_reasons() {
-        let e = eval(&healthy());
-        assert_eq!(e.verdict, Verdict::Pass);
-        assert!(e.reasons.is_empty(), "{:?}", e.reasons);
-        assert_eq!(e.candidate_p95_ms, Some(20.0));
-        assert_eq!(e.baseline_p95_ms, Some(30.0));
-        assert_eq!(e.breaker_state, Some(BreakerState::Closed));
-        assert_eq!(e.request_count, Some(1000.0));
-        assert_eq!(e.error_rate_trigger, None);
-        assert_eq!(e.p95_above_trigger, Some(false));
-    }
-
-    /// Every gate at, just below and just above its threshold. Baseline P95 is 40 ms here so
-    /// the comparison gate does not interfere with the absolute one.
-    #[test]
-    fn gates_exactly_at_their_thresholds() {
-        struct Case {
-            name: &'static str,
-            set: fn(&mut MetricsSnapshot),
-            verdict: Verdict,
-        }
-        let cases = [
-            Case {
-                name: "p95 34.999 ms",
-                set: |m| m.candidate.p95_seconds = Ok(Some(0.034999)),
-                verdict: Verdict::Pass,
-            },
-            Case {
-                name: "p95 = 35 ms fails (strictly below)",
-                set: |m| m.candidate.p95_seconds = Ok(Some(0.035)),
-                verdict: Verdict::Fail,
-            },
-            Case {
-                name: "p95 35.001 ms",
-                set: |m| m.candidate.p95_seconds = Ok(Some(0.035001)),
-                verdict: Verdict::Fail,
-            },
-            Case {
-                name: "error rate just below 0.5 %",
-                set: |m| m.candidate.error_rate = Ok(Some(0.004999)),
-                verdict: Verdict::Pass,
-            },
-            Case {
-                name: "error rate = 0.5 % fails (strictly below)",
-                set: |m| m.candidate.error_rate = Ok(Some(0.005)),
-                verdict: Verdict::Fail,
-            },
-            Case {
-                name: "requests = minRequests is enough",
-                set: |m| m.candidate.requests = Ok(Some(100.0)),
-                verdict: Verdict::Pass,
-            },
-            Case {
-                name: "requests one short",
-                set: |m| m.candidate.requests = Ok(Some(99.0)),
-                verdict: Verdict::Inconclusive,
-            },
-            Case {
-                name: "breaker open",
-                set: |m| m.candidate.breaker = Ok(Some(1.0)),
-                verdict: Verdict::Fail,
-            },
-            Case {
-                name: "breaker half-open",
-                set: |m| m.candidate.breaker = Ok(Some(2.0)),
-                verdict: Verdict::Fail,
-            },
-            Case {
-                name: "breaker garbage",
-                set: |m| m.candidate.breaker = Ok(Some(7.0)),
-                verdict: Verdict::Inconclusive,
-            },
-        ];
-        for c in cases {
+    fn error_gate_is_an_exact_binomial_test() {
+        let with_errors = |errors: u64| {
             let mut m = healthy();
-            m.baseline.p95_seconds = Ok(Some(0.040));
-            (c.set)(&mut m);
-            assert_eq!(eval(&m).verdict, c.verdict, "{}", c.name);
-        }
-    }
-
-    #[test]
-    fn comparison_gate_is_inclusive() {
-        // baseline 25 ms + 5 ms margin: 30 ms passes, 30.001 ms fails.
-        let at = with(|m| {
-            m.baseline.p95_seconds = Ok(Some(0.025));
-            m.candidate.p95_seconds = Ok(Some(0.030));
-        });
-        assert_eq!(eval(&at).verdict, Verdict::Pass);
-        let above = with(|m| {
-            m.baseline.p95_seconds = Ok(Some(0.025));
-            m.candidate.p95_seconds = Ok(Some(0.030001));
-        });
-        let e = eval(&above);
-        assert_eq!(e.verdict, Verdict::Fail);
-        assert_eq!(
-            e.reasons,
-            ["candidate P95 30.001 ms exceeds baseline P95 25 ms + 5 ms"]
+            m.candidate.step.errors = Ok(Some(errors as f64));
+            m.candidate.window.errors = Ok(Some(errors as f64));
+            eval(&m)
+        };
+        assert_eq!(gate(&with_errors(0), "maxErrorRate").verdict, Verdict::Pass);
+        // 0.4 % of 5000: not sure either way.
+        let e = with_errors(20);
+        assert_eq!(gate(&e, "maxErrorRate").verdict, Verdict::Inconclusive);
+        assert!(
+            e.reasons[0].starts_with(
+                "not yet sure the candidate error rate is below maxErrorRate 0.5 %: errors 0.4 % (95 % CI "
+            ),
+            "{:?}",
+            e.reasons
+        );
+        // 1.2 %: a Fail for the gate, not yet strong enough for the 1 % trigger.
+        let e = with_errors(60);
+        assert_eq!(gate(&e, "maxErrorRate").verdict, Verdict::Fail);
+        assert_eq!(e.error_rate_trigger, None);
+        let e = with_errors(250);
+        let trigger = e.error_rate_trigger.unwrap();
+        assert!(
+            trigger.starts_with("candidate error rate 5 % (95 % CI "),
+            "{trigger}"
+        );
+        assert!(
+            trigger.ends_with("250/5000 in the last 5m) is above the rollback trigger 1 %"),
+            "{trigger}"
         );
     }
 
     #[test]
-    fn comparison_gate_needs_baseline_data_below_100_percent() {
-        let m = with(|m| m.baseline.p95_seconds = Ok(Some(f64::NAN)));
+    fn one_error_in_three_requests_never_triggers_a_rollback() {
+        let mut m = healthy();
+        m.candidate.window = counts(&[(20.0, 3)], 1);
         let e = eval(&m);
-        assert_eq!(e.verdict, Verdict::Inconclusive);
-        assert_eq!(e.reasons, ["baseline P95 is NaN (no samples)"]);
-        let at_full = evaluate(&Gates::default(), &RollbackTriggers::default(), &m, 100);
-        assert_eq!(at_full.verdict, Verdict::Pass);
-        assert!(at_full.reasons[0].contains("comparison skipped"));
+        assert_eq!(e.error_rate_trigger, None);
+        // Three out of three does.
+        m.candidate.window = counts(&[(20.0, 3)], 3);
+        assert!(eval(&m).error_rate_trigger.is_some());
     }
 
     #[test]
-    fn nan_empty_and_errors_are_inconclusive_with_reasons() {
-        let nan = with(|m| m.candidate.p95_seconds = Ok(Some(f64::NAN)));
-        let e = eval(&nan);
+    fn p95_trigger_needs_strong_evidence_both_ways() {
+        let mut m = healthy();
+        m.candidate.window = counts(&[(80.0, 20)], 0);
+        let e = eval(&m);
+        assert_eq!(e.p95_above_trigger, Some(true));
+        assert!(e
+            .p95_trigger_evidence
+            .unwrap()
+            .starts_with("P(>50 ms) = 100 %"));
+        m.candidate.window = counts(&[(80.0, 1), (20.0, 2)], 0);
+        assert_eq!(eval(&m).p95_above_trigger, None);
+        // All requests slower than the top bucket: +Inf fails, does not look like missing data.
+        m.candidate.window = counts(&[(9000.0, 20)], 0);
+        assert_eq!(eval(&m).p95_above_trigger, Some(true));
+    }
+
+    #[test]
+    fn missing_data_is_inconclusive_with_reasons() {
+        let down = MetricsSnapshot {
+            candidate: ServiceMetrics::failed("connection refused"),
+            baseline: ServiceMetrics::failed("connection refused"),
+        };
+        let e = eval(&down);
         assert_eq!(e.verdict, Verdict::Inconclusive);
-        assert_eq!(e.candidate_p95_ms, None);
-        assert_eq!(e.reasons, ["candidate P95 is NaN (no samples)"]);
+        assert!(e.missing_data);
+        assert!(e.reasons[0].starts_with(
+            "Prometheus query for candidate latency buckets (step) failed: connection refused"
+        ));
+        assert_eq!(e.p95_above_trigger, None);
+        assert_eq!(e.error_rate_trigger, None);
 
         let empty = MetricsSnapshot {
             candidate: ServiceMetrics::no_data(),
@@ -457,90 +1108,61 @@ mod tests {
         };
         let e = eval(&empty);
         assert_eq!(e.verdict, Verdict::Inconclusive);
-        assert!(e.reasons.contains(&"no data for candidate P95".to_string()));
+        assert!(e.missing_data);
         assert!(e
             .reasons
-            .contains(&"no data for candidate request count".to_string()));
+            .contains(&"no data for candidate latency buckets (step)".to_string()));
 
-        let down = MetricsSnapshot {
-            candidate: ServiceMetrics::failed("connection refused"),
-            baseline: ServiceMetrics::failed("connection refused"),
-        };
-        let e = eval(&down);
-        assert_eq!(e.verdict, Verdict::Inconclusive);
-        assert!(e.reasons[0]
-            .starts_with("Prometheus query for candidate P95 failed: connection refused"));
-        assert_eq!(e.p95_above_trigger, None);
-        assert_eq!(e.error_rate_trigger, None);
-
-        let inf = with(|m| m.candidate.error_rate = Ok(Some(f64::INFINITY)));
-        assert_eq!(eval(&inf).verdict, Verdict::Inconclusive);
+        let mut broken = healthy();
+        broken.candidate.step.latency = Ok(Some(vec![(0.01, 5.0)]));
+        let e = eval(&broken);
+        assert!(e
+            .reasons
+            .iter()
+            .any(|r| r == "candidate latency buckets (step) is not a histogram: no +Inf bucket"));
     }
 
     #[test]
     fn a_failing_gate_beats_missing_data() {
-        let m = with(|m| {
-            m.candidate.p95_seconds = Ok(Some(0.080));
-            m.candidate.requests = Ok(Some(3.0));
-        });
+        let mut m = snapshot(counts(&[(80.0, 100)], 0), counts(&spread(26.0, 5000), 0));
+        m.candidate.breaker = Ok(None);
         let e = eval(&m);
         assert_eq!(e.verdict, Verdict::Fail);
-        // Fails come first, then unknowns.
+        assert!(!e.missing_data);
         assert!(e.reasons[0].contains("not below maxP95Ms"));
-        assert!(e
-            .reasons
-            .iter()
-            .any(|r| r.contains("only 3 candidate requests")));
     }
 
     #[test]
-    fn breaker_gate_can_be_disabled() {
-        let gates = Gates {
-            require_breaker_closed: false,
-            ..Gates::default()
-        };
-        let m = with(|m| m.candidate.breaker = Ok(None));
-        assert_eq!(
-            evaluate(&gates, &RollbackTriggers::default(), &m, 10).verdict,
-            Verdict::Pass
-        );
+    fn breaker_gate() {
+        let mut m = healthy();
+        m.candidate.breaker = Ok(Some(1.0));
+        assert_eq!(eval(&m).verdict, Verdict::Fail);
+        m.candidate.breaker = Ok(Some(2.0));
+        assert!(eval(&m).reasons[0].contains("half-open"));
+        m.candidate.breaker = Ok(Some(7.0));
         assert_eq!(eval(&m).verdict, Verdict::Inconclusive);
-    }
-
-    #[test]
-    fn triggers_strictly_above_and_only_with_enough_requests() {
-        let t = |p95: f64, err: f64, req: f64| {
-            let m = with(|m| {
-                m.candidate.p95_seconds = Ok(Some(p95));
-                m.candidate.error_rate = Ok(Some(err));
-                m.candidate.requests = Ok(Some(req));
-            });
-            let e = eval(&m);
-            (e.p95_above_trigger, e.error_rate_trigger.is_some())
+        let a = AnalysisSpec {
+            gates: Gates {
+                require_breaker_closed: false,
+                ..Gates::default()
+            },
+            ..AnalysisSpec::default()
         };
-        assert_eq!(
-            t(0.050, 0.01, 1000.0),
-            (Some(false), false),
-            "at the trigger is not above"
-        );
-        assert_eq!(t(0.050001, 0.010001, 1000.0), (Some(true), true));
-        assert_eq!(
-            t(0.200, 0.5, 10.0),
-            (None, false),
-            "too few requests to act at once"
-        );
+        m.candidate.breaker = Ok(None);
+        assert_eq!(evaluate(&a, &m, &look(10)).verdict, Verdict::Pass);
     }
 
     #[test]
-    fn error_rate_trigger_message_is_readable() {
-        let m = with(|m| m.candidate.error_rate = Ok(Some(0.05)));
-        let e = eval(&m);
-        assert_eq!(
-            e.error_rate_trigger.as_deref(),
-            Some("candidate error rate 5% is above the rollback trigger 1%")
-        );
-        assert!(e
-            .reasons
-            .contains(&"candidate error rate 5% is not below maxErrorRate 0.5%".to_string()));
+    fn overridden_quantile_without_buckets_is_pointed_out() {
+        let a = AnalysisSpec {
+            queries: QueryOverrides {
+                p95: Some("histogram_quantile(0.95, x)".into()),
+                ..Default::default()
+            },
+            ..AnalysisSpec::default()
+        };
+        let e = evaluate(&a, &healthy(), &look(10));
+        assert_eq!(e.verdict, Verdict::Pass);
+        assert!(e.reasons[0].contains("queries.latencyBuckets is not"));
     }
 }

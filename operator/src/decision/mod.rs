@@ -8,6 +8,7 @@
 
 pub mod analysis;
 mod command;
+pub mod stats;
 mod timing;
 
 #[cfg(test)]
@@ -21,7 +22,7 @@ use crate::crd::{
     AnalysisRecord, EmbeddingRolloutSpec, EmbeddingRolloutStatus, NoDataPolicy, Phase,
     RollbackStatus, RolloutCondition, Verdict, HISTORY_LIMIT,
 };
-pub use analysis::{MetricsSnapshot, QueryResult, ServiceMetrics};
+pub use analysis::{BucketsResult, Counts, Look, MetricsSnapshot, QueryResult, ServiceMetrics};
 pub use command::Command;
 use timing::{elapsed, Timing};
 
@@ -147,6 +148,14 @@ pub fn analysis_due(
         return false;
     };
     in_analysed_phase(status) && due(&t, status, now)
+}
+
+/// The range the gates' evidence covers when an analysis runs now: everything since the current
+/// step's weight was applied (whole seconds, at least one). `None` when no step is running.
+pub fn evidence_range(status: &EmbeddingRolloutStatus, now: DateTime<Utc>) -> Option<Duration> {
+    let started = status.step_started_at?;
+    let e = elapsed(started, now)?;
+    Some(Duration::from_secs(e.as_secs().max(1)))
 }
 
 fn in_analysed_phase(status: &EmbeddingRolloutStatus) -> bool {
@@ -530,6 +539,7 @@ impl Reconciler<'_> {
         st.current_step = 0;
         st.current_weight = 0;
         st.step_started_at = None;
+        st.step_analyses = 0;
         st.waiting_since = Some(self.now);
         st.last_analysis = None;
         st.consecutive_failures = 0;
@@ -637,6 +647,7 @@ impl Reconciler<'_> {
         if self.candidate_ready(replicas) {
             self.st.current_weight = target;
             self.st.step_started_at = Some(self.now);
+            self.st.step_analyses = 0;
             self.st.waiting_since = None;
             self.ensure_canary_weight(target);
             let msg = format!(
@@ -741,6 +752,36 @@ impl Reconciler<'_> {
                 .as_ref()
                 .is_some_and(|a| a.verdict == Verdict::Pass && a.time >= started);
         if !passed {
+            let waited = in_step.saturating_sub(duration);
+            if waited >= t.evidence_timeout
+                && self
+                    .st
+                    .last_analysis
+                    .as_ref()
+                    .is_some_and(|a| a.verdict == Verdict::Inconclusive && a.time >= started)
+            {
+                let reason = format!(
+                    "step {}/{}: no conclusive evidence {} after its duration (evidenceTimeout)",
+                    step + 1,
+                    self.spec.steps.len(),
+                    crate::duration::format(t.evidence_timeout)
+                );
+                if self.spec.analysis.no_data_policy == NoDataPolicy::Fail {
+                    let first = self.st.first_failure_at.or(Some(self.now));
+                    self.start_rollback(reason, first);
+                    return;
+                }
+                let msg = format!(
+                    "{reason}; noDataPolicy Hold: holding at {}%",
+                    self.st.current_weight
+                );
+                if self.st.message.as_deref() != Some(msg.as_str()) {
+                    self.warn("EvidenceTimeout", &msg);
+                }
+                self.st.message = Some(msg);
+                self.requeue_for_analysis(t);
+                return;
+            }
             let why = match &self.st.last_analysis {
                 Some(a) if a.time >= started => format!(
                     "latest analysis is {}: {}",
@@ -796,7 +837,13 @@ impl Reconciler<'_> {
             return false;
         };
         let a = &self.spec.analysis;
-        let e = analysis::evaluate(&a.gates, &a.rollback_triggers, m, self.st.current_weight);
+        self.st.step_analyses = self.st.step_analyses.saturating_add(1);
+        let look = analysis::Look {
+            weight: self.st.current_weight,
+            index: self.st.step_analyses,
+            steps: self.spec.steps.len(),
+        };
+        let e = analysis::evaluate(a, m, &look);
         let record = AnalysisRecord {
             time: self.now,
             step: self.st.current_step,
@@ -807,6 +854,10 @@ impl Reconciler<'_> {
             baseline_error_rate: e.baseline_error_rate,
             breaker_state: e.breaker_state,
             request_count: e.request_count,
+            step_requests: e.step_requests,
+            baseline_step_requests: e.baseline_step_requests,
+            look: Some(look.index),
+            gates: e.gates.clone(),
             verdict: e.verdict,
             reasons: e.reasons.clone(),
         };
@@ -819,7 +870,9 @@ impl Reconciler<'_> {
         let counts_as_failure = match e.verdict {
             Verdict::Pass => false,
             Verdict::Fail => true,
-            Verdict::Inconclusive => a.no_data_policy == NoDataPolicy::Fail,
+            // Missing data is what noDataPolicy is about; too little evidence only waits (up
+            // to evidenceTimeout past the step's duration, see `canary`).
+            Verdict::Inconclusive => e.missing_data && a.no_data_policy == NoDataPolicy::Fail,
         };
         if counts_as_failure {
             self.st.consecutive_failures += 1;
@@ -850,10 +903,12 @@ impl Reconciler<'_> {
                 let since = *self.st.p95_breach_since.get_or_insert(self.now);
                 if elapsed(since, self.now).is_some_and(|d| d >= t.p95_sustained_for) {
                     let reason = format!(
-                        "candidate P95 {} ms above the rollback trigger {} ms for {}",
-                        e.candidate_p95_ms.unwrap_or_default(),
+                        "candidate P95 above the rollback trigger {} ms for {}: {}",
                         a.rollback_triggers.p95_ms,
-                        crate::duration::format(t.p95_sustained_for)
+                        crate::duration::format(t.p95_sustained_for),
+                        e.p95_trigger_evidence
+                            .as_deref()
+                            .unwrap_or("no evidence recorded")
                     );
                     let first = self.st.first_failure_at.or(Some(since));
                     self.start_rollback(reason, first);

@@ -94,18 +94,41 @@ fn obs() -> Observed {
     }
 }
 
+/// The embedder's latency buckets, seconds.
+const BUCKETS: [f64; 22] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Counts of `req` requests that all took `latency` seconds, `err` of them failed.
+fn counts_at(latency: f64, err: f64, req: f64) -> Counts {
+    let mut latency_buckets: Vec<(f64, f64)> = BUCKETS
+        .iter()
+        .map(|le| (*le, if latency <= *le { req } else { 0.0 }))
+        .collect();
+    latency_buckets.push((f64::INFINITY, req));
+    Counts {
+        latency: Ok(Some(latency_buckets)),
+        requests: Ok(Some(req)),
+        errors: Ok(Some((err * req).round())),
+    }
+}
+
+/// A service whose `req` requests (in the step and in the window alike) all took `p95`
+/// seconds, with error rate `err`.
 fn sm(p95: f64, err: f64, req: f64, breaker: f64) -> ServiceMetrics {
     ServiceMetrics {
         p95_seconds: Ok(Some(p95)),
         error_rate: Ok(Some(err)),
-        requests: Ok(Some(req)),
         breaker: Ok(Some(breaker)),
+        window: counts_at(p95, err, req),
+        step: counts_at(p95, err, req),
     }
 }
 
 fn healthy() -> MetricsSnapshot {
     MetricsSnapshot {
-        candidate: sm(0.020, 0.0, 1000.0, 0.0),
+        candidate: sm(0.020, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
     }
 }
@@ -113,7 +136,7 @@ fn healthy() -> MetricsSnapshot {
 /// Fails the maxP95Ms gate, but stays under the 50 ms trigger.
 fn slow() -> MetricsSnapshot {
     MetricsSnapshot {
-        candidate: sm(0.040, 0.0, 1000.0, 0.0),
+        candidate: sm(0.040, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
     }
 }
@@ -121,14 +144,14 @@ fn slow() -> MetricsSnapshot {
 /// Above the 50 ms hard trigger.
 fn very_slow() -> MetricsSnapshot {
     MetricsSnapshot {
-        candidate: sm(0.080, 0.0, 1000.0, 0.0),
+        candidate: sm(0.080, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
     }
 }
 
 fn erroring() -> MetricsSnapshot {
     MetricsSnapshot {
-        candidate: sm(0.020, 0.05, 1000.0, 0.0),
+        candidate: sm(0.020, 0.05, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
     }
 }
@@ -673,6 +696,113 @@ fn no_data_policy_fail_counts_inconclusive_as_failure() {
     }
 }
 
+/// Data present but too little of it: waiting, not a failure, whatever the policy.
+fn thin() -> MetricsSnapshot {
+    MetricsSnapshot {
+        candidate: sm(0.020, 0.0, 50.0, 0.0),
+        baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+    }
+}
+
+#[test]
+fn too_little_evidence_is_not_missing_data_even_under_the_fail_policy() {
+    let mut sp = spec();
+    sp.analysis.no_data_policy = crate::crd::NoDataPolicy::Fail;
+    let mut s = Sim::new(sp);
+    s.tick(None);
+    s.after(5, None);
+    s.run(MIN, 8 * MIN, &thin());
+    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.status.consecutive_failures, 0);
+    assert_eq!(
+        s.status.last_analysis.as_ref().unwrap().verdict,
+        Verdict::Inconclusive
+    );
+}
+
+#[test]
+fn an_undecided_step_waits_up_to_the_evidence_timeout_then_follows_the_policy() {
+    for policy in [
+        crate::crd::NoDataPolicy::Hold,
+        crate::crd::NoDataPolicy::Fail,
+    ] {
+        let mut sp = spec();
+        sp.analysis.no_data_policy = policy;
+        sp.analysis.evidence_timeout = "20m".into();
+        let mut s = Sim::new(sp);
+        s.tick(None);
+        s.after(5, None);
+        // The 10-minute step plus 19 minutes of waiting: still collecting.
+        s.run(MIN, 29 * MIN, &thin());
+        assert_eq!(s.phase(), Phase::Progressing, "{policy:?}");
+        assert!(
+            s.status
+                .message
+                .as_ref()
+                .unwrap()
+                .contains("waiting for a passing analysis"),
+            "{:?}",
+            s.status.message
+        );
+        s.run(MIN, 2 * MIN, &thin());
+        match policy {
+            crate::crd::NoDataPolicy::Hold => {
+                assert_eq!(s.phase(), Phase::Progressing);
+                assert_eq!(s.status.current_step, 0);
+                let msg = s.status.message.clone().unwrap();
+                assert!(
+                    msg.contains("no conclusive evidence 20m after its duration"),
+                    "{msg}"
+                );
+                let warned = s
+                    .log
+                    .iter()
+                    .flat_map(|d| &d.events)
+                    .filter(|e| e.reason == "EvidenceTimeout")
+                    .count();
+                assert_eq!(warned, 1, "warned once");
+            }
+            crate::crd::NoDataPolicy::Fail => {
+                assert!(
+                    matches!(s.phase(), Phase::RollingBack | Phase::RolledBack),
+                    "{:?}",
+                    s.phase()
+                );
+                let rb = s.status.rollback.clone().unwrap();
+                assert!(
+                    rb.reason.contains("no conclusive evidence"),
+                    "{}",
+                    rb.reason
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn each_step_counts_its_own_looks_and_evidence_range() {
+    let mut s = Sim::at_step(0);
+    s.after(MIN, Some(&healthy()));
+    s.after(MIN, Some(&healthy()));
+    assert_eq!(s.status.step_analyses, 2);
+    assert_eq!(
+        evidence_range(&s.status, s.now),
+        Some(Duration::from_secs(2 * MIN as u64))
+    );
+    // Past the 10-minute soak the step advances; the next step starts counting from 1.
+    while s.status.current_step == 0 {
+        s.after(MIN, Some(&healthy()));
+    }
+    assert_eq!(s.status.step_analyses, 0);
+    s.after(MIN, Some(&healthy()));
+    assert_eq!(s.status.last_analysis.as_ref().unwrap().step, 1);
+    assert_eq!(s.status.last_analysis.as_ref().unwrap().look, Some(1));
+    assert_eq!(
+        evidence_range(&EmbeddingRolloutStatus::default(), s.now),
+        None
+    );
+}
+
 #[test]
 fn error_rate_trigger_rolls_back_at_the_first_analysis() {
     let mut s = Sim::at_step(2);
@@ -681,7 +811,7 @@ fn error_rate_trigger_rolls_back_at_the_first_analysis() {
     let rb = s.status.rollback.clone().unwrap();
     assert_eq!(
         rb.reason,
-        "candidate error rate 5% is above the rollback trigger 1%"
+        "candidate error rate 5 % (95 % CI 4.41 %-5.64 %, 250/5000 in the last 5m) is above the rollback trigger 1 %"
     );
     assert_eq!(rb.first_failure_at, Some(s.now));
     assert!(d.actions.contains(&Action::SetCanaryWeight(0)));
@@ -745,7 +875,13 @@ fn history_is_bounded_and_records_measurements() {
     assert_eq!(s.status.history.last(), Some(&last));
     assert_eq!(last.candidate_p95_ms, Some(20.0));
     assert_eq!(last.baseline_p95_ms, Some(30.0));
-    assert_eq!(last.request_count, Some(1000.0));
+    assert_eq!(last.request_count, Some(5000.0));
+    assert_eq!(last.step_requests, Some(5000));
+    assert_eq!(last.look, Some(30));
+    assert!(last
+        .gates
+        .iter()
+        .any(|g| g.gate == "maxErrorRate" && g.verdict == Verdict::Pass));
     assert_eq!(last.breaker_state, Some(crate::crd::BreakerState::Closed));
     assert_eq!(last.weight, 1);
     assert!(s.status.history.windows(2).all(|w| w[0].time < w[1].time));
@@ -759,7 +895,8 @@ fn nan_measurements_are_stored_as_absent() {
     m.candidate.error_rate = Ok(Some(f64::NAN));
     s.after(MIN, Some(&m));
     let a = s.status.last_analysis.clone().unwrap();
-    assert_eq!(a.verdict, Verdict::Inconclusive);
+    // The shown values are NaN; the gates judge the counts, which are fine.
+    assert_eq!(a.verdict, Verdict::Pass);
     assert_eq!(a.candidate_p95_ms, None);
     assert_eq!(a.error_rate, None);
     // ... so the status compares equal to itself and serialises without NaN.

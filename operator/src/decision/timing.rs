@@ -15,6 +15,7 @@ pub(crate) struct Timing {
     pub rollback_deadline: Duration,
     pub progress_deadline: Duration,
     pub decommission_after: Option<Duration>,
+    pub evidence_timeout: Duration,
     /// Soak of each step.
     pub steps: Vec<Duration>,
 }
@@ -82,6 +83,7 @@ impl Timing {
                 .as_ref()
                 .map(|g| d("promotion.decommissionAfter", g))
                 .transpose()?,
+            evidence_timeout: d("analysis.evidenceTimeout", &a.evidence_timeout)?,
             steps,
         })
     }
