@@ -2,6 +2,11 @@
 //!
 //! Shell: `api` (routes, request validation, JSON errors), `batcher` (bounded queue + inference
 //! threads), `breaker` (circuit breaker), `metrics`, `config`. Core: `model`, `registry`.
+//!
+//! `unsafe` lives only in the SIMD kernels (`model::gemm`, `model::qgemm`, `model::ops`): every
+//! `unsafe fn` states its contract under `# Safety`, every `unsafe` block why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod batcher;

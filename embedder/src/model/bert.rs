@@ -369,34 +369,59 @@ impl Bert {
     }
 
     /// Multi-head attention of every sequence; `qkv` is packed [tokens, 3*hidden] (Q, K, V
-    /// side by side), `ctx` packed [tokens, hidden] and zero on entry.
+    /// side by side), `ctx` packed [tokens, hidden] (overwritten).
+    ///
+    /// Every (sequence, head) task writes its [len, head_dim] result into its own contiguous
+    /// slice of a head-major buffer ([head][token][dim]), split with `chunks_exact_mut` and
+    /// `split_at_mut`: the tasks hold disjoint `&mut` slices and need no `unsafe`. One copy then
+    /// interleaves the heads into `ctx` (a few hundred KiB per layer, next to megaflops of GEMM).
     fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut [f32]) {
         let (h, d) = (self.hidden, self.head_dim);
+        let total: usize = lens.iter().sum();
+        let mut by_head = vec![0f32; self.heads * total * d];
         let mut tasks = Vec::with_capacity(lens.len() * self.heads);
-        let mut offset = 0;
-        for &len in lens {
-            tasks.extend((0..self.heads).map(|head| (offset, len, head)));
-            offset += len;
+        for (head, mut rest) in by_head.chunks_exact_mut(total * d).enumerate() {
+            let mut offset = 0;
+            for &len in lens {
+                let (out, tail) = rest.split_at_mut(len * d);
+                rest = tail;
+                tasks.push(HeadTask {
+                    offset,
+                    len,
+                    head,
+                    out,
+                });
+                offset += len;
+            }
         }
         let macs: usize = lens.iter().map(|l| 2 * l * l * h).sum();
-        let ctx_addr = ctx.as_mut_ptr() as usize;
-        let ctx_len = ctx.len();
         // Scratch buffers are reused across the tasks one thread runs, not allocated per head.
-        let run = |scratch: &mut AttentionScratch, &(offset, len, head): &(usize, usize, usize)| {
-            // SAFETY: each task writes only columns [head*d, (head+1)*d) of rows
-            // [offset, offset+len), disjoint from every other task's.
-            let ctx = unsafe { std::slice::from_raw_parts_mut(ctx_addr as *mut f32, ctx_len) };
-            attend_one(qkv, h, d, offset, len, head, ctx, scratch);
+        let run = |scratch: &mut AttentionScratch, t: HeadTask<'_>| {
+            attend_one(qkv, h, d, t.offset, t.len, t.head, t.out, scratch);
         };
         if macs >= PARALLEL_ATTENTION_MACS && rayon::current_num_threads() > 1 {
             tasks
-                .par_iter()
+                .into_par_iter()
                 .for_each_init(AttentionScratch::default, run);
         } else {
             let mut scratch = AttentionScratch::default();
-            tasks.iter().for_each(|t| run(&mut scratch, t));
+            tasks.into_iter().for_each(|t| run(&mut scratch, t));
+        }
+        for (head, src) in by_head.chunks_exact(total * d).enumerate() {
+            for (row, from) in ctx.chunks_exact_mut(h).zip(src.chunks_exact(d)) {
+                row[head * d..(head + 1) * d].copy_from_slice(from);
+            }
         }
     }
+}
+
+/// One head of one sequence: tokens [offset, offset + len) of the batch, and the [len, head_dim]
+/// slice its result goes to.
+struct HeadTask<'a> {
+    offset: usize,
+    len: usize,
+    head: usize,
+    out: &'a mut [f32],
 }
 
 /// Per input channel, the largest |activation| seen by the linear layers of one encoder layer
@@ -432,7 +457,7 @@ struct AttentionScratch {
     scores: Vec<f32>,
 }
 
-/// softmax(Q Kᵀ) V for one head of one sequence, written into its slot of `ctx`.
+/// softmax(Q Kᵀ) V for one head of one sequence, added into `out` ([len, d], zero on entry).
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     qkv: &[f32],
@@ -441,7 +466,7 @@ fn attend_one(
     offset: usize,
     len: usize,
     head: usize,
-    ctx: &mut [f32],
+    out: &mut [f32],
     s: &mut AttentionScratch,
 ) {
     let stride = 3 * h;
@@ -455,16 +480,7 @@ fn attend_one(
     s.scores.resize(len * len, 0.0);
     gemm(q, stride, len, &s.keys, None, &mut s.scores, len, false);
     ops::softmax_rows(&mut s.scores, len);
-    gemm(
-        &s.scores,
-        len,
-        len,
-        &s.values,
-        None,
-        &mut ctx[offset * h + head * d..],
-        h,
-        false,
-    );
+    gemm(&s.scores, len, len, &s.values, None, out, d, false);
 }
 
 /// Splits the packed output of `Bert::forward` into one slice per sequence.

@@ -11,10 +11,14 @@ macro_rules! dispatch {
     ($generic:ident ( $($arg:expr),* )) => {{
         #[cfg(target_arch = "x86_64")]
         {
+            /// Runs `f`, inlined, under AVX2/FMA code generation.
+            ///
+            /// # Safety
+            /// The CPU supports AVX2 and FMA.
             #[target_feature(enable = "avx2,fma")]
             unsafe fn simd(f: impl FnOnce()) { f() }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the features were just detected.
+                // SAFETY: AVX2 and FMA were just detected, which is `simd`'s only requirement.
                 return unsafe { simd(|| $generic($($arg),*)) };
             }
         }

@@ -15,7 +15,7 @@
 //! Packed layout: K padded to a multiple of 4; panels of 16 columns; per group of 4 k values a
 //! panel holds 64 bytes: two halves of 8 columns, each column's 4 k values contiguous.
 
-use super::gemm::for_panel_ranges;
+use super::gemm::{for_panel_ranges, SharedOut};
 
 /// Columns per packed panel, as for f32.
 const NR: usize = super::gemm::NR;
@@ -192,13 +192,22 @@ pub fn qgemm(a: &[f32], m: usize, b: &PackedI8, bias: &[f32], c: &mut [f32], ldc
     assert!(bias.len() >= n, "qgemm: bias too short");
     let q = QuantizedRows::new(a, m, k, b.kp, b.smooth.as_deref());
     let panels = b.panels();
-    let c_addr = c.as_mut_ptr() as usize;
+    let out = SharedOut::new(c);
     for_panel_ranges(panels, m * k * n, |p0, p1| {
-        // SAFETY: bounds checked above; each call writes only the columns of its panels.
-        unsafe { qgemm_panels(&q, m, b, bias, c_addr as *mut f32, ldc, p0, p1) }
+        // SAFETY: `q` holds m quantised rows of b.kp bytes; the asserts above make C hold m rows
+        // of n floats at stride ldc and bias n floats; `for_panel_ranges` hands every call a
+        // disjoint panel range, so concurrent calls never write the same element of C.
+        unsafe { qgemm_panels(&q, m, b, bias, out.ptr(), ldc, p0, p1) }
     });
 }
 
+/// One micro-kernel call: rows x `cols` (<= NR) of C against one panel.
+///
+/// Valid tile (what the kernels' contracts call "`t` is a valid tile for `rows` rows"): `abs`
+/// and `signed` are readable for `rows` rows of `4 * groups` bytes at stride `lda`; `b` for
+/// `64 * groups` bytes (one packed panel); `c` readable and writable for `rows` rows of `cols`
+/// floats at stride `ldc`, and not accessed by anybody else meanwhile; `row_scales` has >= rows
+/// values, `col_scales` NR, `bias` >= cols.
 struct Tile<'a> {
     groups: usize,
     abs: *const u8,
@@ -213,8 +222,13 @@ struct Tile<'a> {
     bias: &'a [f32],
 }
 
+/// C += dequant(A_q · B_q) + bias for the columns of panels [p0, p1) of `b`.
+///
 /// # Safety
-/// `c` valid for m rows of `ldc` floats; nobody else writes the columns of panels [p0, p1).
+/// - `q` holds m quantised rows, quantised for `b` (`q.kp == b.kp`);
+/// - `c` is valid for reads and writes of m rows of `b.n` floats at stride `ldc >= b.n`;
+/// - `bias` holds at least `b.n` floats; p0 <= p1 <= number of panels of `b`;
+/// - no other thread reads or writes the columns [p0*NR, min(p1*NR, b.n)) of C meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn qgemm_panels(
     q: &QuantizedRows,
@@ -238,11 +252,12 @@ unsafe fn qgemm_panels(
             let (r0, r1) = (blk * m / blocks, (blk + 1) * m / blocks);
             let tile = Tile {
                 groups: b.kp / 4,
-                abs: q.abs.as_ptr().add(r0 * q.kp),
-                signed: q.signed.as_ptr().add(r0 * q.kp),
+                abs: q.abs[r0 * q.kp..].as_ptr(),
+                signed: q.signed[r0 * q.kp..].as_ptr(),
                 lda: q.kp,
-                b: b.data.as_ptr().add(p * b.kp * NR),
-                c: c.add(r0 * ldc + col0),
+                b: b.data[p * b.kp * NR..].as_ptr(),
+                // SAFETY: r0 < m and col0 < b.n: inside C's m rows of ldc floats (contract).
+                c: unsafe { c.add(r0 * ldc + col0) },
                 ldc,
                 cols,
                 row_scales: &q.scales[r0..r1],
@@ -251,37 +266,59 @@ unsafe fn qgemm_panels(
             };
             #[cfg(target_arch = "x86_64")]
             if fast {
-                avx2::dispatch(r1 - r0, &tile);
+                // SAFETY: AVX2 was detected; the tile lies inside the quantised rows, the panel
+                // and C as `Tile` requires, with 1 <= r1 - r0 <= MR rows.
+                unsafe { avx2::dispatch(r1 - r0, &tile) };
                 continue;
             }
             let _ = fast;
-            portable(r1 - r0, &tile);
+            // SAFETY: as above, without the CPU feature.
+            unsafe { portable(r1 - r0, &tile) };
         }
     }
 }
 
+/// The reference kernel, for CPUs without AVX2.
+///
 /// # Safety
-/// `t` points into valid quantised rows, a packed panel and C.
+/// `t` is a valid tile (see [`Tile`]) for `rows` rows.
 unsafe fn portable(rows: usize, t: &Tile<'_>) {
     for r in 0..rows {
-        let mut acc = [0i32; NR];
-        for g in 0..t.groups {
-            let panel = t.b.add(g * 64);
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let (half, col) = (j / 8, j % 8);
-                for kk in 0..4 {
-                    let a = *t.signed.add(r * t.lda + g * 4 + kk) as i32;
-                    let w = *panel.add(half * 32 + col * 4 + kk) as i32;
-                    *acc += a * w;
-                }
-            }
-        }
+        // SAFETY: r < rows, and `t` is a valid tile for `rows` rows.
+        let acc = unsafe { portable_dots(t, r) };
         for (j, &acc) in acc.iter().enumerate().take(t.cols) {
             let v = acc as f32 * (t.col_scales[j] * t.row_scales[r]);
-            let cp = t.c.add(r * t.ldc + j);
-            *cp = (*cp + t.bias[j]) + v;
+            // SAFETY: r < rows and j < cols lie inside the tile's C, which only we access.
+            unsafe {
+                let cp = t.c.add(r * t.ldc + j);
+                *cp = (*cp + t.bias[j]) + v;
+            }
         }
     }
+}
+
+/// The exact i32 dot products of row `r` of the tile with its 16 panel columns.
+///
+/// # Safety
+/// `t` is a valid tile for more than `r` rows.
+unsafe fn portable_dots(t: &Tile<'_>, r: usize) -> [i32; NR] {
+    let mut acc = [0i32; NR];
+    for g in 0..t.groups {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let (half, col) = (j / 8, j % 8);
+            for kk in 0..4 {
+                // SAFETY: g < groups, kk < 4 and j < 16 stay inside row r of A and the panel.
+                let (a, w) = unsafe {
+                    (
+                        *t.signed.add(r * t.lda + g * 4 + kk) as i32,
+                        *t.b.add(g * 64 + half * 32 + col * 4 + kk) as i32,
+                    )
+                };
+                *acc += a * w;
+            }
+        }
+    }
+    acc
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -290,56 +327,86 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU supports AVX2; `t` as in `super::portable`; 1 <= rows <= 4.
+    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `rows` rows;
+    /// 1 <= rows <= 4.
     pub(super) unsafe fn dispatch(rows: usize, t: &Tile<'_>) {
-        match rows {
-            4 => kernel::<4>(t),
-            3 => kernel::<3>(t),
-            2 => kernel::<2>(t),
-            1 => kernel::<1>(t),
-            _ => unreachable!("row block of {rows}"),
+        // SAFETY: forwarded from this function's contract, R = rows.
+        unsafe {
+            match rows {
+                4 => kernel::<4>(t),
+                3 => kernel::<3>(t),
+                2 => kernel::<2>(t),
+                1 => kernel::<1>(t),
+                _ => unreachable!("row block of {rows}"),
+            }
         }
     }
 
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `t` is a valid tile (see [`Tile`]) for `R` rows.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize>(t: &Tile<'_>) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        let mut bp = t.b;
         for g in 0..t.groups {
-            let b0 = _mm256_loadu_si256(bp as *const __m256i);
-            let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let at = r * t.lda + g * 4;
-                let a_abs = _mm256_set1_epi32((t.abs.add(at) as *const i32).read_unaligned());
-                let a_sgn = _mm256_set1_epi32((t.signed.add(at) as *const i32).read_unaligned());
-                let p0 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b0, a_sgn));
-                let p1 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b1, a_sgn));
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p0, ones));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p1, ones));
+            // SAFETY: g < groups: the panel's 64 bytes of group g and 4 bytes of each of the
+            // tile's R rows of A are inside the tile.
+            unsafe {
+                let bp = t.b.add(g * 64);
+                let b0 = _mm256_loadu_si256(bp as *const __m256i);
+                let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let at = r * t.lda + g * 4;
+                    let a_abs = _mm256_set1_epi32((t.abs.add(at) as *const i32).read_unaligned());
+                    let a_sgn =
+                        _mm256_set1_epi32((t.signed.add(at) as *const i32).read_unaligned());
+                    let p0 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b0, a_sgn));
+                    let p1 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b1, a_sgn));
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p0, ones));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p1, ones));
+                }
             }
-            bp = bp.add(64);
         }
-        let s0 = _mm256_loadu_ps(t.col_scales.as_ptr());
-        let s1 = _mm256_loadu_ps(t.col_scales.as_ptr().add(8));
+        // SAFETY: the tile's `row_scales`, `col_scales`, `bias` and C are as long as `Tile`
+        // requires, and C is ours alone.
+        unsafe { store(t, &acc) }
+    }
+
+    /// Dequantises `acc` (R rows of 16 i32 dot products) and adds it, plus the bias, into C.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `R` rows.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn store<const R: usize>(t: &Tile<'_>, acc: &[[__m256i; 2]; R]) {
+        // SAFETY: `col_scales` has NR = 16 values.
+        let (s0, s1) = unsafe {
+            (
+                _mm256_loadu_ps(t.col_scales.as_ptr()),
+                _mm256_loadu_ps(t.col_scales.as_ptr().add(8)),
+            )
+        };
         for (r, acc) in acc.iter().enumerate() {
             let rs = _mm256_set1_ps(t.row_scales[r]);
             let v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0]), _mm256_mul_ps(s0, rs));
             let v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[1]), _mm256_mul_ps(s1, rs));
-            let cp = t.c.add(r * t.ldc);
-            if t.cols == NR {
-                let b0 = _mm256_loadu_ps(t.bias.as_ptr());
-                let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
-                let c0 = _mm256_add_ps(_mm256_loadu_ps(cp), b0);
-                let c1 = _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), b1);
-                _mm256_storeu_ps(cp, _mm256_add_ps(c0, v0));
-                _mm256_storeu_ps(cp.add(8), _mm256_add_ps(c1, v1));
-            } else {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
-                for (j, v) in tmp.iter().enumerate().take(t.cols) {
-                    *cp.add(j) = (*cp.add(j) + t.bias[j]) + v;
+            // SAFETY: r < R rows of `cols` floats of C, and `cols` bias values, are inside the
+            // tile; `tmp` holds 16 floats.
+            unsafe {
+                let cp = t.c.add(r * t.ldc);
+                if t.cols == NR {
+                    let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+                    let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
+                    let c0 = _mm256_add_ps(_mm256_loadu_ps(cp), b0);
+                    let c1 = _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), b1);
+                    _mm256_storeu_ps(cp, _mm256_add_ps(c0, v0));
+                    _mm256_storeu_ps(cp.add(8), _mm256_add_ps(c1, v1));
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
+                    for (j, v) in tmp.iter().enumerate().take(t.cols) {
+                        *cp.add(j) = (*cp.add(j) + t.bias[j]) + v;
+                    }
                 }
             }
         }
