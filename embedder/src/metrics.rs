@@ -19,6 +19,18 @@ const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 25
 /// Label value for requests that named no served model.
 pub const UNKNOWN_MODEL: &str = "unknown";
 
+/// Every `kind` label value of `embedding_errors_total` (server-side failures: 5xx and 429).
+pub const ERROR_KINDS: [&str; 8] = [
+    "not_ready",
+    "shutting_down",
+    "queue_full",
+    "breaker_open",
+    "timeout",
+    "inference",
+    "chaos",
+    "internal",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -118,7 +130,7 @@ impl Metrics {
     /// Creates the zero-valued error series of a served model, so `rate(embedding_errors_total[..])`
     /// answers 0 for a healthy server instead of "no data" (labelled counters appear on first use).
     pub fn init_model_series(&self, model: &str) {
-        for kind in crate::api::error::ERROR_KINDS {
+        for kind in ERROR_KINDS {
             self.errors_total
                 .with_label_values(&[&self.service, model, kind])
                 .inc_by(0);

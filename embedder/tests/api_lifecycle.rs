@@ -103,8 +103,8 @@ async fn shutdown_drains_the_in_flight_request_then_stops() {
     // Readiness flips at once so load balancers stop sending.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        s.state.phase(),
-        candle_embedder::server::Phase::ShuttingDown
+        s.state.infer.phase(),
+        candle_embedder::infer::Phase::ShuttingDown
     );
 
     let (status, body) = in_flight.await.unwrap();

@@ -1,5 +1,6 @@
-//! The two embed routes share one pipeline: resolve the model, validate, tokenize (all at the
-//! edge, so a bad request never reaches a batch), pass the breaker, queue, await the batch.
+//! The two embed routes: parse and validate the request at the edge (so a bad request never
+//! reaches a batch), then hand the texts to the inference pipeline (`crate::infer`), and turn
+//! its answer or error into the route's JSON.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,20 +15,9 @@ use super::error::ApiError;
 use super::types::{
     EmbedRequest, EmbedResponse, OpenAiEmbedding, OpenAiRequest, OpenAiResponse, OpenAiUsage, Usage,
 };
-use crate::batcher::SubmitError;
-use crate::breaker::Outcome;
+use crate::infer::Embedded;
 use crate::metrics::UNKNOWN_MODEL;
-use crate::model::{Encoded, Model, ModelError};
-use crate::server::{AppState, Phase};
-
-/// Requests with more text than this are tokenized on a blocking thread, not the runtime.
-const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
-
-pub struct Embedded {
-    pub model: Arc<Model>,
-    pub embeddings: Vec<Vec<f32>>,
-    pub tokens: usize,
-}
+use crate::state::AppState;
 
 pub async fn embed(
     State(state): State<Arc<AppState>>,
@@ -140,9 +130,9 @@ fn finish<T: serde::Serialize>(
     }
 }
 
-/// The shared pipeline. `field` names the texts in error messages; `label` receives the model
-/// name for the metrics as soon as the model is known.
-pub async fn embed_texts(
+/// Both routes: resolve the model, validate, embed. `field` names the texts in error messages;
+/// `label` receives the model name for the metrics as soon as the model is known.
+async fn embed_texts(
     state: &AppState,
     model: Option<&str>,
     texts: Vec<String>,
@@ -150,66 +140,10 @@ pub async fn embed_texts(
     field: &str,
     label: &mut String,
 ) -> Result<Embedded, ApiError> {
-    let serving = match state.serving() {
-        Some(s) => s,
-        None if state.phase() == Phase::ShuttingDown => return Err(ApiError::ShuttingDown),
-        None => return Err(ApiError::NotReady),
-    };
-    let group = match model {
-        None => serving.default,
-        Some(name) => serving.find(name).ok_or_else(|| ApiError::ModelNotFound {
-            requested: name.to_string(),
-            available: serving.names(),
-        })?,
-    };
-    let model = Arc::clone(&serving.models[group]);
-    *label = model.name().to_string();
-
+    let handle = state.infer.model(model)?;
+    *label = handle.model().name().to_string();
     validate(&texts, field, state.cfg.max_texts_per_request)?;
-    let encoded = tokenize(&model, texts, truncate).await?;
-    let tokens = encoded.iter().map(Encoded::len).sum();
-
-    state.chaos.delay().await;
-    let ticket = state.breaker.admit().map_err(|r| ApiError::BreakerOpen {
-        retry_after: r.retry_after,
-    })?;
-    if state.chaos.should_fail() {
-        // Injected as a backend failure, so it also drives the breaker like a real one.
-        ticket.record(Outcome::Failure);
-        return Err(ApiError::Chaos);
-    }
-    let pending = serving
-        .batcher
-        .submit(group, encoded)
-        .map_err(|e| match e {
-            SubmitError::QueueFull { .. } => ApiError::QueueFull(e.to_string()),
-            SubmitError::ShuttingDown => ApiError::ShuttingDown,
-        })?;
-    let timeout = state.cfg.inference_timeout();
-    match tokio::time::timeout(timeout, pending).await {
-        Ok(Ok(Ok(embeddings))) => {
-            ticket.record(Outcome::Success);
-            Ok(Embedded {
-                model,
-                embeddings,
-                tokens,
-            })
-        }
-        Ok(Ok(Err(e))) => {
-            ticket.record(Outcome::Failure);
-            Err(ApiError::Inference(e.to_string()))
-        }
-        Ok(Err(_)) => {
-            ticket.record(Outcome::Failure);
-            Err(ApiError::Internal(
-                "the inference threads dropped the request".into(),
-            ))
-        }
-        Err(_) => {
-            ticket.record(Outcome::Failure);
-            Err(ApiError::Timeout(timeout))
-        }
-    }
+    Ok(state.infer.embed(&handle, texts, truncate).await?)
 }
 
 /// Request-level checks that need no model.
@@ -231,31 +165,6 @@ pub fn validate(texts: &[String], field: &str, max_texts: usize) -> Result<(), A
         )));
     }
     Ok(())
-}
-
-async fn tokenize(
-    model: &Arc<Model>,
-    texts: Vec<String>,
-    truncate: bool,
-) -> Result<Vec<Encoded>, ApiError> {
-    let bytes: usize = texts.iter().map(String::len).sum();
-    let result = if bytes <= INLINE_TOKENIZE_BYTES {
-        model.encode(&texts, truncate)
-    } else {
-        let m = Arc::clone(model);
-        tokio::task::spawn_blocking(move || m.encode(&texts, truncate))
-            .await
-            .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
-    };
-    result.map_err(|e| match e {
-        ModelError::TooLong { index, tokens, max } => ApiError::TextTooLong(format!(
-            "text {index} has {tokens} tokens, more than the model's maximum of {max}; \
-             send \"truncate\": true to cut it"
-        )),
-        ModelError::InvalidInput(m) => ApiError::InvalidRequest(m),
-        ModelError::Tokenizer(m) => ApiError::InvalidRequest(format!("cannot tokenize: {m}")),
-        other => ApiError::Internal(other.to_string()),
-    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::infer::InferError;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -106,7 +108,7 @@ impl ApiError {
     }
 
     /// `kind` label of `embedding_errors_total`: only server-side failures (5xx and 429) count.
-    /// Every value is in [`ERROR_KINDS`].
+    /// Every value is in [`crate::metrics::ERROR_KINDS`].
     pub fn error_kind(&self) -> Option<&'static str> {
         use ApiError::*;
         match self {
@@ -129,6 +131,33 @@ impl ApiError {
             }
             ApiError::BreakerOpen { retry_after } => Some(*retry_after),
             _ => None,
+        }
+    }
+}
+
+/// Where pipeline failures become HTTP ones.
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::NotReady => ApiError::NotReady,
+            InferError::ShuttingDown => ApiError::ShuttingDown,
+            InferError::ModelNotFound {
+                requested,
+                available,
+            } => ApiError::ModelNotFound {
+                requested,
+                available,
+            },
+            e @ InferError::TextTooLong { .. } => {
+                ApiError::TextTooLong(format!("{e}; send \"truncate\": true to cut it"))
+            }
+            InferError::InvalidInput(m) => ApiError::InvalidRequest(m),
+            e @ InferError::QueueFull { .. } => ApiError::QueueFull(e.to_string()),
+            InferError::BreakerOpen { retry_after } => ApiError::BreakerOpen { retry_after },
+            InferError::Timeout(t) => ApiError::Timeout(t),
+            InferError::Inference(m) => ApiError::Inference(m),
+            InferError::Chaos => ApiError::Chaos,
+            InferError::Internal(m) => ApiError::Internal(m),
         }
     }
 }
@@ -167,15 +196,3 @@ impl IntoResponse for ApiError {
         resp
     }
 }
-
-/// Every `kind` of `embedding_errors_total` (see [`ApiError::error_kind`]).
-pub const ERROR_KINDS: [&str; 8] = [
-    "not_ready",
-    "shutting_down",
-    "queue_full",
-    "breaker_open",
-    "timeout",
-    "inference",
-    "chaos",
-    "internal",
-];

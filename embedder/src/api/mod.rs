@@ -15,7 +15,8 @@ use axum::{middleware, Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::server::{AppState, Phase};
+use crate::infer::Phase;
+use crate::state::AppState;
 pub use error::ApiError;
 use types::{ModelsResponse, VersionResponse};
 
@@ -73,9 +74,9 @@ async fn live() -> Json<serde_json::Value> {
 /// 200 only once every model is loaded and warmed up; 503 while loading, after a failed load and
 /// while shutting down (so load balancers stop sending before the listener closes).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.phase() {
+    match state.infer.phase() {
         Phase::Ready => {
-            let models = state.serving().map(|s| s.names()).unwrap_or_default();
+            let models = state.infer.names();
             (
                 StatusCode::OK,
                 Json(json!({"status": "ready", "models": models})),
@@ -94,17 +95,17 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
             .into_response(),
         Phase::Failed => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "error": state.load_error()})),
+            Json(json!({"status": "failed", "error": state.infer.load_error()})),
         )
             .into_response(),
     }
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelsResponse>, ApiError> {
-    let serving = state.serving().ok_or(ApiError::NotReady)?;
+    let (models, default) = state.infer.models().ok_or(ApiError::NotReady)?;
     Ok(Json(ModelsResponse {
-        default: serving.models[serving.default].name().to_string(),
-        models: serving.models.iter().map(|m| m.info()).collect(),
+        default: models[default].name().to_string(),
+        models: models.iter().map(|m| m.info()).collect(),
     }))
 }
 
@@ -117,9 +118,12 @@ async fn version(State(state): State<Arc<AppState>>) -> Json<VersionResponse> {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Refresh the breaker gauge: an elapsed cool-down makes it half-open without traffic.
-    let _ = state.breaker.state();
-    if let Some(s) = state.serving() {
-        state.metrics.queue_depth.set(s.batcher.depth() as i64);
+    state.infer.refresh_breaker();
+    if state.infer.models().is_some() {
+        state
+            .metrics
+            .queue_depth
+            .set(state.infer.queue_depth() as i64);
     }
     (
         [(
