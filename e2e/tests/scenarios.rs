@@ -20,9 +20,10 @@ use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
 /// Client requests per second. The gates need about 1500 candidate requests per step to be sure of
-/// a 0.5 % error bound (docs/analysis.md); 50 req/s gathers them in a minute at 50 %, and the
-/// shared 2-core machine still answers well within the latency gates.
-const RATE: f64 = 50.0;
+/// a 0.5 % error bound (docs/analysis.md); 30 req/s gathers them in under two minutes at 50 %, and
+/// the shared 2-core machine (two baseline embedders, the candidate, Prometheus, nginx, the API
+/// server and the clients) still answers well within the latency gates.
+const RATE: f64 = 30.0;
 
 fn workdir(test: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -382,7 +383,7 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
     let before = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(180),
+            Duration::from_secs(300),
             "step 2 at 100 %",
             &mut log,
             |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,
@@ -459,7 +460,7 @@ async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) ->
     ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(180),
+            Duration::from_secs(300),
             "step 2 at 100 %",
             &mut log,
             |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,

@@ -354,6 +354,10 @@ pub struct EmbeddingRolloutStatus {
     /// the confidence budget).
     #[serde(default)]
     pub step_analyses: u32,
+    /// Gates whose sequential test has confidently failed in the current step. A sequential test
+    /// stops at its first crossing, so they stay failed until the step ends (docs/analysis.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_failed_gates: Vec<String>,
     /// Failing analyses in a row (Inconclusive counts only with `noDataPolicy: Fail`).
     #[serde(default)]
     pub consecutive_failures: u32,

@@ -556,8 +556,19 @@ fn breaker_gate(q: &QueryResult) -> (Judged, Option<BreakerState>) {
     (j, state)
 }
 
-/// Evaluates the gates and the triggers of one analysis at `look`.
-pub fn evaluate(a: &AnalysisSpec, m: &MetricsSnapshot, look: &Look) -> Evaluation {
+/// The gates judged by sequential tests over the step's growing evidence.
+pub const SEQUENTIAL_GATES: [&str; 3] = ["maxP95Ms", "maxP95OverBaselineMs", "maxErrorRate"];
+
+/// Evaluates the gates and the triggers of one analysis at `look`. `failed_in_step` names the
+/// sequential gates that already failed confidently in this step: a sequential test stops at its
+/// first crossing (that is what its guarantee is about), so they stay failed, with their current
+/// evidence, however the count wanders afterwards.
+pub fn evaluate(
+    a: &AnalysisSpec,
+    m: &MetricsSnapshot,
+    look: &Look,
+    failed_in_step: &[String],
+) -> Evaluation {
     let gates = &a.gates;
     let triggers = &a.rollback_triggers;
     let lv = levels(a, look);
@@ -706,6 +717,18 @@ pub fn evaluate(a: &AnalysisSpec, m: &MetricsSnapshot, look: &Look) -> Evaluatio
         _ => None,
     };
 
+    for j in judged.iter_mut() {
+        if j.verdict != Verdict::Fail && !j.missing && failed_in_step.contains(&j.result.gate) {
+            j.verdict = Verdict::Fail;
+            j.result.verdict = Verdict::Fail;
+            let now = j.result.evidence.clone();
+            j.reason = Some(format!(
+                "{} failed confidently earlier in this step (now: {now})",
+                j.result.gate
+            ));
+        }
+    }
+
     let verdict = if judged.iter().any(|j| j.verdict == Verdict::Fail) {
         Verdict::Fail
     } else if judged.iter().any(|j| j.verdict == Verdict::Inconclusive) {
@@ -826,7 +849,7 @@ mod tests {
     }
 
     fn eval(m: &MetricsSnapshot) -> Evaluation {
-        evaluate(&AnalysisSpec::default(), m, &look(10))
+        evaluate(&AnalysisSpec::default(), m, &look(10), &[])
     }
 
     fn gate<'a>(e: &'a Evaluation, name: &str) -> &'a GateResult {
@@ -893,7 +916,7 @@ mod tests {
                 counts(&spread(20.0, n), 0),
                 counts(&spread(20.0, 50_000), 0),
             );
-            let e = evaluate(&a, &m, &look(10));
+            let e = evaluate(&a, &m, &look(10), &[]);
             gate(&e, "maxP95Ms").verdict
         };
         assert_eq!(at(100), Verdict::Inconclusive);
@@ -912,6 +935,7 @@ mod tests {
                 index: 500,
                 ..look(10)
             },
+            &[],
         );
         assert_eq!(gate(&late, "maxP95Ms").verdict, Verdict::Pass);
         // More steps share the budget: each test asks for more.
@@ -922,6 +946,7 @@ mod tests {
                 steps: 20,
                 ..look(10)
             },
+            &[],
         );
         assert_eq!(gate(&many, "maxP95Ms").verdict, Verdict::Inconclusive);
     }
@@ -930,14 +955,17 @@ mod tests {
     fn min_requests_blocks_a_pass_only() {
         let mut a = AnalysisSpec::default();
         a.gates.min_requests = 10_000;
-        let e = evaluate(&a, &healthy(), &look(10));
+        let e = evaluate(&a, &healthy(), &look(10), &[]);
         assert_eq!(e.verdict, Verdict::Inconclusive);
         assert_eq!(
             e.reasons,
             ["only 5000 candidate requests in this step, minRequests is 10000"]
         );
         a.gates.min_requests = 5000;
-        assert_eq!(evaluate(&a, &healthy(), &look(10)).verdict, Verdict::Pass);
+        assert_eq!(
+            evaluate(&a, &healthy(), &look(10), &[]).verdict,
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -949,7 +977,7 @@ mod tests {
             counts(&[(20.0, 900), (38.0, 100)], 0),
             counts(&spread(36.0, 50_000), 0),
         );
-        let e = evaluate(&a, &m, &look(10));
+        let e = evaluate(&a, &m, &look(10), &[]);
         let g = gate(&e, "maxP95Ms");
         // Above the 35 ms bucket: cannot pass; above the 40 ms bucket: nothing, cannot fail.
         assert_eq!(g.verdict, Verdict::Inconclusive);
@@ -1016,7 +1044,7 @@ mod tests {
     #[test]
     fn comparison_is_skipped_at_full_weight() {
         let m = snapshot(counts(&spread(20.0, 5000), 0), Counts::no_data());
-        let e = evaluate(&AnalysisSpec::default(), &m, &look(100));
+        let e = evaluate(&AnalysisSpec::default(), &m, &look(100), &[]);
         assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
         assert!(e.reasons[0].contains("comparison skipped"));
         let e = eval(&m);
@@ -1133,6 +1161,42 @@ mod tests {
     }
 
     #[test]
+    fn a_confident_failure_stays_failed_for_the_step() {
+        // 0.4 % errors now: undecided on its own ...
+        let mut m = healthy();
+        m.candidate.step.errors = Ok(Some(20.0));
+        let fresh = eval(&m);
+        assert_eq!(gate(&fresh, "maxErrorRate").verdict, Verdict::Inconclusive);
+        // ... but the gate crossed earlier in the step: a sequential test has stopped.
+        let e = evaluate(
+            &AnalysisSpec::default(),
+            &m,
+            &look(10),
+            &["maxErrorRate".into()],
+        );
+        assert_eq!(e.verdict, Verdict::Fail);
+        assert!(
+            e.reasons[0].starts_with(
+                "maxErrorRate failed confidently earlier in this step (now: errors 0.4 %"
+            ),
+            "{:?}",
+            e.reasons
+        );
+        // Missing data is still missing data.
+        let down = MetricsSnapshot {
+            candidate: ServiceMetrics::failed("connection refused"),
+            baseline: ServiceMetrics::failed("connection refused"),
+        };
+        let e = evaluate(
+            &AnalysisSpec::default(),
+            &down,
+            &look(10),
+            &["maxErrorRate".into()],
+        );
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
     fn breaker_gate() {
         let mut m = healthy();
         m.candidate.breaker = Ok(Some(1.0));
@@ -1149,7 +1213,7 @@ mod tests {
             ..AnalysisSpec::default()
         };
         m.candidate.breaker = Ok(None);
-        assert_eq!(evaluate(&a, &m, &look(10)).verdict, Verdict::Pass);
+        assert_eq!(evaluate(&a, &m, &look(10), &[]).verdict, Verdict::Pass);
     }
 
     #[test]
@@ -1161,7 +1225,7 @@ mod tests {
             },
             ..AnalysisSpec::default()
         };
-        let e = evaluate(&a, &healthy(), &look(10));
+        let e = evaluate(&a, &healthy(), &look(10), &[]);
         assert_eq!(e.verdict, Verdict::Pass);
         assert!(e.reasons[0].contains("queries.latencyBuckets is not"));
     }

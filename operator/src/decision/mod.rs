@@ -540,6 +540,7 @@ impl Reconciler<'_> {
         st.current_weight = 0;
         st.step_started_at = None;
         st.step_analyses = 0;
+        st.step_failed_gates.clear();
         st.waiting_since = Some(self.now);
         st.last_analysis = None;
         st.consecutive_failures = 0;
@@ -648,6 +649,7 @@ impl Reconciler<'_> {
             self.st.current_weight = target;
             self.st.step_started_at = Some(self.now);
             self.st.step_analyses = 0;
+            self.st.step_failed_gates.clear();
             self.st.waiting_since = None;
             self.ensure_canary_weight(target);
             let msg = format!(
@@ -843,7 +845,15 @@ impl Reconciler<'_> {
             index: self.st.step_analyses,
             steps: self.spec.steps.len(),
         };
-        let e = analysis::evaluate(a, m, &look);
+        let e = analysis::evaluate(a, m, &look, &self.st.step_failed_gates);
+        for g in &e.gates {
+            if g.verdict == Verdict::Fail
+                && analysis::SEQUENTIAL_GATES.contains(&g.gate.as_str())
+                && !self.st.step_failed_gates.contains(&g.gate)
+            {
+                self.st.step_failed_gates.push(g.gate.clone());
+            }
+        }
         let record = AnalysisRecord {
             time: self.now,
             step: self.st.current_step,

@@ -149,6 +149,15 @@ fn very_slow() -> MetricsSnapshot {
     }
 }
 
+/// Fails a gate that judges the window only (the breaker), so a later Pass can follow it in
+/// the same step; the sequential gates stay failed for the step once they fail.
+fn breaker_open() -> MetricsSnapshot {
+    MetricsSnapshot {
+        candidate: sm(0.020, 0.0, 5000.0, 1.0),
+        baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+    }
+}
+
 fn erroring() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.020, 0.05, 5000.0, 0.0),
@@ -618,8 +627,8 @@ fn never_advances_on_inconclusive_or_failing_analyses() {
 fn advances_only_after_a_pass_taken_in_this_step() {
     let mut s = Sim::at_step(0);
     // 10 minutes of failing-then-recovering: 2 failures, then passes.
-    s.after(MIN, Some(&slow()));
-    s.after(MIN, Some(&slow()));
+    s.after(MIN, Some(&breaker_open()));
+    s.after(MIN, Some(&breaker_open()));
     assert_eq!(s.status.consecutive_failures, 2);
     s.run(MIN, 8 * MIN, &no_data());
     assert_eq!(s.status.current_step, 0, "duration passed but no pass");
@@ -661,17 +670,34 @@ fn failure_limit_consecutive_failures_roll_back() {
 }
 
 #[test]
+fn a_sequential_gate_that_failed_stays_failed_until_the_step_ends() {
+    let mut s = Sim::at_step(1);
+    s.after(MIN, Some(&slow()));
+    assert_eq!(
+        s.status.step_failed_gates,
+        ["maxP95Ms", "maxP95OverBaselineMs"]
+    );
+    // The counts look fine again, but the test already stopped: still failing, then rollback.
+    s.after(MIN, Some(&healthy()));
+    assert_eq!(s.status.consecutive_failures, 2);
+    assert!(s.status.last_analysis.as_ref().unwrap().reasons[0]
+        .starts_with("maxP95Ms failed confidently earlier in this step"));
+    s.after(MIN, Some(&healthy()));
+    assert_eq!(s.phase(), Phase::RollingBack);
+}
+
+#[test]
 fn a_pass_between_failures_resets_the_count() {
     let mut s = Sim::at_step(1);
     for m in [
-        slow(),
-        slow(),
+        breaker_open(),
+        breaker_open(),
         healthy(),
-        slow(),
-        slow(),
+        breaker_open(),
+        breaker_open(),
         healthy(),
-        slow(),
-        slow(),
+        breaker_open(),
+        breaker_open(),
     ] {
         s.after(MIN, Some(&m));
     }
@@ -1911,7 +1937,7 @@ fn weight_never_goes_down_within_a_rollout() {
         healthy(),
         no_data(),
         healthy(),
-        slow(),
+        breaker_open(),
         healthy(),
         prom_down(),
         healthy(),
