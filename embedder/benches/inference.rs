@@ -70,45 +70,139 @@ fn bench(model: &Model, enc: &[Encoded], batch: usize, budget: Duration) -> Rate
     }
 }
 
-/// The machine's f32 peak: 12 independent chains of 8-wide FMAs on one thread (enough to cover
-/// the FMA latency), in GFLOP/s. Every GEMM rate below is a fraction of this.
-fn fma_peak() -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn chains(iters: u64) -> f32 {
-            use std::arch::x86_64::*;
-            // Distinct, opaque start values: the compiler must not merge the chains.
-            let mut acc: [__m256; 12] =
-                std::array::from_fn(|i| _mm256_set1_ps(std::hint::black_box(1.0 + i as f32)));
-            let b = _mm256_set1_ps(std::hint::black_box(0.999_999));
-            let c = _mm256_set1_ps(std::hint::black_box(1e-7));
-            for _ in 0..iters {
-                for a in acc.iter_mut() {
-                    *a = _mm256_fmadd_ps(*a, b, c);
-                }
-            }
-            let mut out = [0f32; 8];
-            let sum = acc
-                .iter()
-                .fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
-            _mm256_storeu_ps(out.as_mut_ptr(), sum);
-            out[0]
-        }
-        let iters = 50_000_000;
-        let start = Instant::now();
-        // SAFETY: the features were just detected.
-        std::hint::black_box(unsafe { chains(iters) });
-        return iters as f64 * 12.0 * 16.0 / start.elapsed().as_secs_f64() / 1e9;
-    }
-    0.0
+/// Runs `body` (which does `iters` rounds of `macs_per_iter` multiply-adds) and returns GMAC/s.
+fn rate(iters: u64, macs_per_iter: f64, body: impl FnOnce(u64) -> f32) -> f64 {
+    let start = Instant::now();
+    std::hint::black_box(body(iters));
+    iters as f64 * macs_per_iter / start.elapsed().as_secs_f64() / 1e9
 }
 
-/// Multiply-adds per second of our f32 and INT8 GEMMs for the layer shapes of MiniLM at `m`
-/// rows (BENCH_GEMM=1): how close the kernels run to the machine's peak.
-fn gemm_roofline(m: usize, budget: Duration) {
-    use candle_embedder::model::gemm::{gemm, PackedB};
-    use candle_embedder::model::qgemm::{qgemm, PackedI8};
+/// The machine's peaks on one thread, in GMAC/s: 12 independent chains (enough to cover the
+/// latency) of each instruction. f32: `vfmadd` on ymm and zmm; int8: the AVX2 chain
+/// `vpmaddubsw` + `vpmaddwd` + `vpaddd` (32 MACs per ymm step) and `vpdpbusd` on ymm (AVX-VNNI)
+/// and zmm (AVX512-VNNI). Every GEMM rate below is a fraction of the best of its kind.
+#[derive(Debug, Default)]
+struct Peaks {
+    fma256: f64,
+    fma512: f64,
+    int8_avx2: f64,
+    int8_vnni256: f64,
+    int8_vnni512: f64,
+}
+
+impl Peaks {
+    fn f32(&self) -> f64 {
+        self.fma256.max(self.fma512)
+    }
+    fn int8(&self) -> f64 {
+        self.int8_avx2.max(self.int8_vnni256).max(self.int8_vnni512)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peaks {
+    use std::arch::x86_64::*;
+
+    macro_rules! chains {
+        ($name:ident, $feat:literal, $ty:ty, $init:expr, $step:expr, $fold:expr) => {
+            /// # Safety
+            /// The CPU supports the enabled features.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(iters: u64) -> f32 {
+                // Distinct, opaque start values: the compiler must not merge the chains.
+                let mut acc: [$ty; 12] = std::array::from_fn(|i| $init(std::hint::black_box(i)));
+                for _ in 0..iters {
+                    for a in acc.iter_mut() {
+                        *a = $step(*a);
+                    }
+                }
+                acc.iter().map(|a| $fold(*a)).sum()
+            }
+        };
+    }
+
+    chains!(
+        fma256,
+        "avx2,fma",
+        __m256,
+        |i| _mm256_set1_ps(1.0 + i as f32),
+        |a| _mm256_fmadd_ps(a, _mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7)),
+        |a| _mm_cvtss_f32(_mm256_castps256_ps128(a))
+    );
+    chains!(
+        fma512,
+        "avx512f",
+        __m512,
+        |i| _mm512_set1_ps(1.0 + i as f32),
+        |a| _mm512_fmadd_ps(a, _mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7)),
+        |a| _mm512_reduce_add_ps(a)
+    );
+    chains!(
+        int8_avx2,
+        "avx2",
+        __m256i,
+        |i| _mm256_set1_epi32(i as i32),
+        |a| _mm256_add_epi32(
+            a,
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_set1_epi8(3), a),
+                _mm256_set1_epi16(1)
+            )
+        ),
+        |a| _mm256_cvtsi256_si32(a) as f32
+    );
+    chains!(
+        int8_vnni256,
+        "avx2,avxvnni",
+        __m256i,
+        |i| _mm256_set1_epi32(i as i32),
+        |a| _mm256_dpbusd_avx_epi32(a, _mm256_set1_epi8(3), _mm256_set1_epi8(-2)),
+        |a| _mm256_cvtsi256_si32(a) as f32
+    );
+    chains!(
+        int8_vnni512,
+        "avx512f,avx512vnni",
+        __m512i,
+        |i| _mm512_set1_epi32(i as i32),
+        |a| _mm512_dpbusd_epi32(a, _mm512_set1_epi8(3), _mm512_set1_epi8(-2)),
+        |a| _mm512_reduce_add_epi32(a) as f32
+    );
+}
+
+fn measure_peaks() -> Peaks {
+    #[allow(unused_mut)]
+    let mut p = Peaks::default();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let n = 20_000_000;
+        if has!("avx2") && has!("fma") {
+            // SAFETY: the features were just detected.
+            p.fma256 = rate(n, 12.0 * 8.0, |i| unsafe { peaks::fma256(i) });
+            // SAFETY: as above.
+            p.int8_avx2 = rate(n, 12.0 * 32.0, |i| unsafe { peaks::int8_avx2(i) });
+        }
+        if has!("avx512f") {
+            // SAFETY: the feature was just detected.
+            p.fma512 = rate(n, 12.0 * 16.0, |i| unsafe { peaks::fma512(i) });
+        }
+        if has!("avx2") && has!("avxvnni") {
+            // SAFETY: the features were just detected.
+            p.int8_vnni256 = rate(n, 12.0 * 32.0, |i| unsafe { peaks::int8_vnni256(i) });
+        }
+        if has!("avx512f") && has!("avx512vnni") {
+            // SAFETY: the features were just detected.
+            p.int8_vnni512 = rate(n, 12.0 * 64.0, |i| unsafe { peaks::int8_vnni512(i) });
+        }
+    }
+    p
+}
+
+/// Multiply-adds per CPU-second of every f32 and INT8 kernel this CPU runs, for the layer
+/// shapes of MiniLM at `m` rows (BENCH_GEMM=1), as fractions of the peaks.
+fn gemm_roofline(m: usize, budget: Duration, peaks: &Peaks) {
+    use candle_embedder::model::gemm::{gemm_with, F32Kernel, PackedB};
+    use candle_embedder::model::qgemm::{qgemm_with, I8Kernel, PackedI8};
     for (k, n) in [(384, 1152), (384, 384), (384, 1536), (1536, 384)] {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -135,12 +229,35 @@ fn gemm_roofline(m: usize, budget: Duration) {
                 macs / (cpu_seconds() - cpu0).max(1e-9) / 1e9,
             )
         };
-        let f = time(&mut || gemm(&a, k, m, &packed, Some(&bias), &mut c, n, true));
-        let q = time(&mut || qgemm(&a, m, &packed8, &bias, &mut c, n));
-        println!(
-            "gemm {m}x{k}x{n}: f32 {:.1} GMAC/s wall ({:.1} per cpu-s), int8 {:.1} ({:.1})",
-            f.0, f.1, q.0, q.1
-        );
+        let mut line = format!("gemm {m}x{k}x{n} GMAC/s wall (per cpu-s, % of peak):");
+        for kernel in F32Kernel::available() {
+            if kernel == F32Kernel::Portable {
+                continue;
+            }
+            let r =
+                time(&mut || gemm_with(kernel, &a, k, m, &packed, Some(&bias), &mut c, n, true));
+            line += &format!(
+                " f32/{} {:.1} ({:.1}, {:.0} %)",
+                kernel.name(),
+                r.0,
+                r.1,
+                100.0 * r.1 / peaks.f32()
+            );
+        }
+        for kernel in I8Kernel::available() {
+            if kernel == I8Kernel::Portable {
+                continue;
+            }
+            let r = time(&mut || qgemm_with(kernel, &a, m, &packed8, &bias, &mut c, n));
+            line += &format!(
+                " int8/{} {:.1} ({:.1}, {:.0} %)",
+                kernel.name(),
+                r.0,
+                r.1,
+                100.0 * r.1 / peaks.int8()
+            );
+        }
+        println!("{line}");
     }
 }
 
@@ -183,14 +300,34 @@ fn seed_loop(model: &Model, budget: Duration) {
 }
 
 fn main() {
-    if std::env::var("BENCH_GEMM").is_ok() {
+    if std::env::var("BENCH_PEAKS").is_ok() {
+        // One JSON line for scripts/bench.sh: per-core peaks (GMAC/s) and the kernels in use.
+        let p = measure_peaks();
         println!(
-            "FMA peak, one thread: {:.1} GFLOP/s = {:.1} GMAC/s",
-            fma_peak(),
-            fma_peak() / 2.0
+            "{{\"fma256_gmacs\": {:.1}, \"fma512_gmacs\": {:.1}, \"int8_avx2_gmacs\": {:.1}, \
+             \"int8_vnni256_gmacs\": {:.1}, \"int8_vnni512_gmacs\": {:.1}, \"f32_peak_gmacs\": {:.1}, \
+             \"int8_peak_gmacs\": {:.1}, \"f32_kernel\": \"{}\", \"int8_kernel\": \"{}\"}}",
+            p.fma256,
+            p.fma512,
+            p.int8_avx2,
+            p.int8_vnni256,
+            p.int8_vnni512,
+            p.f32(),
+            p.int8(),
+            candle_embedder::model::gemm::F32Kernel::best().name(),
+            candle_embedder::model::qgemm::I8Kernel::best().name(),
+        );
+        return;
+    }
+    if std::env::var("BENCH_GEMM").is_ok() {
+        let p = measure_peaks();
+        println!(
+            "peaks, one thread, GMAC/s: f32 FMA ymm {:.1}, zmm {:.1}; int8 AVX2 maddubs {:.1}, \
+             AVX-VNNI {:.1}, AVX512-VNNI {:.1}",
+            p.fma256, p.fma512, p.int8_avx2, p.int8_vnni256, p.int8_vnni512
         );
         for m in [11, 88, 352] {
-            gemm_roofline(m, Duration::from_secs(2));
+            gemm_roofline(m, Duration::from_secs(2), &p);
         }
         return;
     }

@@ -711,4 +711,71 @@ mod tests {
         unsafe { portable(m, &tile) };
         assert!(max_diff(&fast, &slow) < 1e-4);
     }
+
+    /// Every kernel this CPU runs agrees with the portable one (up to float rounding) on row
+    /// tails, odd and partial panel counts (the AVX-512 kernel takes two panels at a time),
+    /// strided A and C, bias, accumulation into C and the parallel split.
+    #[test]
+    fn every_kernel_agrees_with_the_portable_one() {
+        let kernels = F32Kernel::available();
+        eprintln!("f32 kernels on this CPU: {kernels:?}");
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 9, 17),
+            (5, 3, 33),
+            (11, 384, 1152),
+            (12, 32, 48),
+            (13, 64, 31),
+            (25, 384, 384),
+            (97, 40, 80),
+        ] {
+            let lda = k + 1;
+            let ldc = n + 2;
+            let a = seeded(m * lda, 21);
+            let bm = seeded(k * n, 22);
+            let bias = seeded(n, 23);
+            let start = seeded(m * ldc, 24);
+            let packed = PackedB::from_row_major(&bm, k, n);
+            let mut want = start.clone();
+            gemm_with(
+                F32Kernel::Portable,
+                &a,
+                lda,
+                m,
+                &packed,
+                Some(&bias),
+                &mut want,
+                ldc,
+                false,
+            );
+            for &kernel in &kernels {
+                for parallel in [false, true] {
+                    let mut got = start.clone();
+                    gemm_with(
+                        kernel,
+                        &a,
+                        lda,
+                        m,
+                        &packed,
+                        Some(&bias),
+                        &mut got,
+                        ldc,
+                        parallel,
+                    );
+                    let d = max_diff(&got, &want);
+                    assert!(
+                        d < 1e-4 * (k as f32).sqrt(),
+                        "{kernel:?} ({m},{k},{n}): {d}"
+                    );
+                    for i in 0..m {
+                        assert_eq!(
+                            got[i * ldc + n..(i + 1) * ldc],
+                            start[i * ldc + n..(i + 1) * ldc],
+                            "{kernel:?} wrote past the columns"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

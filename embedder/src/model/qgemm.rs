@@ -19,8 +19,85 @@ use super::gemm::{for_panel_ranges, SharedOut};
 
 /// Columns per packed panel, as for f32.
 const NR: usize = super::gemm::NR;
-/// Most rows per micro-kernel call (8 i32 accumulators + 7 temporaries = 15 registers).
+/// Most rows per AVX2 micro-kernel call (8 i32 accumulators + 7 temporaries = 15 registers).
 const MR: usize = 4;
+/// Most rows per AVX-VNNI call (12 accumulators + 2 B registers + 1 broadcast = 15 ymm).
+const MR_VNNI256: usize = 6;
+/// Most rows per AVX512-VNNI call, which covers two panels: 12 x 2 accumulators + 2 B registers
+/// of the 32 zmm registers; A is broadcast from memory.
+const MR_VNNI512: usize = 12;
+
+/// Which micro-kernel runs the products, chosen once from the CPU's features
+/// ([`I8Kernel::best`]). All of them accumulate the same exact i32 dot products, so their
+/// results are bit-identical.
+///
+/// The VNNI kernels use `vpdpbusd` (u8 x s8, four products summed into an i32 lane, no 16-bit
+/// intermediate that could saturate): activations q are fed as q + 128 (u8), and 128 x the
+/// column sum of the weights (`PackedI8::offset_sums`) is subtracted afterwards. With |w| <=
+/// 127, |q| <= 127 and k <= 2^16 nothing overflows i32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum I8Kernel {
+    /// Plain loops, any CPU.
+    Portable,
+    /// `vpmaddubsw` + `vpmaddwd`, 4 x 16 tile.
+    Avx2,
+    /// `vpdpbusd` on ymm (AVX-VNNI), 6 x 16 tile.
+    AvxVnni,
+    /// `vpdpbusd` on zmm (AVX512-VNNI), 12 x 32 tile.
+    Avx512Vnni,
+}
+
+impl I8Kernel {
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Self::Portable => true,
+                Self::Avx2 => has!("avx2") && has!("fma"),
+                Self::AvxVnni => has!("avx2") && has!("avxvnni"),
+                Self::Avx512Vnni => has!("avx512f") && has!("avx512vnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Self::Portable
+        }
+    }
+
+    /// Every kernel this CPU can run, slowest first.
+    pub fn available() -> Vec<Self> {
+        [Self::Portable, Self::Avx2, Self::AvxVnni, Self::Avx512Vnni]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
+    }
+
+    /// The fastest kernel this CPU can run (detected once).
+    pub fn best() -> Self {
+        static BEST: std::sync::OnceLock<I8Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *Self::available().last().expect("portable is always there"))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2-4x16",
+            Self::AvxVnni => "avx-vnni-6x16",
+            Self::Avx512Vnni => "avx512-vnni-12x32",
+        }
+    }
+
+    /// (most rows, panels) of one micro-kernel call.
+    fn tile_shape(self) -> (usize, usize) {
+        match self {
+            Self::Avx512Vnni => (MR_VNNI512, 2),
+            Self::AvxVnni => (MR_VNNI256, 1),
+            _ => (MR, 1),
+        }
+    }
+}
 
 /// A k x n weight matrix quantised per column and packed for `qgemm`, optionally smoothed.
 ///
@@ -37,6 +114,9 @@ pub struct PackedI8 {
     data: Vec<i8>,
     /// Per column; zero-padded to whole panels.
     scales: Vec<f32>,
+    /// 128 x the sum over k of each column's INT8 weights, zero-padded to whole panels: what
+    /// the VNNI kernels subtract after multiplying activations offset by +128 (see `I8Kernel`).
+    offset_sums: Vec<i32>,
     /// 1 / s_kk per input channel when smoothed.
     smooth: Option<Vec<f32>>,
 }
@@ -106,6 +186,7 @@ impl PackedI8 {
         let kp = k.div_ceil(4) * 4;
         let panels = n.div_ceil(NR);
         let mut scales = vec![0f32; panels * NR];
+        let mut offset_sums = vec![0i32; panels * NR];
         let mut data = vec![0i8; panels * kp * NR];
         for (col, row) in w.chunks_exact(k).enumerate() {
             let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -117,6 +198,7 @@ impl PackedI8 {
             for (kk, &v) in row.iter().enumerate() {
                 let idx = p * kp * NR + (kk / 4) * 64 + half * 32 + c * 4 + kk % 4;
                 data[idx] = quantize(v, inv);
+                offset_sums[col] += 128 * data[idx] as i32;
             }
         }
         Self {
@@ -125,6 +207,7 @@ impl PackedI8 {
             n,
             data,
             scales,
+            offset_sums,
             smooth: smooth.map(|s| s.iter().map(|s| 1.0 / s).collect()),
         }
     }
@@ -139,6 +222,8 @@ struct QuantizedRows {
     kp: usize,
     abs: Vec<u8>,
     signed: Vec<i8>,
+    /// q + 128, for the VNNI kernels.
+    biased: Vec<u8>,
     scales: Vec<f32>,
 }
 
@@ -147,6 +232,8 @@ impl QuantizedRows {
     fn new(a: &[f32], m: usize, k: usize, kp: usize, smooth: Option<&[f32]>) -> Self {
         let mut abs = vec![0u8; m * kp];
         let mut signed = vec![0i8; m * kp];
+        // Padding columns are q = 0, i.e. 128 here (their weights are 0).
+        let mut biased = vec![128u8; m * kp];
         let mut scales = Vec::with_capacity(m);
         let mut smoothed = Vec::new();
         for (i, row) in a.chunks_exact(k).take(m).enumerate() {
@@ -166,12 +253,14 @@ impl QuantizedRows {
                 let q = quantize(v, inv);
                 signed[i * kp + kk] = q;
                 abs[i * kp + kk] = q.unsigned_abs();
+                biased[i * kp + kk] = (q as i32 + 128) as u8;
             }
         }
         Self {
             kp,
             abs,
             signed,
+            biased,
             scales,
         }
     }
@@ -180,6 +269,28 @@ impl QuantizedRows {
 /// `c[i*ldc + j] += (a_i · b_j) + bias[j]` for i < m, j < b.n(), with a_i and b_j rounded to
 /// 8 bits; `a` is m x b.k() row-major (contiguous), `c` has row stride `ldc`.
 pub fn qgemm(a: &[f32], m: usize, b: &PackedI8, bias: &[f32], c: &mut [f32], ldc: usize) {
+    qgemm_with(I8Kernel::best(), a, m, b, bias, c, ldc);
+}
+
+/// [`qgemm`] on a given micro-kernel.
+///
+/// # Panics
+/// If this CPU cannot run `kernel` (see [`I8Kernel::available`]), or on the shape mismatches
+/// `qgemm` panics on.
+pub fn qgemm_with(
+    kernel: I8Kernel,
+    a: &[f32],
+    m: usize,
+    b: &PackedI8,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        kernel.supported(),
+        "qgemm: this CPU cannot run the {} kernel",
+        kernel.name()
+    );
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -196,24 +307,29 @@ pub fn qgemm(a: &[f32], m: usize, b: &PackedI8, bias: &[f32], c: &mut [f32], ldc
     for_panel_ranges(panels, m * k * n, |p0, p1| {
         // SAFETY: `q` holds m quantised rows of b.kp bytes; the asserts above make C hold m rows
         // of n floats at stride ldc and bias n floats; `for_panel_ranges` hands every call a
-        // disjoint panel range, so concurrent calls never write the same element of C.
-        unsafe { qgemm_panels(&q, m, b, bias, out.ptr(), ldc, p0, p1) }
+        // disjoint panel range, so concurrent calls never write the same element of C; the CPU
+        // can run `kernel`.
+        unsafe { qgemm_panels(kernel, &q, m, b, bias, out.ptr(), ldc, p0, p1) }
     });
 }
 
-/// One micro-kernel call: rows x `cols` (<= NR) of C against one panel.
+/// One micro-kernel call: rows x `cols` of C against `cols.div_ceil(NR)` adjacent panels.
 ///
-/// Valid tile (what the kernels' contracts call "`t` is a valid tile for `rows` rows"): `abs`
-/// and `signed` are readable for `rows` rows of `4 * groups` bytes at stride `lda`; `b` for
-/// `64 * groups` bytes (one packed panel); `c` readable and writable for `rows` rows of `cols`
-/// floats at stride `ldc`, and not accessed by anybody else meanwhile; `row_scales` has >= rows
-/// values, `col_scales` NR, `bias` >= cols.
+/// Valid tile (what the kernels' contracts call "`t` is a valid tile for `rows` rows"): `abs`,
+/// `signed` and `biased` are readable for `rows` rows of `4 * groups` bytes at stride `lda`;
+/// `b` for `cols.div_ceil(NR)` packed panels of `64 * groups` bytes, each `panel_stride` bytes
+/// after the previous; `c` readable and writable for `rows` rows of `cols` floats at stride
+/// `ldc`, and not accessed by anybody else meanwhile; `row_scales` has >= rows values,
+/// `col_scales` and `offset_sums` NR per panel, `bias` >= cols.
 struct Tile<'a> {
     groups: usize,
     abs: *const u8,
     signed: *const i8,
+    biased: *const u8,
     lda: usize,
     b: *const i8,
+    panel_stride: usize,
+    offset_sums: &'a [i32],
     c: *mut f32,
     ldc: usize,
     cols: usize,
@@ -231,6 +347,7 @@ struct Tile<'a> {
 /// - no other thread reads or writes the columns [p0*NR, min(p1*NR, b.n)) of C meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn qgemm_panels(
+    kernel: I8Kernel,
     q: &QuantizedRows,
     m: usize,
     b: &PackedI8,
@@ -240,40 +357,46 @@ unsafe fn qgemm_panels(
     p0: usize,
     p1: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let fast = std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    let fast = false;
-    let blocks = m.div_ceil(MR);
-    for p in p0..p1 {
+    let (mr, width) = kernel.tile_shape();
+    let blocks = m.div_ceil(mr);
+    for p in (p0..p1).step_by(width) {
         let col0 = p * NR;
-        let cols = (b.n - col0).min(NR);
+        let panels = width.min(p1 - p);
+        let cols = (b.n - col0).min(panels * NR);
         for blk in 0..blocks {
             let (r0, r1) = (blk * m / blocks, (blk + 1) * m / blocks);
             let tile = Tile {
                 groups: b.kp / 4,
                 abs: q.abs[r0 * q.kp..].as_ptr(),
                 signed: q.signed[r0 * q.kp..].as_ptr(),
+                biased: q.biased[r0 * q.kp..].as_ptr(),
                 lda: q.kp,
                 b: b.data[p * b.kp * NR..].as_ptr(),
+                panel_stride: b.kp * NR,
+                offset_sums: &b.offset_sums[col0..col0 + panels * NR],
                 // SAFETY: r0 < m and col0 < b.n: inside C's m rows of ldc floats (contract).
                 c: unsafe { c.add(r0 * ldc + col0) },
                 ldc,
                 cols,
                 row_scales: &q.scales[r0..r1],
-                col_scales: &b.scales[col0..col0 + NR],
+                col_scales: &b.scales[col0..col0 + panels * NR],
                 bias: &bias[col0..col0 + cols],
             };
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: AVX2 was detected; the tile lies inside the quantised rows, the panel
-                // and C as `Tile` requires, with 1 <= r1 - r0 <= MR rows.
-                unsafe { avx2::dispatch(r1 - r0, &tile) };
-                continue;
+            let rows = r1 - r0;
+            // SAFETY: the tile lies inside the quantised rows, the panels [p, p + panels) and C
+            // as `Tile` requires, with 1 <= rows <= the kernel's most rows and cols <= its width
+            // (16, or 32 for AVX512-VNNI), and the CPU can run `kernel` (contract above).
+            unsafe {
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::Avx512Vnni => vnni512::dispatch(rows, &tile),
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::AvxVnni => vnni256::dispatch(rows, &tile),
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::Avx2 => avx2::dispatch(rows, &tile),
+                    _ => portable(rows, &tile),
+                }
             }
-            let _ = fast;
-            // SAFETY: as above, without the CPU feature.
-            unsafe { portable(r1 - r0, &tile) };
         }
     }
 }
@@ -281,7 +404,7 @@ unsafe fn qgemm_panels(
 /// The reference kernel, for CPUs without AVX2.
 ///
 /// # Safety
-/// `t` is a valid tile (see [`Tile`]) for `rows` rows.
+/// `t` is a valid tile (see [`Tile`]) for `rows` rows, with `cols <= NR`.
 unsafe fn portable(rows: usize, t: &Tile<'_>) {
     for r in 0..rows {
         // SAFETY: r < rows, and `t` is a valid tile for `rows` rows.
@@ -327,8 +450,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `rows` rows;
-    /// 1 <= rows <= 4.
+    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `rows` rows, with
+    /// `cols <= NR`; 1 <= rows <= 4.
     pub(super) unsafe fn dispatch(rows: usize, t: &Tile<'_>) {
         // SAFETY: forwarded from this function's contract, R = rows.
         unsafe {
@@ -343,7 +466,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `t` is a valid tile (see [`Tile`]) for `R` rows.
+    /// The CPU supports AVX2 and FMA; `t` is a valid tile (see [`Tile`]) for `R` rows, with
+    /// `cols <= NR`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize>(t: &Tile<'_>) {
         let ones = _mm256_set1_epi16(1);
@@ -375,7 +499,8 @@ mod avx2 {
     /// Dequantises `acc` (R rows of 16 i32 dot products) and adds it, plus the bias, into C.
     ///
     /// # Safety
-    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `R` rows.
+    /// The CPU supports AVX2; `t` is a valid tile (see [`Tile`]) for `R` rows, with
+    /// `cols <= NR`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn store<const R: usize>(t: &Tile<'_>, acc: &[[__m256i; 2]; R]) {
         // SAFETY: `col_scales` has NR = 16 values.
@@ -407,6 +532,166 @@ mod avx2 {
                     for (j, v) in tmp.iter().enumerate().take(t.cols) {
                         *cp.add(j) = (*cp.add(j) + t.bias[j]) + v;
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni256 {
+    use super::Tile;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU supports AVX2 and AVX-VNNI; `t` is a valid tile (see [`Tile`]) for `rows`
+    /// rows, with `cols <= NR`; 1 <= rows <= 6.
+    pub(super) unsafe fn dispatch(rows: usize, t: &Tile<'_>) {
+        // SAFETY: forwarded from this function's contract, R = rows.
+        unsafe {
+            match rows {
+                6 => kernel::<6>(t),
+                5 => kernel::<5>(t),
+                4 => kernel::<4>(t),
+                3 => kernel::<3>(t),
+                2 => kernel::<2>(t),
+                1 => kernel::<1>(t),
+                _ => unreachable!("row block of {rows}"),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As `dispatch`, for `R` rows.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_>) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for g in 0..t.groups {
+            // SAFETY: g < groups: the panel's 64 bytes of group g and 4 bytes of each of the
+            // tile's R rows of A are inside the tile.
+            unsafe {
+                let bp = t.b.add(g * 64);
+                let b0 = _mm256_loadu_si256(bp as *const __m256i);
+                let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = (t.biased.add(r * t.lda + g * 4) as *const i32).read_unaligned();
+                    let a = _mm256_set1_epi32(a);
+                    acc[0] = _mm256_dpbusd_avx_epi32(acc[0], a, b0);
+                    acc[1] = _mm256_dpbusd_avx_epi32(acc[1], a, b1);
+                }
+            }
+        }
+        // SAFETY: a tile has NR offset sums per panel.
+        let (o0, o1) = unsafe {
+            (
+                _mm256_loadu_si256(t.offset_sums.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(t.offset_sums.as_ptr().add(8) as *const __m256i),
+            )
+        };
+        for acc in acc.iter_mut() {
+            acc[0] = _mm256_sub_epi32(acc[0], o0);
+            acc[1] = _mm256_sub_epi32(acc[1], o1);
+        }
+        // SAFETY: the CPU supports AVX2; `t` is a valid tile for R rows with cols <= NR.
+        unsafe { super::avx2::store(t, &acc) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni512 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU supports AVX-512F and AVX512-VNNI; `t` is a valid tile (see [`Tile`]) for `rows`
+    /// rows, with `cols <= 2 * NR`; 1 <= rows <= 12.
+    pub(super) unsafe fn dispatch(rows: usize, t: &Tile<'_>) {
+        // SAFETY: forwarded from this function's contract, R = rows; P = the panels `cols`
+        // spans.
+        unsafe {
+            if t.cols > NR {
+                match rows {
+                    12 => kernel::<12, 2>(t),
+                    11 => kernel::<11, 2>(t),
+                    10 => kernel::<10, 2>(t),
+                    9 => kernel::<9, 2>(t),
+                    8 => kernel::<8, 2>(t),
+                    7 => kernel::<7, 2>(t),
+                    6 => kernel::<6, 2>(t),
+                    5 => kernel::<5, 2>(t),
+                    4 => kernel::<4, 2>(t),
+                    3 => kernel::<3, 2>(t),
+                    2 => kernel::<2, 2>(t),
+                    1 => kernel::<1, 2>(t),
+                    _ => unreachable!("row block of {rows}"),
+                }
+            } else {
+                match rows {
+                    12 => kernel::<12, 1>(t),
+                    11 => kernel::<11, 1>(t),
+                    10 => kernel::<10, 1>(t),
+                    9 => kernel::<9, 1>(t),
+                    8 => kernel::<8, 1>(t),
+                    7 => kernel::<7, 1>(t),
+                    6 => kernel::<6, 1>(t),
+                    5 => kernel::<5, 1>(t),
+                    4 => kernel::<4, 1>(t),
+                    3 => kernel::<3, 1>(t),
+                    2 => kernel::<2, 1>(t),
+                    1 => kernel::<1, 1>(t),
+                    _ => unreachable!("row block of {rows}"),
+                }
+            }
+        }
+    }
+
+    /// R x (16 P) block of C: one zmm of 16 i32 lanes (16 columns) per row and panel; a
+    /// panel's 64 bytes of one group are exactly 16 columns x 4 k values, `vpdpbusd`'s layout.
+    ///
+    /// # Safety
+    /// As `dispatch`, for `R` rows and `(P - 1) * NR < cols <= P * NR`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn kernel<const R: usize, const P: usize>(t: &Tile<'_>) {
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        for g in 0..t.groups {
+            // SAFETY: g < groups: the 64 bytes of group g of each of the P panels, and 4 bytes
+            // of each of the tile's R rows of A, are inside the tile.
+            unsafe {
+                let mut b = [_mm512_setzero_si512(); P];
+                for (p, b) in b.iter_mut().enumerate() {
+                    *b = _mm512_loadu_si512(t.b.add(p * t.panel_stride + g * 64) as *const _);
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = (t.biased.add(r * t.lda + g * 4) as *const i32).read_unaligned();
+                    let a = _mm512_set1_epi32(a);
+                    for (acc, b) in acc.iter_mut().zip(&b) {
+                        *acc = _mm512_dpbusd_epi32(*acc, a, *b);
+                    }
+                }
+            }
+        }
+        for p in 0..P {
+            let cols = (t.cols - p * NR).min(NR);
+            let mask: __mmask16 = ((1u32 << cols) - 1) as u16;
+            // SAFETY: a tile has NR offset sums and column scales per panel, and `cols` bias
+            // values; the mask keeps the bias load inside them.
+            let (offset, scales, bias) = unsafe {
+                (
+                    _mm512_loadu_si512(t.offset_sums.as_ptr().add(p * NR) as *const _),
+                    _mm512_loadu_ps(t.col_scales.as_ptr().add(p * NR)),
+                    _mm512_maskz_loadu_ps(mask, t.bias.as_ptr().add(p * NR)),
+                )
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                // The same operations in the same order as the portable kernel: bit-identical.
+                let dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p], offset));
+                let rs = _mm512_set1_ps(t.row_scales[r]);
+                let v = _mm512_mul_ps(dots, _mm512_mul_ps(scales, rs));
+                // SAFETY: the mask keeps loads and stores to the tile's R rows of `cols` floats.
+                unsafe {
+                    let cp = t.c.add(r * t.ldc + p * NR);
+                    let cv = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp), bias);
+                    _mm512_mask_storeu_ps(cp, mask, _mm512_add_ps(cv, v));
                 }
             }
         }
@@ -546,8 +831,11 @@ mod tests {
             groups: packed.kp / 4,
             abs: q.abs.as_ptr(),
             signed: q.signed.as_ptr(),
+            biased: q.biased.as_ptr(),
             lda: q.kp,
             b: packed.data.as_ptr(),
+            panel_stride: packed.kp * NR,
+            offset_sums: &packed.offset_sums[..NR],
             c: slow.as_mut_ptr(),
             ldc: n,
             cols: n,
@@ -558,5 +846,112 @@ mod tests {
         // SAFETY: the tile covers exactly the buffers above.
         unsafe { portable(m, &tile) };
         assert_eq!(fast, slow);
+    }
+
+    /// Every kernel this CPU runs gives the portable kernel's result bit for bit, on shapes
+    /// with row tails, partial and odd panel counts, K not a multiple of 4, smoothing, bias and
+    /// accumulation into a strided C.
+    #[test]
+    fn every_kernel_agrees_bit_for_bit_with_the_portable_one() {
+        let kernels = I8Kernel::available();
+        eprintln!("INT8 kernels on this CPU: {kernels:?}");
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 7, 5),
+            (3, 13, 17),
+            (5, 64, 48),
+            (11, 384, 1152),
+            (13, 100, 40),
+            (25, 1536, 384),
+            (37, 384, 33),
+        ] {
+            let a = seeded(m * k, 11);
+            let w = seeded(n * k, 12);
+            let smooth: Vec<f32> = seeded(k, 13).iter().map(|v| 1.5 + v).collect();
+            let packed = PackedI8::quantize_smoothed(&w, n, k, Some(&smooth));
+            let bias = seeded(n, 14);
+            let ldc = n + 3;
+            let start = seeded(m * ldc, 15);
+            let mut want = start.clone();
+            qgemm_with(I8Kernel::Portable, &a, m, &packed, &bias, &mut want, ldc);
+            for &kernel in &kernels {
+                let mut got = start.clone();
+                qgemm_with(kernel, &a, m, &packed, &bias, &mut got, ldc);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "{kernel:?} differs from portable at ({m},{k},{n})"
+                );
+            }
+        }
+    }
+
+    /// The raw i32 accumulators: with unit scales, no bias and C = 0 every kernel writes the
+    /// exact integer dot products (|dot| < 2^24, so f32 holds them exactly), including the
+    /// extremes -127 x 127 that would saturate a 16-bit pair sum.
+    #[test]
+    fn every_kernel_accumulates_the_exact_i32_dot_products() {
+        let (m, k, n): (usize, usize, usize) = (12, 1540, 32);
+        let kp = k.div_ceil(4) * 4;
+        // Weights and activations at the extremes and in between.
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| [-1.0, 1.0, -0.5, 0.25, -1.0][i % 5] * (1 + i % 3) as f32)
+            .collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| [1.0, -1.0, -1.0, 0.3, 0.0, 1.0, -0.7][i % 7])
+            .collect();
+        let packed = PackedI8::quantize_out_in(&w, n, k);
+        let q = QuantizedRows::new(&a, m, k, kp, None);
+        let ones = vec![1f32; m.max(2 * NR)];
+        let zero = vec![0f32; n];
+        for kernel in I8Kernel::available() {
+            let (mr, width) = kernel.tile_shape();
+            let rows = mr.min(m);
+            let cols = (width * NR).min(n);
+            let mut c = vec![0f32; rows * n];
+            let tile = Tile {
+                groups: kp / 4,
+                abs: q.abs.as_ptr(),
+                signed: q.signed.as_ptr(),
+                biased: q.biased.as_ptr(),
+                lda: kp,
+                b: packed.data.as_ptr(),
+                panel_stride: kp * NR,
+                offset_sums: &packed.offset_sums[..width * NR],
+                c: c.as_mut_ptr(),
+                ldc: n,
+                cols,
+                row_scales: &ones[..rows],
+                col_scales: &ones[..width * NR],
+                bias: &zero,
+            };
+            // SAFETY: the tile covers `rows` rows and `cols` columns of the buffers above,
+            // within the kernel's shape; `available` lists only kernels this CPU runs.
+            unsafe {
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::Avx512Vnni => vnni512::dispatch(rows, &tile),
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::AvxVnni => vnni256::dispatch(rows, &tile),
+                    #[cfg(target_arch = "x86_64")]
+                    I8Kernel::Avx2 => avx2::dispatch(rows, &tile),
+                    _ => portable(rows, &tile),
+                }
+            }
+            for r in 0..rows {
+                for j in 0..cols {
+                    let exact: i64 = (0..k)
+                        .map(|kk| {
+                            let wq = packed.data
+                                [(j / NR) * kp * NR + (kk / 4) * 64 + (j % NR) * 4 + kk % 4]
+                                as i64;
+                            q.signed[r * kp + kk] as i64 * wq
+                        })
+                        .sum();
+                    assert_eq!(c[r * n + j], exact as f32, "{kernel:?} [{r},{j}]");
+                }
+            }
+        }
     }
 }
