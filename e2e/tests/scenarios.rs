@@ -210,7 +210,7 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
     let t = Instant::now();
     let mut env = env("happy").await;
     let rollout = fast_rollout("happy", &env.prometheus.url());
-    let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(420)).await;
+    let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
         phase(&fin),
@@ -374,8 +374,8 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
     let mut env = env("sigkill").await;
     let name = "sigkill";
     let mut rollout = fast_rollout(name, &env.prometheus.url());
-    // A long second step (100 %) to kill the operator in.
-    rollout["spec"]["steps"][1]["duration"] = json!("60s");
+    // A long first step (50 %) to kill the operator in.
+    rollout["spec"]["steps"][0]["duration"] = json!("60s");
     ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
@@ -383,17 +383,17 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
     let before = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(300),
-            "step 2 at 100 %",
+            Duration::from_secs(180),
+            "step 1 at 50 %",
             &mut log,
-            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,
+            |r| r["status"]["currentStep"] == 0 && r["status"]["currentWeight"] == 50,
         )
         .await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let step_started = before["status"]["stepStartedAt"].clone();
     env.kill_operator().await;
     println!(
-        "[sigkill] operator SIGKILLed at {:.1}s in step 2",
+        "[sigkill] operator SIGKILLed at {:.1}s in step 1",
         env.secs()
     );
     // While it is down nothing changes.
@@ -402,7 +402,7 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
         let o = ok(env.observe(name).await);
         assert_eq!(
             (o.step, o.weight),
-            (1, 100),
+            (0, 50),
             "changed without an operator: {o:?}"
         );
         log.push(o);
@@ -421,7 +421,7 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
             |r| timestamp(&r["status"]["lastAnalysis"]["time"]).is_some_and(|t| t > restarted),
         )
         .await);
-    assert_eq!(after["status"]["currentStep"], 1, "resumed at step 2");
+    assert_eq!(after["status"]["currentStep"], 0, "resumed at step 1");
     assert_eq!(
         after["status"]["stepStartedAt"], step_started,
         "the step continues, not restarted"
@@ -429,7 +429,7 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
     let fin = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(300),
+            Duration::from_secs(600),
             "a final phase",
             &mut log,
             terminal,
@@ -460,10 +460,10 @@ async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) ->
     ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(300),
-            "step 2 at 100 %",
+            Duration::from_secs(180),
+            "step 1 at 50 %",
             &mut log,
-            |r| r["status"]["currentStep"] == 1 && r["status"]["currentWeight"] == 100,
+            |r| r["status"]["currentStep"] == 0 && r["status"]["currentWeight"] == 50,
         )
         .await);
     // The policy is set only now, so only Prometheus being down can trigger it.
@@ -498,7 +498,7 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
         let o = ok(env.observe(name).await);
         assert_eq!(
             (o.phase.as_str(), o.step, o.weight),
-            ("Progressing", 1, 100),
+            ("Progressing", 0, 50),
             "advanced or rolled back without Prometheus: {}",
             last["status"]
         );
@@ -535,7 +535,7 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
     let fin = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(300),
+            Duration::from_secs(600),
             "a final phase",
             &mut log,
             terminal,
