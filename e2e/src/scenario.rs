@@ -165,9 +165,12 @@ pub fn in_namespace(yaml: &str, ns: &str) -> anyhow::Result<String> {
 }
 
 /// A rollout of the candle candidate against the demo baseline: 50 % then 100 %, 15 s each at
-/// least, analysis every 5 s. The gates are the production ones (docs/analysis.md) with the
-/// absolute latency bounds this shared 2-core machine meets (P95 < 50 ms, trigger 100 ms) and a
-/// demo-grade confidence of 95 %; a step lasts until its evidence is conclusive, about 1500
+/// least, analysis every 5 s. The gates are the production ones (docs/analysis.md): the comparison
+/// (+5 ms) and the error rate (0.5 %) as in production, which catch the regressions; the absolute
+/// bounds are ones this shared 2-core VM meets even when its host steals 10-20 % of the CPU (P95 <
+/// 150 ms, trigger 300 ms: a P95 of 65-80 ms for the baseline itself was seen here). The candidate
+/// runs two replicas like the baseline, so at 50 % each pod serves the same load and the
+/// comparison is fair. Confidence 95 %; a step lasts until its evidence is conclusive, about 1500
 /// candidate requests for the 0.5 % error gate (at 30 req/s: about 100 s at 50 %, 50 s at 100 %).
 /// Tests adjust fields before applying it.
 pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
@@ -179,7 +182,7 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
             "baseline": {"deployment": BASELINE, "service": BASELINE, "port": 8080,
                          "metricsService": "mlx", "standbyReplicas": 1},
             "candidate": {"name": CANDIDATE, "image": "ghcr.io/akidb/candle-embedder:1.0.0",
-                          "replicas": 1, "fullReplicas": 1, "port": 8080, "args": [],
+                          "replicas": 2, "fullReplicas": 2, "port": 8080, "args": [],
                           "metricsService": "candle", "progressDeadline": "2m"},
             "ingress": {"name": PRIMARY_INGRESS},
             "steps": [
@@ -192,9 +195,9 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                 "confidence": 0.95,
                 "evidenceTimeout": "5m",
                 "prometheus": {"address": prometheus},
-                "gates": {"maxP95Ms": 50, "maxP95OverBaselineMs": 5, "maxErrorRate": 0.005,
+                "gates": {"maxP95Ms": 150, "maxP95OverBaselineMs": 5, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 100},
-                "rollbackTriggers": {"p95Ms": 100, "p95SustainedFor": "15s", "errorRate": 0.01},
+                "rollbackTriggers": {"p95Ms": 300, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
                 "noDataPolicy": "Hold"
             },
