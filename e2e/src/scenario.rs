@@ -165,8 +165,10 @@ pub fn in_namespace(yaml: &str, ns: &str) -> anyhow::Result<String> {
 }
 
 /// A rollout of the candle candidate against the demo baseline: 50 % then 100 %, 15 s each at
-/// least, analysis every 5 s. The gates are the production ones (docs/analysis.md): the comparison
-/// (+5 ms) and the error rate (0.5 %) as in production, which catch the regressions; the absolute
+/// least, analysis every 5 s. The gates have the production semantics (docs/analysis.md); the
+/// error rate (0.5 %) is production's, the comparison margin is 15 ms instead of 5 (with four
+/// embedders on two shared cores both P95s sit near 60 ms and spread wide, so 5 ms takes many
+/// minutes of evidence to confirm; +40 ms is still far outside), and these catch the regressions; the absolute
 /// bounds are ones this shared 2-core VM meets even when its host steals 10-20 % of the CPU (P95 <
 /// 150 ms, trigger 300 ms: a P95 of 65-80 ms for the baseline itself was seen here). The candidate
 /// runs two replicas like the baseline, so at 50 % each pod serves the same load and the
@@ -195,7 +197,7 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                 "confidence": 0.95,
                 "evidenceTimeout": "5m",
                 "prometheus": {"address": prometheus},
-                "gates": {"maxP95Ms": 150, "maxP95OverBaselineMs": 5, "maxErrorRate": 0.005,
+                "gates": {"maxP95Ms": 150, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 100},
                 "rollbackTriggers": {"p95Ms": 300, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
