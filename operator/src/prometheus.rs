@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use prometheus_http_query::{response::Data, Client, Error as PromError};
+use prometheus_http_query::{
+    response::{Data, PromqlResult},
+    Client, Error as PromError,
+};
 
 use crate::{
     crd::AnalysisSpec,
@@ -126,25 +129,24 @@ impl Prometheus {
     /// Run one instant query. The timeout is both sent to Prometheus (so it stops evaluating) and
     /// enforced locally (so a hung connection cannot stall a reconcile).
     pub async fn instant(&self, promql: &str) -> Result<Reading, QueryError> {
+        reading_from(self.query(promql).await?.data())
+    }
+
+    /// One query with the time budget, both sent and enforced; errors classified.
+    async fn query(&self, promql: &str) -> Result<PromqlResult, QueryError> {
         let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
         let request = self.client.query(promql).timeout(millis).get();
         match tokio::time::timeout(self.timeout, request).await {
             Err(_) => Err(QueryError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(classify(e, self.timeout)),
-            Ok(Ok(result)) => reading_from(result.data()),
+            Ok(Ok(result)) => Ok(result),
         }
     }
 
     /// Run one `sum by (le)` histogram query: `(le, value)` per series. A series without a
     /// parsable `le` label makes the whole answer unusable (the query is not what it should be).
     pub async fn buckets(&self, promql: &str) -> Result<Vec<(f64, f64)>, QueryError> {
-        let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
-        let request = self.client.query(promql).timeout(millis).get();
-        let result = match tokio::time::timeout(self.timeout, request).await {
-            Err(_) => return Err(QueryError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(classify(e, self.timeout)),
-            Ok(Ok(result)) => result,
-        };
+        let result = self.query(promql).await?;
         let Data::Vector(v) = result.data() else {
             return Err(QueryError::UnexpectedShape("non-vector"));
         };
