@@ -73,7 +73,13 @@ impl Sample {
 pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Sample> {
     let client = reqwest::Client::builder()
         .timeout(cfg.request_timeout)
-        .pool_max_idle_per_host(64)
+        // One connection per request. nginx closes idle keep-alive connections when a reload
+        // retires its old workers, and a request written onto such a connection at that instant
+        // fails with "connection closed before message completed" although nginx never read it
+        // (the HTTP/1.1 keep-alive race every client has; callers retry idempotent requests).
+        // That is not what the scenarios judge; fresh connections keep every failure one that
+        // nginx or an upstream actually caused, including requests cut off by a reload.
+        .pool_max_idle_per_host(0)
         .build()
         .expect("reqwest client");
     let mut body = json!({ "texts": cfg.texts });
