@@ -8,12 +8,18 @@ cargo test -p e2e --test controlplane --test prometheus --test harness -- --test
 tests=$(cargo test -q -p e2e --test scenarios -- --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 [ -n "$tests" ] || { echo "no scenarios found" >&2; exit 1; }
 failed=()
+# The machine's share over a scenario (from /proc/stat): the latency gates judge a shared VM, so
+# each scenario says how busy the cores were and how much the host stole.
+cpu() { awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat; }
 for t in $tests; do
   start=$(date +%s)
+  read -r busy0 idle0 steal0 < <(cpu)
   if ! cargo test -p e2e --test scenarios -- --exact "$t" --test-threads=1 --nocapture; then
     failed+=("$t")
   fi
-  echo "=== $t: $(( $(date +%s) - start ))s"
+  read -r busy1 idle1 steal1 < <(cpu)
+  total=$(( busy1 - busy0 + idle1 - idle0 + steal1 - steal0 ))
+  echo "=== $t: $(( $(date +%s) - start ))s (cores busy $(( 100 * (busy1 - busy0) / (total > 0 ? total : 1) ))%, stolen by the host $(( 100 * (steal1 - steal0) / (total > 0 ? total : 1) ))%)"
 done
 n=$(echo "$tests" | wc -w)
 [ ${#failed[@]} -eq 0 ] || echo "FAILED: ${failed[*]}"

@@ -168,13 +168,15 @@ pub fn in_namespace(yaml: &str, ns: &str) -> anyhow::Result<String> {
 /// least, analysis every 5 s. The gates have the production semantics (docs/analysis.md); the
 /// error rate (0.5 %) is production's, the comparison margin is 15 ms instead of 5 (with four
 /// embedders on two shared cores both P95s sit near 60 ms and spread wide, so 5 ms takes many
-/// minutes of evidence to confirm; +40 ms is still far outside), and these catch the regressions; the absolute
-/// bounds are ones this shared 2-core VM meets even when its host steals 10-20 % of the CPU (P95 <
-/// 150 ms, trigger 300 ms: a P95 of 65-80 ms for the baseline itself was seen here). The candidate
-/// runs two replicas like the baseline, so at 50 % each pod serves the same load and the
-/// comparison is fair. Confidence 95 %; a step lasts until its evidence is conclusive, about 1500
-/// candidate requests for the 0.5 % error gate (at 30 req/s: about 100 s at 50 %, 50 s at 100 %).
-/// Tests adjust fields before applying it.
+/// minutes of evidence to confirm; +40 ms is still far outside). These relative gates catch the
+/// regressions. The absolute bounds (P95 < 400 ms, trigger 800 ms) only say what this shared
+/// 2-core VM always meets: its host slows both services alike for tens of seconds (both P95s
+/// went from 100 to 210-240 ms for 20 s in a run on 2026-12-02, rolling back a healthy
+/// candidate at the old 150 ms bound), which an absolute bound cannot tell from a regression.
+/// The candidate runs two replicas like the baseline, so at 50 % each pod serves the same load
+/// and the comparison is fair. Confidence 95 %; a step lasts until its evidence is conclusive,
+/// about 1500 candidate requests for the 0.5 % error gate (at 30 req/s: about 100 s at 50 %, 50 s
+/// at 100 %). Tests adjust fields before applying it.
 pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
     json!({
         "apiVersion": "rollout.akidb.io/v1alpha1",
@@ -197,9 +199,9 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                 "confidence": 0.95,
                 "evidenceTimeout": "5m",
                 "prometheus": {"address": prometheus},
-                "gates": {"maxP95Ms": 150, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
+                "gates": {"maxP95Ms": 400, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 100},
-                "rollbackTriggers": {"p95Ms": 300, "p95SustainedFor": "15s", "errorRate": 0.01},
+                "rollbackTriggers": {"p95Ms": 800, "p95SustainedFor": "15s", "errorRate": 0.01},
                 "failureLimit": 3,
                 "noDataPolicy": "Hold"
             },

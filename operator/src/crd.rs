@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
+    Toleration, TopologySpreadConstraint, Volume,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -156,6 +159,78 @@ pub struct CandidateSpec {
     /// Not available by then: phase Failed, traffic untouched.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: GoDuration,
+    /// Pod fields merged onto the pod the operator builds: a private registry, a model on a PVC
+    /// or from an init container, scheduling, a service account, sidecars (docs/candidate.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<CandidateTemplate>,
+}
+
+/// The part of a PodTemplateSpec a candidate may carry, in the same shape, merged onto the
+/// operator's pod: the operator's labels, annotations, container name, image, args, port and
+/// `EMBEDDER_*` environment win; everything else here is added or replaces the default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<CandidatePodSpec>,
+}
+
+/// Extra pod labels and annotations (the operator's own keys win).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Pod spec fields of the candidate. `containers` may hold an entry named `embedder`: its
+/// volumeMounts and envFrom are added to the embedder container, and its securityContext,
+/// probes, lifecycle, imagePullPolicy and (without `candidate.resources`) resources replace the
+/// operator's. Every other entry is a sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.containers) || self.containers.all(c, c.name != 'embedder' || (!has(c.image) && !has(c.command) && !has(c.args) && !has(c.ports)))", "message": "the embedder container's image, command, args and ports come from candidate.image, candidate.args and candidate.port"},
+    {"rule": "!has(self.initContainers) || self.initContainers.all(c, c.name != 'embedder')", "message": "the init container name embedder is reserved for the embedder container"},
+    {"rule": "!has(self.volumes) || self.volumes.all(v, v.name != 'models')", "message": "the volume name models is reserved for candidate.models"}
+]))]
+pub struct CandidatePodSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub init_containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub containers: Vec<Container>,
 }
 
 /// The primary Ingress; the canary is `<name>-canary`.
@@ -611,28 +686,6 @@ impl CandidateSpec {
     /// Replicas at 100 % and after promotion.
     pub fn full_replicas(&self) -> i32 {
         self.full_replicas.unwrap_or(self.replicas)
-    }
-
-    /// Stable hash (FNV-1a 64, hex) of every field that ends up in the candidate's pod template.
-    /// A change of this hash mid-rollout restarts the rollout from step 0. Replica counts,
-    /// metricsService and progressDeadline are not pod fields and do not restart anything.
-    pub fn pod_hash(&self) -> String {
-        let pod_fields = serde_json::json!({
-            "image": self.image,
-            "port": self.port,
-            "args": self.args,
-            "env": self.env,
-            "resources": self.resources,
-            "models": self.models,
-        });
-        // serde_json's default map is ordered, so the serialisation (and the hash) is stable.
-        let bytes = serde_json::to_vec(&pod_fields).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
     }
 }
 

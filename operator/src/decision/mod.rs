@@ -197,9 +197,17 @@ pub fn reconcile(
         actions: Vec::new(),
         events: Vec::new(),
         requeue: Vec::new(),
-        hash: spec.candidate.pod_hash(),
+        hash: crate::workload::pod_hash(&spec.candidate),
         forced: false,
     };
+    // A rollout started by an operator version with the older hash (which missed
+    // metricsService) continues: the spec it was started from is the spec now. The candidate's
+    // pods then roll once to the new annotation; the rollout does not restart.
+    if r.st.candidate_hash.as_deref()
+        == Some(crate::workload::legacy_pod_hash(&spec.candidate).as_str())
+    {
+        r.st.candidate_hash = Some(r.hash.clone());
+    }
     r.st.observed_generation = observed.generation.or(status.observed_generation);
     r.run();
     r.finish()

@@ -10,6 +10,7 @@ use crate::crd::{
     BaselineSpec, CandidateSpec, EmbeddingRolloutSpec, IngressSpec, PromotionSpec, Step,
 };
 use crate::duration::GoDuration;
+use crate::workload::pod_hash;
 
 // ----- fixtures ----------------------------------------------------------------------------
 
@@ -42,6 +43,7 @@ fn spec() -> EmbeddingRolloutSpec {
             models: None,
             metrics_service: "candle".into(),
             progress_deadline: "10m".into(),
+            template: None,
         },
         ingress: IngressSpec {
             name: "akidb-ingress".into(),
@@ -77,7 +79,7 @@ fn dep(spec_replicas: i32, ready: i32) -> DeploymentObs {
 
 fn cand(spec: &EmbeddingRolloutSpec, replicas: i32, ready: i32) -> DeploymentObs {
     DeploymentObs {
-        candidate_hash: Some(spec.candidate.pod_hash()),
+        candidate_hash: Some(pod_hash(&spec.candidate)),
         ..dep(replicas, ready)
     }
 }
@@ -337,7 +339,7 @@ fn happy_path_goes_all_the_way_to_decommissioned() {
         d.actions,
         [Action::EnsureCandidate {
             replicas: 2,
-            hash: s.spec.candidate.pod_hash()
+            hash: pod_hash(&s.spec.candidate)
         }]
     );
     assert_eq!(s.status.baseline_replicas_at_start, Some(3));
@@ -410,7 +412,7 @@ fn scales_candidate_to_full_replicas_before_sending_100_percent() {
     let d = s.log.last().unwrap();
     assert!(d.actions.contains(&Action::EnsureCandidate {
         replicas: 4,
-        hash: s.spec.candidate.pod_hash()
+        hash: pod_hash(&s.spec.candidate)
     }));
     assert!(!d.actions.contains(&Action::SetCanaryWeight(100)));
     assert_eq!(
@@ -1007,7 +1009,7 @@ fn promoting_waits_for_full_replicas_when_promoted_early() {
     assert!(d.actions.contains(&Action::ClearCommand));
     assert!(d.actions.contains(&Action::EnsureCandidate {
         replicas: 4,
-        hash: s.spec.candidate.pod_hash()
+        hash: pod_hash(&s.spec.candidate)
     }));
     assert!(!d
         .actions
@@ -1297,7 +1299,7 @@ fn image_change_mid_rollout_restarts_from_step_zero_with_traffic_off_first() {
             Action::SetCanaryWeight(0),
             Action::EnsureCandidate {
                 replicas: 2,
-                hash: s.spec.candidate.pod_hash()
+                hash: pod_hash(&s.spec.candidate)
             }
         ],
         "weight 0 before the redeploy"
@@ -1306,7 +1308,7 @@ fn image_change_mid_rollout_restarts_from_step_zero_with_traffic_off_first() {
     assert_eq!(s.status.current_step, 0);
     assert_eq!(s.status.current_weight, 0);
     assert_eq!(s.status.observed_image.as_deref(), Some("candle:1.0.1"));
-    assert_eq!(s.status.candidate_hash, Some(s.spec.candidate.pod_hash()));
+    assert_eq!(s.status.candidate_hash, Some(pod_hash(&s.spec.candidate)));
     assert!(s.status.last_analysis.is_none());
     s.pods_ready = true;
     let d = s.after(5, None);
@@ -1338,12 +1340,19 @@ fn any_pod_field_restarts_but_replica_counts_do_not() {
             value: Some("debug".into()),
             value_from: None,
         }]));
+    // The gates query the metricsService label the pods export (EMBEDDER_SERVICE_NAME): a new
+    // value must reach new pods and restart the analysis, not query a label nobody exports.
+    assert!(restart(&|s| s.candidate.metrics_service = "candle-int8".into()));
+    assert!(restart(&|s| s.candidate.template = Some(
+        serde_json::from_value(serde_json::json!({"spec": {"imagePullSecrets": [{"name": "ghcr"}]}}))
+            .unwrap()
+    )));
     assert!(!restart(&|s| s.candidate.replicas = 3));
     assert!(!restart(&|s| s.candidate.full_replicas = Some(8)));
     assert!(!restart(&|s| s.analysis.gates.max_p95_ms = 30.0));
     assert_eq!(
-        base.candidate.pod_hash(),
-        spec().candidate.pod_hash(),
+        pod_hash(&base.candidate),
+        pod_hash(&spec().candidate),
         "hash is stable"
     );
 }
@@ -1357,7 +1366,7 @@ fn replica_change_mid_step_rescales_without_restart() {
         d.actions,
         [Action::EnsureCandidate {
             replicas: 3,
-            hash: s.spec.candidate.pod_hash()
+            hash: pod_hash(&s.spec.candidate)
         }]
     );
     assert_eq!(s.status.current_step, 1);
@@ -1374,7 +1383,7 @@ fn image_change_while_deploying_redeploys_at_once() {
         d.actions,
         [Action::EnsureCandidate {
             replicas: 2,
-            hash: s.spec.candidate.pod_hash()
+            hash: pod_hash(&s.spec.candidate)
         }]
     );
     assert_eq!(s.phase(), Phase::Deploying);
@@ -1412,7 +1421,7 @@ fn image_change_after_promotion_returns_to_baseline_then_starts_over() {
             Action::ScaleCandidate(0),
             Action::EnsureCandidate {
                 replicas: 2,
-                hash: s.spec.candidate.pod_hash()
+                hash: pod_hash(&s.spec.candidate)
             }
         ]
     );
@@ -1701,7 +1710,7 @@ fn retry_after_rollback_starts_a_fresh_rollout() {
     assert_eq!(s.phase(), Phase::Deploying);
     assert!(d.actions.contains(&Action::EnsureCandidate {
         replicas: 2,
-        hash: s.spec.candidate.pod_hash()
+        hash: pod_hash(&s.spec.candidate)
     }));
     assert_eq!(s.status.rollback, None);
     assert_eq!(s.status.consecutive_failures, 0);
@@ -2185,4 +2194,23 @@ fn random_runs_keep_the_safety_invariants() {
     for p in Phase::ALL {
         assert!(phases_seen.contains(&p), "{p} never reached");
     }
+}
+
+#[test]
+fn a_rollout_started_with_the_legacy_hash_continues_at_its_step() {
+    let mut s = Sim::at_step(2);
+    let legacy = crate::workload::legacy_pod_hash(&s.spec.candidate);
+    s.status.candidate_hash = Some(legacy.clone());
+    if let Some(c) = s.obs.candidate.as_mut() {
+        c.candidate_hash = Some(legacy);
+    }
+    let d = s.after(1, None);
+    assert_eq!(s.phase(), Phase::Progressing, "{:?}", d.status.message);
+    assert_eq!(s.status.current_step, 2);
+    assert_eq!(s.status.candidate_hash, Some(pod_hash(&s.spec.candidate)));
+    assert!(!has_event(&d, "CandidateChanged"));
+    // The Deployment is re-annotated (its pods roll once), at the same replicas.
+    assert!(d.actions.iter().any(|a| matches!(a,
+        Action::EnsureCandidate { replicas: 2, hash } if *hash == pod_hash(&s.spec.candidate))));
+    assert!(!d.actions.contains(&Action::SetCanaryWeight(0)));
 }
