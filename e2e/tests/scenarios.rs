@@ -699,6 +699,28 @@ async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_mess
     create(base.clone())
         .await
         .expect("a valid rollout is accepted");
+    // A candidate template as a user writes it survives the schema (nothing pruned).
+    let mut templated = base.clone();
+    templated["metadata"]["name"] = json!("templated");
+    let template = json!({
+        "metadata": {"labels": {"team": "search"}},
+        "spec": {
+            "imagePullSecrets": [{"name": "ghcr"}],
+            "nodeSelector": {"kubernetes.io/arch": "amd64"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": "minilm"}}],
+            "initContainers": [{"name": "fetch", "image": "busybox:1", "command": ["true"]}],
+            "containers": [{"name": "embedder", "volumeMounts": [{"name": "weights", "mountPath": "/models"}]}]
+        }
+    });
+    templated["spec"]["candidate"]["template"] = template.clone();
+    let stored = create(templated)
+        .await
+        .expect("a rollout with a candidate template is accepted");
+    assert_eq!(
+        stored.data["spec"]["candidate"]["template"], template,
+        "the API server kept the template as written"
+    );
 
     type Mutation = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Mutation, &str)> = vec![
@@ -738,6 +760,22 @@ async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_mess
             "negative-trigger",
             Box::new(|v| v["spec"]["analysis"]["rollbackTriggers"]["p95Ms"] = json!(-1)),
             "rollbackTriggers.p95Ms must be positive",
+        ),
+        (
+            "template-sets-the-embedder-image",
+            Box::new(|v| {
+                v["spec"]["candidate"]["template"] =
+                    json!({"spec": {"containers": [{"name": "embedder", "image": "other:1"}]}})
+            }),
+            "the embedder container's image, command, args and ports come from candidate.image",
+        ),
+        (
+            "template-reuses-the-models-volume",
+            Box::new(|v| {
+                v["spec"]["candidate"]["template"] =
+                    json!({"spec": {"volumes": [{"name": "models", "emptyDir": {}}]}})
+            }),
+            "the volume name models is reserved for candidate.models",
         ),
     ];
     for (name, mutate, message) in cases {
