@@ -374,6 +374,7 @@ YAML
         "create deployments.apps production" "watch deployments.apps"
         "create services production" "patch services production akidb-candle" "watch services"
         "create configmaps production" "patch configmaps production akidb-candle-models"
+        "get configmaps production prometheus-ca"
         "delete configmaps production akidb-candle-models"
         "get ingresses.networking.k8s.io production akidb-ingress"
         "create ingresses.networking.k8s.io production" "patch ingresses.networking.k8s.io production akidb-ingress"
@@ -397,9 +398,11 @@ YAML
     check "operator service account may not do anything else checked" kdr access --user "$sa" --deny "${forbidden[@]}"
     nsa=system:serviceaccount:embedding-rollout-system:rollout-operator
     check "single-namespace release: allowed in production" kdr access --user "$nsa" --allow \
-        "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
+        "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1" \
+        "get secrets production prometheus-auth"
     check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
-        "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io"
+        "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io" \
+        "get secrets production other-secret" "list secrets production"
 
     # -----------------------------------------------------------------------------------------------
     section "6. the operator itself under the chart's RBAC and arguments"

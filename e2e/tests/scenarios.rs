@@ -527,6 +527,21 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
         during.len(),
         during[0]["reasons"]
     );
+    // Said once: the address, the error and how many queries it hit; the queries stay in the log.
+    let down_reasons = during[0]["reasons"].as_array().cloned().unwrap_or_default();
+    let said = down_reasons
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|r| r.contains("Prometheus"))
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "one line for the outage: {down_reasons:?}");
+    assert!(
+        said[0].starts_with("18 of 18 Prometheus queries failed: Prometheus at http://127.0.0.1:")
+            && said[0].contains("is unreachable")
+            && !said[0].contains("query="),
+        "{}",
+        said[0]
+    );
     env.prometheus
         .start_again()
         .await

@@ -40,6 +40,7 @@ use crate::{
     metrics::Metrics,
     observe,
     prometheus::{AnalysisQueries, Prometheus, QueryError},
+    prometheus_access::{self, Access},
     server::Readiness,
     traffic::nginx::{self, ServiceTarget, TrafficError},
     workload::{self, CandidateWorkload, WorkloadError, MANAGER},
@@ -52,12 +53,15 @@ pub struct ControllerConfig {
     pub prometheus_timeout: Duration,
 }
 
+/// Distinct tenants or credentials one Prometheus address keeps clients for.
+const MAX_CLIENTS_PER_ADDRESS: usize = 16;
+
 /// Shared by all reconciles.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    prometheus: Mutex<HashMap<String, Prometheus>>,
+    prometheus: Mutex<HashMap<(String, u64), Prometheus>>,
     prometheus_timeout: Duration,
 }
 
@@ -79,14 +83,21 @@ impl Context {
         }
     }
 
-    /// One client per Prometheus address (rollouts may point at different ones).
-    fn prometheus(&self, address: &str) -> Result<Prometheus, QueryError> {
+    /// One client per Prometheus address and access (rollouts may point at different ones, or
+    /// at one with different tenants); a rotated credential gets a new client. Clients of
+    /// credentials no longer in use are dropped, so the pool stays as small as the rollouts.
+    fn prometheus(&self, address: &str, access: &Access) -> Result<Prometheus, QueryError> {
+        let key = (address.to_string(), access.fingerprint());
         let mut pool = self.prometheus.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pool.get(address) {
+        if let Some(p) = pool.get(&key) {
             return Ok(p.clone());
         }
-        let p = Prometheus::new(address, self.prometheus_timeout)?;
-        pool.insert(address.to_string(), p.clone());
+        let p = Prometheus::connect(address, access, self.prometheus_timeout)?;
+        // Same address, other fingerprint: an older credential of (most likely) this rollout.
+        if pool.keys().filter(|(a, _)| a == address).count() >= MAX_CLIENTS_PER_ADDRESS {
+            pool.retain(|(a, _), _| a != address);
+        }
+        pool.insert(key, p.clone());
         Ok(p)
     }
 }
@@ -338,13 +349,20 @@ async fn query_metrics(
         baseline_service: &spec.baseline.metrics_service,
         spec: &spec.analysis,
     };
-    match ctx.prometheus(&spec.analysis.prometheus.address) {
+    let prom = &spec.analysis.prometheus;
+    let ns = rollout.namespace().unwrap_or_default();
+    let client = match prometheus_access::resolve(&ctx.client, &ns, prom).await {
+        Ok(access) => ctx.prometheus(&prom.address, &access),
+        Err(e) => Err(QueryError::Access(e)),
+    };
+    match client {
         Ok(p) => {
             p.snapshot(&queries, decision::evidence_range(status, now))
                 .await
         }
         Err(e) => {
-            let msg = e.to_string();
+            let msg = Prometheus::describe(&prom.address, &e);
+            tracing::warn!(rollout = %rollout.name_any(), namespace = %ns, error = %msg, "no Prometheus client");
             MetricsSnapshot {
                 candidate: decision::ServiceMetrics::failed(&msg),
                 baseline: decision::ServiceMetrics::failed(&msg),

@@ -295,13 +295,100 @@ pub struct AnalysisSpec {
     pub queries: QueryOverrides,
 }
 
-/// Where Prometheus is.
+/// Where Prometheus is and how to reach it: managed and multi-tenant Prometheus (Mimir, Cortex,
+/// Thanos, a cloud provider's) need credentials, a tenant header or a private CA. Secrets and
+/// ConfigMaps are read from the rollout's namespace at each analysis; their values are never
+/// logged or written to the status.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.bearerToken) && has(self.basicAuth))", "message": "prometheus: set bearerToken or basicAuth, not both"},
+    {"rule": "!has(self.headers) || self.headers.all(h, !h.name.matches('(?i)^authorization$'))", "message": "prometheus.headers: set the Authorization header through bearerToken or basicAuth"},
+    {"rule": "!has(self.tls) || self.address.startsWith('https://')", "message": "prometheus.tls needs an https:// address"}
+]))]
 pub struct PrometheusSpec {
     #[serde(default = "default_prometheus_address")]
     #[schemars(regex(pattern = r"^https?://.+"))]
     pub address: String,
+    /// `Authorization: Bearer <token>`, the token from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<SecretKeyRef>,
+    /// HTTP basic authentication, both parts from Secret keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// Extra request headers, e.g. `X-Scope-OrgID` for Mimir, Cortex or Thanos tenants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeader>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
+}
+
+/// A key of a Secret in the rollout's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A key of a ConfigMap in the rollout's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub username: SecretKeyRef,
+    pub password: SecretKeyRef,
+}
+
+/// One request header: a literal value or one from a Secret key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.value) != has(self.secretKeyRef)", "message": "a header takes value or secretKeyRef, exactly one"}
+]))]
+pub struct HttpHeader {
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// How to trust Prometheus's certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.caConfigMap) && has(self.caSecret))", "message": "prometheus.tls: set caConfigMap or caSecret, not both"}
+]))]
+pub struct PrometheusTls {
+    /// PEM CA bundle from a ConfigMap key (e.g. a cluster's `kube-root-ca.crt`); when set, only
+    /// these CAs are trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map: Option<ConfigMapKeyRef>,
+    /// PEM CA bundle from a Secret key (e.g. a cert-manager `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+    /// The name the certificate must carry, when it is not the address's host (an address by
+    /// IP or through a tunnel). Sent as SNI too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
 }
 
 /// Go/no-go gates of one analysis. See operator/README.md for exact threshold semantics.
@@ -710,6 +797,10 @@ impl Default for PrometheusSpec {
     fn default() -> Self {
         Self {
             address: default_prometheus_address(),
+            bearer_token: None,
+            basic_auth: None,
+            headers: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod prometheus;
+pub mod prometheus_access;
 pub mod server;
 pub mod traffic;
 pub mod workload;

@@ -5,7 +5,7 @@
 //! (unreachable, timeout, rejected PromQL, HTTP error, garbage). The decision core decides what
 //! each means for the rollout.
 
-use std::time::Duration;
+use std::{error::Error as _, time::Duration};
 
 use prometheus_http_query::{
     response::{Data, PromqlResult},
@@ -17,6 +17,7 @@ use crate::{
     decision::{
         BucketsResult, Counts, MetricsSnapshot, QueryResult as CoreQueryResult, ServiceMetrics,
     },
+    prometheus_access::Access,
 };
 
 /// Default PromQL templates (docs/interfaces.md). `{{service}}` is the metrics `service` label,
@@ -91,39 +92,70 @@ impl Reading {
     }
 }
 
-/// Why a query produced no reading.
+/// Why a query produced no reading. Shown after "Prometheus at <address> " (see [`Prometheus::describe`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QueryError {
-    #[error("invalid Prometheus address {address:?}: {message}")]
+    #[error("is not a valid address: {message}")]
     BadAddress { address: String, message: String },
-    #[error("Prometheus unreachable: {0}")]
+    #[error("is unreachable: {0}")]
     Unreachable(String),
-    #[error("Prometheus query timed out after {0:?}")]
+    /// The TLS handshake failed: an unknown CA, a certificate for another name.
+    #[error("failed the TLS handshake: {0}; check prometheus.tls")]
+    Tls(String),
+    #[error("did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("Prometheus rejected the query ({kind}): {message}")]
+    /// 401 or 403: the credentials (prometheus.bearerToken / basicAuth) are wrong or missing.
+    #[error(
+        "refused the credentials (HTTP {0}); check prometheus.bearerToken or prometheus.basicAuth"
+    )]
+    Unauthorized(u16),
+    #[error("rejected the query ({kind}): {message}")]
     Rejected { kind: String, message: String },
-    #[error("Prometheus answered with an unusable response: {0}")]
+    #[error("answered with an unusable response: {0}")]
     BadResponse(String),
-    #[error("query returned a {0}, expected an instant vector or scalar")]
+    #[error("returned a {0}, expected an instant vector or scalar")]
     UnexpectedShape(&'static str),
+    /// The credentials or CA could not be read or used.
+    #[error("cannot be queried: {0}")]
+    Access(#[from] crate::prometheus_access::AccessError),
 }
 
 /// A Prometheus endpoint plus the per-query time budget.
 #[derive(Clone)]
 pub struct Prometheus {
     client: Client,
+    address: String,
     timeout: Duration,
 }
 
 impl Prometheus {
+    /// A client for `address` without credentials.
     pub fn new(address: &str, timeout: Duration) -> Result<Self, QueryError> {
-        let client = address
+        Self::connect(address, &Access::default(), timeout)
+    }
+
+    /// A client for `address` with `access` (credentials, headers, CA, server name).
+    pub fn connect(address: &str, access: &Access, timeout: Duration) -> Result<Self, QueryError> {
+        let bad = |message: String| QueryError::BadAddress {
+            address: address.to_string(),
+            message,
+        };
+        // Parsed on its own first: the address must be a URL whatever the access says.
+        address
             .parse::<Client>()
-            .map_err(|e| QueryError::BadAddress {
-                address: address.to_string(),
-                message: error_chain(&e),
-            })?;
-        Ok(Self { client, timeout })
+            .map_err(|e| bad(error_chain(&e)))?;
+        let (url, http) = access.client(address, timeout)?;
+        let client = Client::from(http, &url).map_err(|e| bad(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            address: address.to_string(),
+            timeout,
+        })
+    }
+
+    /// "Prometheus at <address> <what went wrong>", the form every status message uses.
+    pub fn describe(address: &str, e: &QueryError) -> String {
+        format!("Prometheus at {address} {e}")
     }
 
     /// Run one instant query. The timeout is both sent to Prometheus (so it stops evaluating) and
@@ -136,11 +168,16 @@ impl Prometheus {
     async fn query(&self, promql: &str) -> Result<PromqlResult, QueryError> {
         let millis = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
         let request = self.client.query(promql).timeout(millis).get();
-        match tokio::time::timeout(self.timeout, request).await {
+        let result = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => Err(QueryError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(classify(e, self.timeout)),
             Ok(Ok(result)) => Ok(result),
+        };
+        // The status says what failed once, without the queries; the log keeps each one.
+        if let Err(e) = &result {
+            tracing::warn!(address = %self.address, query = promql, error = %e, "Prometheus query failed");
         }
+        result
     }
 
     /// Run one `sum by (le)` histogram query: `(le, value)` per series. A series without a
@@ -172,15 +209,21 @@ fn classify(e: PromError, timeout: Duration) -> QueryError {
             message: p.message().to_string(),
         },
         PromError::Client(c) => {
-            let message = error_chain(&c);
-            match c.inner() {
-                Some(r) if r.is_timeout() => QueryError::Timeout(timeout),
-                Some(r) if r.is_connect() || r.is_request() => QueryError::Unreachable(message),
-                Some(r) => match r.status() {
-                    Some(status) => QueryError::BadResponse(format!("HTTP {status}: {message}")),
-                    None => QueryError::BadResponse(message),
-                },
-                None => QueryError::BadResponse(message),
+            let Some(r) = c.inner() else {
+                return QueryError::BadResponse(c.to_string());
+            };
+            // reqwest's own message repeats the whole URL-encoded query: say why instead.
+            let why = r.source().map(error_chain).unwrap_or_else(|| c.to_string());
+            match r.status() {
+                _ if r.is_timeout() => QueryError::Timeout(timeout),
+                Some(s) if s.as_u16() == 401 || s.as_u16() == 403 => {
+                    QueryError::Unauthorized(s.as_u16())
+                }
+                Some(s) => QueryError::BadResponse(format!("HTTP {s}")),
+                // rustls says "invalid peer certificate: ..." for every verification failure.
+                None if why.contains("peer certificate") => QueryError::Tls(why),
+                None if r.is_connect() || r.is_request() => QueryError::Unreachable(why),
+                None => QueryError::BadResponse(why),
             }
         }
         other => QueryError::BadResponse(error_chain(&other)),
@@ -312,20 +355,20 @@ impl QueryKind {
     ];
 }
 
-fn to_core(r: Result<Reading, QueryError>) -> CoreQueryResult {
+fn to_core(address: &str, r: Result<Reading, QueryError>) -> CoreQueryResult {
     match r {
         Ok(Reading::Value(v)) => Ok(Some(v)),
         Ok(Reading::NoData) => Ok(None),
         Ok(Reading::NotANumber) => Ok(Some(f64::NAN)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Prometheus::describe(address, &e)),
     }
 }
 
-fn buckets_to_core(r: Result<Vec<(f64, f64)>, QueryError>) -> BucketsResult {
+fn buckets_to_core(address: &str, r: Result<Vec<(f64, f64)>, QueryError>) -> BucketsResult {
     match r {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(v)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Prometheus::describe(address, &e)),
     }
 }
 
@@ -335,9 +378,9 @@ impl Prometheus {
         let (buckets, req, err) =
             tokio::join!(self.buckets(buckets), self.instant(req), self.instant(err));
         Counts {
-            latency: buckets_to_core(buckets),
-            requests: to_core(req),
-            errors: to_core(err),
+            latency: buckets_to_core(&self.address, buckets),
+            requests: to_core(&self.address, req),
+            errors: to_core(&self.address, err),
         }
     }
 
@@ -368,9 +411,9 @@ impl Prometheus {
             step
         );
         ServiceMetrics {
-            p95_seconds: to_core(p95),
-            error_rate: to_core(err),
-            breaker: to_core(brk),
+            p95_seconds: to_core(&self.address, p95),
+            error_rate: to_core(&self.address, err),
+            breaker: to_core(&self.address, brk),
             window,
             step,
         }

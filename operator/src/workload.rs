@@ -10,9 +10,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-            HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -253,11 +252,15 @@ fn embedder_container(c: &CandidateSpec) -> Container {
 /// Name, image, command, args and ports stay ours (the schema rejects them there).
 fn merge_embedder(ours: &mut Container, user: &Container, has_resources: bool) {
     if let Some(m) = &user.volume_mounts {
-        ours.volume_mounts.get_or_insert_with(Vec::new).extend(m.iter().cloned());
+        ours.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(m.iter().cloned());
     }
     if let Some(e) = &user.env {
         // After ours, so the same name overrides, as with candidate.env.
-        ours.env.get_or_insert_with(Vec::new).extend(e.iter().cloned());
+        ours.env
+            .get_or_insert_with(Vec::new)
+            .extend(e.iter().cloned());
     }
     if user.env_from.is_some() {
         ours.env_from.clone_from(&user.env_from);
@@ -710,7 +713,10 @@ mod tests {
             p.node_selector.clone().unwrap()["node.kubernetes.io/instance-type"],
             "c7i.2xlarge"
         );
-        assert_eq!(p.tolerations.clone().unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(
+            p.tolerations.clone().unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
         assert_eq!(p.priority_class_name.as_deref(), Some("serving"));
         assert_eq!(p.security_context.clone().unwrap().fs_group, Some(1000));
         assert_eq!(
@@ -723,25 +729,42 @@ mod tests {
         );
         assert_eq!(p.init_containers.clone().unwrap()[0].name, "fetch");
         let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["embedder", "log-shipper"], "ours first, one embedder");
+        assert_eq!(
+            names,
+            ["embedder", "log-shipper"],
+            "ours first, one embedder"
+        );
         let e = &p.containers[0];
-        assert_eq!(e.image.as_deref(), Some("ghcr.io/akidb/candle-embedder:1.0.0"));
+        assert_eq!(
+            e.image.as_deref(),
+            Some("ghcr.io/akidb/candle-embedder:1.0.0")
+        );
         assert_eq!(e.volume_mounts.clone().unwrap()[0].mount_path, "/models");
         assert_eq!(
-            e.env_from.clone().unwrap()[0].secret_ref.clone().unwrap().name,
+            e.env_from.clone().unwrap()[0]
+                .secret_ref
+                .clone()
+                .unwrap()
+                .name,
             "hf"
         );
         assert_eq!(e.startup_probe.clone().unwrap().failure_threshold, Some(60));
         // Not replaced: the readiness probe and the hardening stay ours.
         assert!(e.readiness_probe.is_some());
         assert_eq!(
-            e.security_context.clone().unwrap().read_only_root_filesystem,
+            e.security_context
+                .clone()
+                .unwrap()
+                .read_only_root_filesystem,
             Some(true)
         );
         let meta = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
         let labels = meta.labels.unwrap();
         assert_eq!(labels["team"], "search");
-        assert_eq!(labels[ROLLOUT_LABEL], "r1", "the selector's labels stay ours");
+        assert_eq!(
+            labels[ROLLOUT_LABEL], "r1",
+            "the selector's labels stay ours"
+        );
         let annotations = meta.annotations.unwrap();
         assert_eq!(annotations["sidecar.istio.io/inject"], "false");
         assert_eq!(annotations[CANDIDATE_HASH_ANNOTATION], "h1");
@@ -755,7 +778,13 @@ mod tests {
         }}));
         c.models = Some("models: []\n".into());
         let d = deployment(&workload(&c));
-        let vols: Vec<String> = pod(&d).volumes.clone().unwrap().into_iter().map(|v| v.name).collect();
+        let vols: Vec<String> = pod(&d)
+            .volumes
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
         assert_eq!(vols, ["models", "cache"]);
         let mounts: Vec<String> = pod(&d).containers[0]
             .volume_mounts

@@ -194,3 +194,91 @@ fn a_malformed_address_is_reported_not_panicked() {
         Err(QueryError::BadAddress { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_closed_port_is_described_by_address_and_cause_without_the_query() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let address = format!("http://127.0.0.1:{port}");
+    let c = Prometheus::new(&address, Duration::from_secs(2)).unwrap();
+    let e = c
+        .instant(r#"sum(increase(embedding_requests_total{service="candle"}[5m]))"#)
+        .await
+        .unwrap_err();
+    let text = Prometheus::describe(&address, &e);
+    assert!(
+        text.starts_with(&format!("Prometheus at {address} is unreachable: ")),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(
+        !text.contains("embedding_requests_total") && !text.contains("query="),
+        "the query belongs in the log, not the status: {text}"
+    );
+}
+
+/// The bearer token and the tenant header from Secrets reach Prometheus on every query.
+#[tokio::test]
+async fn credentials_and_tenant_headers_are_sent() {
+    use embedding_rollout_operator::{
+        crd::{HttpHeader, PrometheusSpec, SecretKeyRef},
+        prometheus_access::{assemble, Objects},
+    };
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().route(
+        "/api/v1/query",
+        get(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let get = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                record
+                    .lock()
+                    .unwrap()
+                    .push((get("authorization"), get("x-scope-orgid")));
+                (JSON, vector(&["1"])).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let spec = PrometheusSpec {
+        address: format!("http://{addr}"),
+        bearer_token: Some(SecretKeyRef {
+            name: "mimir".into(),
+            key: "token".into(),
+        }),
+        headers: vec![HttpHeader {
+            name: "X-Scope-OrgID".into(),
+            value: Some("search-prod".into()),
+            secret_key_ref: None,
+        }],
+        ..PrometheusSpec::default()
+    };
+    let mut objects = Objects::default();
+    objects.secrets.insert(
+        "mimir".into(),
+        Ok(Some(
+            [("token".to_string(), b"t0ken".to_vec())]
+                .into_iter()
+                .collect(),
+        )),
+    );
+    let access = assemble(&spec, "prod", &objects).unwrap();
+    let c = Prometheus::connect(&spec.address, &access, Duration::from_secs(2)).unwrap();
+    assert_eq!(c.instant("x").await, Ok(Reading::Value(1.0)));
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [("Bearer t0ken".to_string(), "search-prod".to_string())]
+    );
+}

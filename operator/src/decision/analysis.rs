@@ -190,9 +190,51 @@ enum Reading<T> {
     Missing(String),
 }
 
+/// A gate's evidence when its query failed. The error itself is said once per analysis, with how
+/// many queries it hit ([`query_failures`]), not once per gate.
+fn failed_query(what: &str) -> String {
+    format!("{FAILED_QUERY_PREFIX}{what} failed (see the analysis reasons)")
+}
+const FAILED_QUERY_PREFIX: &str = "the Prometheus query for ";
+
+/// "11 of 18 Prometheus queries failed: Prometheus at http://... is unreachable: ...", one line
+/// per distinct error, most frequent first.
+fn query_failures(m: &MetricsSnapshot) -> Vec<String> {
+    let mut total = 0usize;
+    let mut errors: Vec<(String, usize)> = Vec::new();
+    let mut count = |e: Option<&String>| {
+        total += 1;
+        if let Some(e) = e {
+            match errors.iter_mut().find(|(known, _)| known == e) {
+                Some((_, n)) => *n += 1,
+                None => errors.push((e.clone(), 1)),
+            }
+        }
+    };
+    for s in [&m.candidate, &m.baseline] {
+        for q in [&s.p95_seconds, &s.error_rate, &s.breaker] {
+            count(q.as_ref().err());
+        }
+        for c in [&s.window, &s.step] {
+            count(c.latency.as_ref().err());
+            count(c.requests.as_ref().err());
+            count(c.errors.as_ref().err());
+        }
+    }
+    // Stable: most frequent first, then first seen.
+    errors.sort_by_key(|e| std::cmp::Reverse(e.1));
+    errors
+        .into_iter()
+        .map(|(e, n)| {
+            let queries = if total == 1 { "query" } else { "queries" };
+            format!("{n} of {total} Prometheus {queries} failed: {e}")
+        })
+        .collect()
+}
+
 fn read(q: &QueryResult, what: &str) -> Reading<f64> {
     match q {
-        Err(e) => Reading::Missing(format!("Prometheus query for {what} failed: {e}")),
+        Err(_) => Reading::Missing(failed_query(what)),
         Ok(None) => Reading::Missing(format!("no data for {what}")),
         Ok(Some(v)) if !v.is_finite() => Reading::Missing(format!("{what} is {v} (no samples)")),
         Ok(Some(v)) => Reading::Value(*v),
@@ -208,7 +250,7 @@ fn read_count(q: &QueryResult, what: &str) -> Reading<u64> {
 
 fn read_histogram(q: &BucketsResult, what: &str) -> Reading<Histogram> {
     match q {
-        Err(e) => Reading::Missing(format!("Prometheus query for {what} failed: {e}")),
+        Err(_) => Reading::Missing(failed_query(what)),
         Ok(None) => Reading::Missing(format!("no data for {what}")),
         Ok(Some(samples)) => match Histogram::from_samples(samples) {
             Ok(h) => Reading::Value(h),
@@ -262,7 +304,8 @@ struct Judged {
 fn missing(gate: &str, why: String) -> Judged {
     Judged {
         verdict: Verdict::Inconclusive,
-        reason: Some(why.clone()),
+        // A failed query is in the reasons once, for all the gates it hit.
+        reason: (!why.starts_with(FAILED_QUERY_PREFIX)).then(|| why.clone()),
         missing: true,
         result: GateResult {
             gate: gate.into(),
@@ -743,6 +786,7 @@ pub fn evaluate(
         .filter(|j| j.verdict == Verdict::Fail)
         .filter_map(|j| j.reason.clone())
         .collect();
+    reasons.extend(query_failures(m));
     reasons.extend(
         judged
             .iter()
@@ -1124,9 +1168,15 @@ mod tests {
         let e = eval(&down);
         assert_eq!(e.verdict, Verdict::Inconclusive);
         assert!(e.missing_data);
-        assert!(e.reasons[0].starts_with(
-            "Prometheus query for candidate latency buckets (step) failed: connection refused"
-        ));
+        // Said once, with how many queries it hit; each gate's evidence points at it.
+        assert_eq!(
+            e.reasons,
+            ["18 of 18 Prometheus queries failed: connection refused"]
+        );
+        assert_eq!(
+            e.gates[0].evidence,
+            "the Prometheus query for candidate latency buckets (step) failed (see the analysis reasons)"
+        );
         assert_eq!(e.p95_above_trigger, None);
         assert_eq!(e.error_rate_trigger, None);
 
@@ -1148,6 +1198,29 @@ mod tests {
             .reasons
             .iter()
             .any(|r| r == "candidate latency buckets (step) is not a histogram: no +Inf bucket"));
+    }
+
+    #[test]
+    fn distinct_query_errors_are_counted_apart() {
+        let mut m = healthy();
+        let refused = "Prometheus at http://p:9090 is unreachable: connection refused".to_string();
+        m.candidate.step.latency = Err(refused.clone());
+        m.candidate.step.requests = Err(refused.clone());
+        m.baseline.breaker = Err("Prometheus at http://p:9090 did not answer within 5s".into());
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            &e.reasons[..2],
+            [
+                format!("2 of 18 Prometheus queries failed: {refused}"),
+                "1 of 18 Prometheus queries failed: Prometheus at http://p:9090 did not answer within 5s".to_string()
+            ]
+        );
+        assert!(
+            !e.reasons.iter().any(|r| r.starts_with(FAILED_QUERY_PREFIX)),
+            "{:?}",
+            e.reasons
+        );
     }
 
     #[test]

@@ -1342,10 +1342,14 @@ fn any_pod_field_restarts_but_replica_counts_do_not() {
         }]));
     // The gates query the metricsService label the pods export (EMBEDDER_SERVICE_NAME): a new
     // value must reach new pods and restart the analysis, not query a label nobody exports.
-    assert!(restart(&|s| s.candidate.metrics_service = "candle-int8".into()));
+    assert!(restart(
+        &|s| s.candidate.metrics_service = "candle-int8".into()
+    ));
     assert!(restart(&|s| s.candidate.template = Some(
-        serde_json::from_value(serde_json::json!({"spec": {"imagePullSecrets": [{"name": "ghcr"}]}}))
-            .unwrap()
+        serde_json::from_value(
+            serde_json::json!({"spec": {"imagePullSecrets": [{"name": "ghcr"}]}})
+        )
+        .unwrap()
     )));
     assert!(!restart(&|s| s.candidate.replicas = 3));
     assert!(!restart(&|s| s.candidate.full_replicas = Some(8)));
