@@ -209,7 +209,10 @@ async fn run_to_end(
 async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_failed_requests() {
     let t = Instant::now();
     let mut env = env("happy").await;
-    let rollout = fast_rollout("happy", &env.prometheus.url());
+    let mut rollout = fast_rollout("happy", &env.prometheus.url());
+    // The seed's HPA (2-10 at 70 % CPU). No autoscaler controller runs here, so the counts stay
+    // the operator's minimums; what is checked is the object the operator keeps.
+    rollout["spec"]["candidate"]["autoscaling"] = json!({"maxReplicas": 10});
     let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
@@ -244,6 +247,29 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
         replicas(&env, BASELINE).await,
         1,
         "baseline at standbyReplicas"
+    );
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(env.cp.admin.clone(), &env.ns);
+    let hpa = hpas
+        .get(CANDIDATE)
+        .await
+        .expect("the candidate's HorizontalPodAutoscaler is kept after promotion");
+    let spec = hpa.spec.clone().unwrap();
+    assert_eq!(spec.scale_target_ref.name, CANDIDATE);
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
+    assert_eq!(
+        spec.metrics.unwrap()[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .target
+            .average_utilization,
+        Some(70)
+    );
+    assert_eq!(
+        hpa.metadata.owner_references.unwrap()[0].kind,
+        "EmbeddingRollout",
+        "deleting the rollout garbage-collects it"
     );
     let tail: Vec<&Sample> = samples.iter().rev().take(20).collect();
     assert!(

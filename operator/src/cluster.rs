@@ -85,6 +85,17 @@ where
         .map_err(|e| ClusterError::from_kube(format!("reading {}", describe::<K>(name)), e))
 }
 
+/// Every object of `api` (one page; a namespace holds few autoscalers).
+pub async fn list<K>(api: &Api<K>) -> Result<Vec<K>, ClusterError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.list(&kube::api::ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| ClusterError::from_kube(format!("listing {}s", K::kind(&())), e))
+}
+
 /// Server-side apply `obj` (which must carry its name) with our field manager.
 pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, ClusterError>
 where

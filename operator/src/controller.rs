@@ -15,6 +15,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{ConfigMap, Service},
     networking::v1::Ingress,
 };
@@ -162,7 +163,8 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, rea
         .owns(scoped::<Deployment>(&client, ns), owned())
         .owns(scoped::<Service>(&client, ns), owned())
         .owns(scoped::<ConfigMap>(&client, ns), owned())
-        .owns(scoped::<Ingress>(&client, ns), owned());
+        .owns(scoped::<Ingress>(&client, ns), owned())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned());
     let store = controller.store();
     // The baseline Deployment and the primary Ingress are not ours: map their changes to the
     // rollouts naming them (baseline pods becoming ready during a rollback, Ingress edits).
@@ -409,6 +411,19 @@ async fn apply_action(
         }
         Action::ScaleCandidate(replicas) => {
             cluster::scale_deployment(&deployments, &candidate, *replicas).await?;
+        }
+        Action::EnsureCandidateAutoscaler { min_replicas } => {
+            let w = CandidateWorkload::for_rollout(rollout, &candidate, *min_replicas)?;
+            if let Some(hpa) = workload::autoscaler(&w, *min_replicas) {
+                cluster::apply(&cluster::api::<HorizontalPodAutoscaler>(client, &ns), &hpa).await?;
+            }
+        }
+        Action::DeleteCandidateAutoscaler => {
+            cluster::delete_if_exists(
+                &cluster::api::<HorizontalPodAutoscaler>(client, &ns),
+                &candidate,
+            )
+            .await?;
         }
         Action::SetCanaryWeight(weight) => {
             let primary = cluster::get_opt(&ingresses, &spec.ingress.name)

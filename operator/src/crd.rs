@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::autoscaling::v2::MetricSpec;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
     Toleration, TopologySpreadConstraint, Volume,
@@ -123,6 +124,9 @@ pub struct BaselineSpec {
 /// The candidate the operator deploys (Deployment + Service `name`, owned by the rollout).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.autoscaling) || (self.autoscaling.maxReplicas >= self.replicas && (!has(self.fullReplicas) || self.autoscaling.maxReplicas >= self.fullReplicas))", "message": "candidate.autoscaling.maxReplicas must be at least replicas and fullReplicas"}
+]))]
 pub struct CandidateSpec {
     /// Deployment and Service name; default `<rollout>-candle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,11 +134,13 @@ pub struct CandidateSpec {
     /// Container image. Changing it (or any other pod field here) restarts the rollout from step 0.
     #[schemars(length(min = 1))]
     pub image: String,
-    /// Replicas during the canary steps below 100 %.
+    /// Replicas during the canary steps below 100 % (the autoscaler's minimum with
+    /// `autoscaling`).
     #[serde(default = "default_candidate_replicas")]
     #[schemars(range(min = 1))]
     pub replicas: i32,
-    /// Replicas at 100 % and after promotion; default = `replicas`.
+    /// Replicas at 100 % and after promotion; default = `replicas` (the autoscaler's minimum
+    /// then, with `autoscaling`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub full_replicas: Option<i32>,
@@ -163,6 +169,29 @@ pub struct CandidateSpec {
     /// or from an init container, scheduling, a service account, sidecars (docs/candidate.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<CandidateTemplate>,
+    /// A HorizontalPodAutoscaler for the candidate, created by the operator and kept through
+    /// promotion: each step's replicas become its minimum, this its maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<CandidateAutoscaling>,
+}
+
+/// The candidate's HorizontalPodAutoscaler (autoscaling/v2). The seed's: 2-10 replicas at 70 %
+/// CPU (`replicas: 2`, `maxReplicas: 10`, the default target).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateAutoscaling {
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation target, percent of the requests (the pods need CPU requests).
+    /// Used when `metrics` is empty.
+    #[serde(default = "default_target_cpu")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: i32,
+    /// Metric targets instead of CPU, as in an HPA's `spec.metrics` (e.g. requests per second
+    /// per pod from a custom metrics adapter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub metrics: Vec<MetricSpec>,
 }
 
 /// The part of a PodTemplateSpec a candidate may carry, in the same shape, merged onto the
@@ -729,6 +758,13 @@ pub struct RollbackStatus {
     pub seconds_since_first_failure: Option<f64>,
     /// Phase the rollback started from.
     pub from_phase: Phase,
+    /// When the baseline had all the replicas it is restored to ready (after the cutover it
+    /// is scaled up from standby before traffic moves back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_ready_at: Option<DateTime<Utc>>,
+    /// baselineReadyAt - startedAt: how long scaling the baseline back up took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_ready_seconds: Option<f64>,
 }
 
 /// A standard-shaped condition (type, status, reason, message, lastTransitionTime).
@@ -874,6 +910,9 @@ fn default_standby_replicas() -> i32 {
 }
 fn default_candidate_replicas() -> i32 {
     2
+}
+fn default_target_cpu() -> i32 {
+    70
 }
 fn default_progress_deadline() -> GoDuration {
     "10m".into()

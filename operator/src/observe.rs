@@ -2,13 +2,15 @@
 //!
 //! The conversions from API objects are pure and unit-tested; [`read`] only fetches.
 
-use k8s_openapi::api::{apps::v1::Deployment, networking::v1::Ingress};
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, networking::v1::Ingress,
+};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::{
     cluster::{self, ClusterError},
     crd::{EmbeddingRollout, CANDIDATE_HASH_ANNOTATION, COMMAND_ANNOTATION},
-    decision::{DeploymentObs, Observed, PrimaryBackend},
+    decision::{AutoscalerObs, DeploymentObs, Observed, PrimaryBackend},
     traffic::nginx::{self, CANARY_WEIGHT_ANNOTATION},
 };
 
@@ -20,19 +22,62 @@ pub async fn read(client: &Client, rollout: &EmbeddingRollout) -> Result<Observe
     let ingresses = cluster::api::<Ingress>(client, &ns);
     let candidate_name = rollout.candidate_name();
     let canary_name = spec.ingress.canary_name();
-    let (candidate, baseline, primary, canary) = tokio::try_join!(
+    let autoscalers = cluster::api::<HorizontalPodAutoscaler>(client, &ns);
+    let (candidate, baseline, primary, canary, hpas) = tokio::try_join!(
         cluster::get_opt(&deployments, &candidate_name),
         cluster::get_opt(&deployments, &spec.baseline.deployment),
         cluster::get_opt(&ingresses, &spec.ingress.name),
         cluster::get_opt(&ingresses, &canary_name),
+        cluster::list(&autoscalers),
     )?;
-    Ok(assemble(
+    let mut observed = assemble(
         rollout,
         candidate.as_ref(),
         baseline.as_ref(),
         primary.as_ref(),
         canary.as_ref(),
-    ))
+    );
+    observed.candidate_autoscaler = hpas
+        .iter()
+        .find(|h| {
+            h.metadata.name.as_deref() == Some(candidate_name.as_str()) && owned_by(h, rollout)
+        })
+        .map(autoscaler_obs);
+    observed.baseline_autoscaler = baseline_autoscaler(&hpas, &spec.baseline.deployment);
+    Ok(observed)
+}
+
+fn owned_by(h: &HorizontalPodAutoscaler, rollout: &EmbeddingRollout) -> bool {
+    let uid = rollout.meta().uid.as_deref();
+    h.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid)
+}
+
+/// The user's autoscaler of the baseline: one whose target is the baseline Deployment.
+pub fn baseline_autoscaler(
+    hpas: &[HorizontalPodAutoscaler],
+    deployment: &str,
+) -> Option<AutoscalerObs> {
+    hpas.iter()
+        .find(|h| {
+            h.spec.as_ref().is_some_and(|s| {
+                s.scale_target_ref.kind == "Deployment" && s.scale_target_ref.name == deployment
+            })
+        })
+        .map(autoscaler_obs)
+}
+
+pub fn autoscaler_obs(h: &HorizontalPodAutoscaler) -> AutoscalerObs {
+    let spec = h.spec.clone().unwrap_or_default();
+    AutoscalerObs {
+        name: h.metadata.name.clone().unwrap_or_default(),
+        // The API default of minReplicas is 1.
+        min_replicas: spec.min_replicas.unwrap_or(1),
+        max_replicas: spec.max_replicas,
+    }
 }
 
 pub fn assemble(
@@ -55,6 +100,8 @@ pub fn assemble(
         baseline: baseline.map(deployment_obs),
         canary_weight: canary.map(canary_weight),
         primary_backend: primary_backend(primary, &rollout.spec.baseline.service, &candidate_name),
+        candidate_autoscaler: None,
+        baseline_autoscaler: None,
     }
 }
 

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+            MetricSpec, MetricTarget, ResourceMetricSource,
+        },
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
             HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
@@ -408,6 +412,45 @@ pub fn service(w: &CandidateWorkload<'_>) -> Service {
         }),
         status: None,
     }
+}
+
+/// The candidate's HorizontalPodAutoscaler (`candidate.autoscaling`) with `min_replicas`, or
+/// `None` without autoscaling. Targets the candidate Deployment by name.
+pub fn autoscaler(w: &CandidateWorkload<'_>, min_replicas: i32) -> Option<HorizontalPodAutoscaler> {
+    let a = w.candidate.autoscaling.as_ref()?;
+    let metrics = if a.metrics.is_empty() {
+        vec![MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(a.target_cpu_utilization_percentage),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        }]
+    } else {
+        a.metrics.clone()
+    };
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(w, w.name.to_string()),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: w.name.to_string(),
+            },
+            min_replicas: Some(min_replicas),
+            // A minimum above the maximum is refused by the API server; the schema forbids it
+            // for the spec's counts, this keeps a hand-edited object applicable.
+            max_replicas: a.max_replicas.max(min_replicas),
+            metrics: Some(metrics),
+            behavior: None,
+        }),
+        status: None,
+    })
 }
 
 /// The models ConfigMap, when the rollout carries a models file.
@@ -859,5 +902,30 @@ mod tests {
         assert_eq!(legacy_pod_hash(&c).len(), 16);
         assert_eq!(legacy_pod_hash(&c), LEGACY_HASH_OF_CANDLE_1_0_0);
         assert_ne!(legacy_pod_hash(&c), pod_hash(&c));
+    }
+
+    #[test]
+    fn the_autoscaler_targets_the_candidate_at_the_seeds_70_percent_cpu() {
+        let mut c = inputs();
+        assert!(
+            autoscaler(&workload(&c), 2).is_none(),
+            "no autoscaling, no HPA"
+        );
+        c.autoscaling =
+            Some(serde_json::from_value(serde_json::json!({"maxReplicas": 10})).unwrap());
+        let h = autoscaler(&workload(&c), 2).unwrap();
+        let spec = h.spec.unwrap();
+        assert_eq!(spec.scale_target_ref.kind, "Deployment");
+        assert_eq!(spec.scale_target_ref.name, "akidb-candle");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
+        let m = &spec.metrics.unwrap()[0];
+        assert_eq!(m.resource.as_ref().unwrap().name, "cpu");
+        assert_eq!(
+            m.resource.as_ref().unwrap().target.average_utilization,
+            Some(70)
+        );
+        assert_eq!(h.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        // Autoscaling is not a pod field: it does not restart a rollout.
+        assert_eq!(pod_hash(&c), pod_hash(&inputs()));
     }
 }

@@ -103,6 +103,8 @@ fn apply(obs: &mut Observed, actions: &[Action], world: &mut World) {
                 obs.primary_backend = PrimaryBackend::Candidate
             }
             Action::ScaleBaseline(n) => obs.baseline = Some(ready(*n, None)),
+            // The simulated rollouts have no autoscaler.
+            Action::EnsureCandidateAutoscaler { .. } | Action::DeleteCandidateAutoscaler => {}
             Action::ClearCommand => obs.command = None,
             Action::RemoveFinalizer => {}
         }
@@ -121,6 +123,8 @@ pub fn with_core(spec: &EmbeddingRolloutSpec, world: &mut World, clock: Clock) -
         baseline: Some(ready(3, None)),
         canary_weight: None,
         primary_backend: PrimaryBackend::Baseline,
+        candidate_autoscaler: None,
+        baseline_autoscaler: None,
     };
     let mut status = EmbeddingRolloutStatus::default();
     let (mut now, mut next_scrape, mut next_reconcile) = (0.0f64, 0.0f64, 0.0f64);

@@ -55,6 +55,16 @@ impl DeploymentObs {
             && self.available_replicas >= replicas
             && self.ready_replicas >= replicas
     }
+
+    /// As `rolled_out`, for an autoscaled Deployment: at least `replicas` (the autoscaler may
+    /// have asked for more).
+    fn rolled_out_at_least(&self, replicas: i32) -> bool {
+        self.observed_generation >= self.generation
+            && self.spec_replicas >= replicas
+            && self.updated_replicas >= replicas
+            && self.available_replicas >= replicas
+            && self.ready_replicas >= replicas
+    }
 }
 
 /// Where the primary Ingress's rules (those the operator manages) send traffic.
@@ -89,6 +99,18 @@ pub struct Observed {
     /// Weight of the canary Ingress; `None` = it does not exist.
     pub canary_weight: Option<u8>,
     pub primary_backend: PrimaryBackend,
+    /// The candidate's HorizontalPodAutoscaler (ours, from `candidate.autoscaling`).
+    pub candidate_autoscaler: Option<AutoscalerObs>,
+    /// A HorizontalPodAutoscaler of the user's that scales the baseline Deployment.
+    pub baseline_autoscaler: Option<AutoscalerObs>,
+}
+
+/// A HorizontalPodAutoscaler as the edge read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoscalerObs {
+    pub name: String,
+    pub min_replicas: i32,
+    pub max_replicas: i32,
 }
 
 /// A declarative, idempotent change for the edge to apply (in order).
@@ -102,6 +124,13 @@ pub enum Action {
     },
     /// Only change the candidate Deployment's replicas.
     ScaleCandidate(i32),
+    /// Create or update the candidate's HorizontalPodAutoscaler from `candidate.autoscaling`,
+    /// with this minimum.
+    EnsureCandidateAutoscaler {
+        min_replicas: i32,
+    },
+    /// Delete the candidate's HorizontalPodAutoscaler (before scaling the candidate to 0).
+    DeleteCandidateAutoscaler,
     /// Create or update the canary Ingress with this weight.
     SetCanaryWeight(u8),
     DeleteCanaryIngress,
@@ -341,21 +370,80 @@ impl Reconciler<'_> {
             .unwrap_or_else(|| self.hash.clone())
     }
 
-    /// Candidate Deployment matches the rollout in flight and has `replicas` ready.
+    fn autoscaled(&self) -> bool {
+        self.spec.candidate.autoscaling.is_some()
+    }
+
+    /// Candidate Deployment matches the rollout in flight and has `replicas` ready (at least,
+    /// with an autoscaler, which may have scaled it further).
     fn candidate_ready(&self, replicas: i32) -> bool {
         let hash = self.rollout_hash();
+        let autoscaled = self.autoscaled();
         self.obs.candidate.as_ref().is_some_and(|c| {
-            c.candidate_hash.as_deref() == Some(hash.as_str()) && c.rolled_out(replicas)
+            c.candidate_hash.as_deref() == Some(hash.as_str())
+                && if autoscaled {
+                    c.rolled_out_at_least(replicas)
+                } else {
+                    c.rolled_out(replicas)
+                }
         })
     }
 
+    /// The candidate Deployment of the rollout in flight with `replicas`; with `autoscaling`,
+    /// `replicas` is the autoscaler's minimum and the Deployment keeps what the autoscaler
+    /// scaled it to above it (the operator never scales it down against the autoscaler).
     fn ensure_candidate(&mut self, replicas: i32) {
         let hash = self.rollout_hash();
-        let ok = self.obs.candidate.as_ref().is_some_and(|c| {
-            c.candidate_hash.as_deref() == Some(hash.as_str()) && c.spec_replicas == replicas
+        let autoscaled = self.autoscaled();
+        let current = self
+            .obs
+            .candidate
+            .as_ref()
+            .filter(|c| c.candidate_hash.as_deref() == Some(hash.as_str()));
+        let ok = current.is_some_and(|c| {
+            if autoscaled {
+                c.spec_replicas >= replicas
+            } else {
+                c.spec_replicas == replicas
+            }
         });
         if !ok {
+            let replicas = match (autoscaled, current) {
+                (true, Some(c)) => c.spec_replicas.max(replicas),
+                _ => replicas,
+            };
             self.act(Action::EnsureCandidate { replicas, hash });
+        }
+        if let Some(a) = &self.spec.candidate.autoscaling {
+            let want = (replicas, a.max_replicas);
+            let have = self
+                .obs
+                .candidate_autoscaler
+                .as_ref()
+                .map(|h| (h.min_replicas, h.max_replicas));
+            if have != Some(want) {
+                self.act(Action::EnsureCandidateAutoscaler {
+                    min_replicas: replicas,
+                });
+            }
+        } else if self.obs.candidate_autoscaler.is_some() {
+            // autoscaling removed from the spec: the counts are the operator's again.
+            self.act(Action::DeleteCandidateAutoscaler);
+        }
+    }
+
+    /// Scale the candidate to 0, removing its autoscaler first (it would scale it back up).
+    fn retire_candidate(&mut self) {
+        if self.obs.candidate_autoscaler.is_some() {
+            self.act(Action::DeleteCandidateAutoscaler);
+        }
+        if self
+            .obs
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.spec_replicas != 0)
+        {
+            self.act(Action::ScaleCandidate(0));
         }
     }
 
@@ -395,7 +483,12 @@ impl Reconciler<'_> {
         }
     }
 
+    /// Standby and decommission scale the baseline, unless its own autoscaler scales it: the
+    /// operator does not fight it (it would scale the Deployment right back).
     fn ensure_baseline_replicas(&mut self, n: i32) {
+        if self.obs.baseline_autoscaler.is_some() {
+            return;
+        }
         if let Some(b) = &self.obs.baseline {
             if b.spec_replicas != n {
                 self.act(Action::ScaleBaseline(n));
@@ -403,22 +496,48 @@ impl Reconciler<'_> {
         }
     }
 
-    /// Baseline replicas to restore on rollback (never 0: it must serve everything).
+    /// Whether the baseline is where standby (or decommission) puts it.
+    fn baseline_at(&self, n: i32) -> bool {
+        self.obs.baseline_autoscaler.is_some()
+            || self
+                .obs
+                .baseline
+                .as_ref()
+                .is_none_or(|b| b.spec_replicas == n)
+    }
+
+    /// Baseline replicas to restore on rollback (never 0: it must serve everything). With its
+    /// own autoscaler: at least the autoscaler's minimum, at most its maximum.
     fn baseline_target(&self) -> i32 {
-        self.spec
+        let n = self
+            .spec
             .baseline
             .replicas
             .or(self.st.baseline_replicas_at_start)
             .or(self.obs.baseline.as_ref().map(|b| b.spec_replicas))
             .unwrap_or(1)
-            .max(1)
+            .max(1);
+        match &self.obs.baseline_autoscaler {
+            Some(h) => n.max(h.min_replicas).min(h.max_replicas.max(1)),
+            None => n,
+        }
+    }
+
+    /// Scale the baseline up to `n` for a rollback. With an autoscaler, only ever up: it scales
+    /// the Deployment as load dictates afterwards.
+    fn restore_baseline(&mut self, n: i32) {
+        match (&self.obs.baseline, &self.obs.baseline_autoscaler) {
+            (Some(b), Some(_)) if b.spec_replicas < n => self.act(Action::ScaleBaseline(n)),
+            (Some(b), None) if b.spec_replicas != n => self.act(Action::ScaleBaseline(n)),
+            _ => {}
+        }
     }
 
     fn baseline_ready(&self, n: i32) -> bool {
-        self.obs
-            .baseline
-            .as_ref()
-            .is_some_and(|b| b.spec_replicas == n && b.ready_replicas >= n)
+        let autoscaled = self.obs.baseline_autoscaler.is_some();
+        self.obs.baseline.as_ref().is_some_and(|b| {
+            (b.spec_replicas == n || (autoscaled && b.spec_replicas >= n)) && b.ready_replicas >= n
+        })
     }
 
     fn baseline_alive(&self) -> bool {
@@ -1009,17 +1128,19 @@ impl Reconciler<'_> {
         self.ensure_canary_deleted();
         let standby = self.spec.baseline.standby_replicas;
         self.ensure_baseline_replicas(standby);
-        let baseline_done = self
-            .obs
-            .baseline
-            .as_ref()
-            .is_none_or(|b| b.spec_replicas == standby);
-        if self.obs.canary_weight.is_none() && baseline_done {
+        if self.obs.canary_weight.is_none() && self.baseline_at(standby) {
             self.st.promoted_at = Some(self.now);
             self.st.waiting_since = None;
             self.set_phase(Phase::Promoted);
+            let baseline = match &self.obs.baseline_autoscaler {
+                Some(h) => format!(
+                    "baseline left to its HorizontalPodAutoscaler {} (min {})",
+                    h.name, h.min_replicas
+                ),
+                None => format!("baseline on standby with {standby} replicas"),
+            };
             let msg = format!(
-                "all traffic on candidate {}; baseline on standby with {standby} replicas",
+                "all traffic on candidate {}; {baseline}",
                 self.spec.candidate.image
             );
             self.st.message = Some(msg.clone());
@@ -1052,6 +1173,17 @@ impl Reconciler<'_> {
             return;
         };
         match elapsed(at, self.now) {
+            Some(e) if e >= after && self.obs.baseline_autoscaler.is_some() => {
+                let h = self
+                    .obs
+                    .baseline_autoscaler
+                    .as_ref()
+                    .map(|h| h.name.clone());
+                self.st.message = Some(format!(
+                    "decommissionAfter has passed, but the baseline is scaled by its HorizontalPodAutoscaler {}: the operator does not scale it to 0 against it; delete the autoscaler to decommission",
+                    h.unwrap_or_default()
+                ));
+            }
             Some(e) if e >= after => {
                 // Replace the standby scale with the decommission.
                 self.actions
@@ -1082,6 +1214,8 @@ impl Reconciler<'_> {
             first_failure_at: first_failure,
             seconds_since_first_failure: None,
             from_phase: from,
+            baseline_ready_at: None,
+            baseline_ready_seconds: None,
         });
         self.st.manual_pause = false;
         self.st.waiting_since = None;
@@ -1096,43 +1230,49 @@ impl Reconciler<'_> {
     fn rolling_back(&mut self, t: &Timing) {
         let target = self.baseline_target();
         self.ensure_canary_absent();
-        self.ensure_baseline_replicas(target);
-        // Point the primary at the baseline only once it can serve (from Promoted it may be at 0).
-        let primary_on_baseline = self.obs.primary_backend == PrimaryBackend::Baseline;
-        if !primary_on_baseline && self.baseline_alive() {
-            self.act(Action::PointPrimaryIngressAt(Backend::Baseline));
-        }
-        self.st.current_weight = 0;
-        let done =
-            primary_on_baseline && self.obs.canary_weight.is_none() && self.baseline_ready(target);
+        self.restore_baseline(target);
+        let ready = self.baseline_ready(target);
         let Some(rb) = self.st.rollback.as_mut() else {
             // RollingBack without a record (hand-edited status): start one now.
             self.start_rollback("rollback without a recorded reason".into(), None);
             return;
         };
         let started = rb.started_at;
+        if ready && rb.baseline_ready_at.is_none() {
+            rb.baseline_ready_at = Some(self.now);
+            rb.baseline_ready_seconds = Some(seconds_between(started, self.now));
+        }
+        // After the cutover the baseline may be at standby (or 0): traffic moves back once it
+        // has all its replicas ready, so it is not flooded, but no later than half the
+        // rollbackDeadline: a failing candidate is worse than a baseline still scaling up.
+        let primary_on_baseline = self.obs.primary_backend == PrimaryBackend::Baseline;
+        let waited_enough =
+            elapsed(started, self.now).is_some_and(|e| e >= t.rollback_deadline / 2);
+        if !primary_on_baseline && self.baseline_alive() && (ready || waited_enough) {
+            self.act(Action::PointPrimaryIngressAt(Backend::Baseline));
+        }
+        self.st.current_weight = 0;
+        let done = primary_on_baseline && self.obs.canary_weight.is_none() && ready;
+        let Some(rb) = self.st.rollback.as_mut() else {
+            return;
+        };
         if done {
             rb.completed_at = Some(self.now);
             rb.seconds = Some(seconds_between(rb.started_at, self.now));
             rb.seconds_since_first_failure =
                 rb.first_failure_at.map(|f| seconds_between(f, self.now));
             let msg = format!(
-                "rolled back in {:.1}s ({}): {}",
+                "rolled back in {:.1}s ({}; baseline {} replicas ready after {:.1}s): {}",
                 rb.seconds.unwrap_or_default(),
                 match rb.seconds_since_first_failure {
                     Some(s) => format!("{s:.1}s after the first failing check"),
                     None => "no failing check".into(),
                 },
+                target,
+                rb.baseline_ready_seconds.unwrap_or_default(),
                 rb.reason
             );
-            if self
-                .obs
-                .candidate
-                .as_ref()
-                .is_some_and(|c| c.spec_replicas != 0)
-            {
-                self.act(Action::ScaleCandidate(0));
-            }
+            self.retire_candidate();
             self.set_phase(Phase::RolledBack);
             self.st.message = Some(msg.clone());
             self.normal("RolledBack", &msg);

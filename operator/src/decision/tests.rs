@@ -44,6 +44,7 @@ fn spec() -> EmbeddingRolloutSpec {
             metrics_service: "candle".into(),
             progress_deadline: "10m".into(),
             template: None,
+            autoscaling: None,
         },
         ingress: IngressSpec {
             name: "akidb-ingress".into(),
@@ -93,6 +94,8 @@ fn obs() -> Observed {
         baseline: Some(dep(3, 3)),
         canary_weight: None,
         primary_backend: PrimaryBackend::Baseline,
+        candidate_autoscaler: None,
+        baseline_autoscaler: None,
     }
 }
 
@@ -268,6 +271,21 @@ impl Sim {
                         d.available_replicas = d.ready_replicas;
                     }
                 }
+                Action::EnsureCandidateAutoscaler { min_replicas } => {
+                    let max = self
+                        .spec
+                        .candidate
+                        .autoscaling
+                        .as_ref()
+                        .unwrap()
+                        .max_replicas;
+                    self.obs.candidate_autoscaler = Some(AutoscalerObs {
+                        name: "akidb-candle".into(),
+                        min_replicas: *min_replicas,
+                        max_replicas: max,
+                    });
+                }
+                Action::DeleteCandidateAutoscaler => self.obs.candidate_autoscaler = None,
                 Action::ClearCommand => self.obs.command = None,
                 Action::RemoveFinalizer => {}
             }
@@ -1148,7 +1166,7 @@ fn rollback_completes_with_measured_times() {
         .message
         .as_ref()
         .unwrap()
-        .starts_with("rolled back in 3.0s (123.0s after the first failing check)"));
+        .starts_with("rolled back in 3.0s (123.0s after the first failing check; baseline 3 replicas ready after 0.0s)"));
     assert_eq!(s.status.current_weight, 0);
     assert_eq!(s.obs.canary_weight, None);
     assert_eq!(s.obs.primary_backend, PrimaryBackend::Baseline);
@@ -1246,16 +1264,24 @@ fn rollback_from_promoted_scales_baseline_before_switching() {
     );
     s.obs.baseline.as_mut().unwrap().ready_replicas = 1;
     let d = s.after(2, None);
+    assert!(
+        !d.actions
+            .contains(&Action::PointPrimaryIngressAt(Backend::Baseline)),
+        "one ready replica of three would take all the traffic: wait for the rest"
+    );
+    assert_eq!(s.phase(), Phase::RollingBack);
+    s.pods_ready = true;
+    let d = s.after(2, None);
     assert_eq!(
         d.actions,
         [Action::PointPrimaryIngressAt(Backend::Baseline)]
     );
+    let rb = s.status.rollback.clone().unwrap();
     assert_eq!(
-        s.phase(),
-        Phase::RollingBack,
-        "not done before all 3 are ready"
+        rb.baseline_ready_seconds,
+        Some(4.0),
+        "2 s + 2 s after the abort"
     );
-    s.pods_ready = true;
     s.after(2, None);
     assert_eq!(s.phase(), Phase::RolledBack);
     assert_eq!(
@@ -1411,9 +1437,15 @@ fn image_change_after_promotion_returns_to_baseline_then_starts_over() {
         .contains("candidate spec changed after cutover"));
     assert!(d.actions.contains(&Action::ScaleBaseline(3)));
     assert!(
-        d.actions
+        !d.actions
             .contains(&Action::PointPrimaryIngressAt(Backend::Baseline)),
-        "standby replica is live"
+        "the standby replica alone would take all the traffic"
+    );
+    let d = s.after(3, None);
+    assert_eq!(
+        d.actions,
+        [Action::PointPrimaryIngressAt(Backend::Baseline)],
+        "all three ready: traffic moves back"
     );
     let d = s.after(3, None);
     // RolledBack, then at once a new rollout of the new image.
@@ -2217,4 +2249,178 @@ fn a_rollout_started_with_the_legacy_hash_continues_at_its_step() {
     assert!(d.actions.iter().any(|a| matches!(a,
         Action::EnsureCandidate { replicas: 2, hash } if *hash == pod_hash(&s.spec.candidate))));
     assert!(!d.actions.contains(&Action::SetCanaryWeight(0)));
+}
+
+#[test]
+fn a_baseline_that_stays_short_gets_the_traffic_back_at_half_the_rollback_deadline() {
+    let mut s = Sim::at_step(3);
+    while s.phase() != Phase::Promoted {
+        s.after(30, Some(&healthy()));
+    }
+    s.pods_ready = false;
+    s.obs.command = Some("abort".into());
+    s.after(1, None);
+    s.obs.baseline.as_mut().unwrap().ready_replicas = 1;
+    // rollbackDeadline 5m: waits up to 150 s for all three replicas.
+    let d = s.after(140, None);
+    assert!(!d
+        .actions
+        .contains(&Action::PointPrimaryIngressAt(Backend::Baseline)));
+    let d = s.after(10, None);
+    assert!(
+        d.actions
+            .contains(&Action::PointPrimaryIngressAt(Backend::Baseline)),
+        "a failing candidate is worse than a baseline still scaling up"
+    );
+    assert_eq!(s.status.rollback.as_ref().unwrap().baseline_ready_at, None);
+}
+
+fn autoscaled_spec() -> EmbeddingRolloutSpec {
+    let mut sp = spec();
+    sp.candidate.autoscaling =
+        Some(serde_json::from_value(serde_json::json!({"maxReplicas": 10})).unwrap());
+    sp
+}
+
+#[test]
+fn an_autoscaled_candidate_gets_each_steps_replicas_as_the_minimum_and_is_never_scaled_down() {
+    let mut s = Sim::new(autoscaled_spec());
+    let d = s.tick(None);
+    assert!(d
+        .actions
+        .contains(&Action::EnsureCandidateAutoscaler { min_replicas: 2 }));
+    assert_eq!(
+        s.obs
+            .candidate_autoscaler
+            .as_ref()
+            .map(|h| (h.min_replicas, h.max_replicas)),
+        Some((2, 10))
+    );
+    while s.phase() != Phase::Progressing {
+        s.after(5, None);
+    }
+    // The autoscaler scales the candidate to 7 under load: the operator leaves it there.
+    if let Some(c) = s.obs.candidate.as_mut() {
+        c.spec_replicas = 7;
+    }
+    let d = s.after(MIN, Some(&healthy()));
+    assert!(
+        !d.actions.iter().any(|a| matches!(
+            a,
+            Action::ScaleCandidate(_) | Action::EnsureCandidate { .. }
+        )),
+        "{:?}",
+        d.actions
+    );
+    // At 100 % the minimum becomes fullReplicas (4): still below 7, nothing to scale.
+    for _ in 0..120 {
+        if s.phase() == Phase::Promoted {
+            break;
+        }
+        s.after(MIN, Some(&healthy()));
+    }
+    assert_eq!(
+        s.obs.candidate_autoscaler.as_ref().map(|h| h.min_replicas),
+        Some(4)
+    );
+    assert_eq!(s.obs.candidate.as_ref().unwrap().spec_replicas, 7);
+    assert!(
+        matches!(s.phase(), Phase::Promoted | Phase::Decommissioned),
+        "{:?} {:?}",
+        s.phase(),
+        s.status.message
+    );
+    assert!(
+        s.obs.candidate_autoscaler.is_some(),
+        "kept through promotion"
+    );
+}
+
+#[test]
+fn an_autoscaled_candidate_below_the_minimum_is_raised_to_it() {
+    let mut s = Sim::new(autoscaled_spec());
+    while s.phase() != Phase::Progressing {
+        s.after(5, None);
+    }
+    s.run(MIN, 31 * MIN, &healthy());
+    assert_eq!(s.status.current_step, 3, "{:?}", s.status.message);
+    // fullReplicas 4 at 100 %: from 2 it is raised to 4, not left to the autoscaler's next sync.
+    assert!(s.obs.candidate.as_ref().unwrap().spec_replicas >= 4);
+}
+
+#[test]
+fn rolling_back_an_autoscaled_candidate_removes_its_autoscaler_before_scaling_to_zero() {
+    let mut s = Sim::new(autoscaled_spec());
+    while s.phase() != Phase::Progressing {
+        s.after(5, None);
+    }
+    s.after(MIN, None);
+    s.obs.command = Some("abort".into());
+    s.after(1, None);
+    let d = s.after(3, None);
+    assert_eq!(s.phase(), Phase::RolledBack, "{:?}", s.status.message);
+    assert_eq!(
+        d.actions,
+        [Action::DeleteCandidateAutoscaler, Action::ScaleCandidate(0)],
+        "the autoscaler would scale a candidate at 0 right back up"
+    );
+}
+
+fn baseline_hpa() -> AutoscalerObs {
+    AutoscalerObs {
+        name: "akidb-mlx".into(),
+        min_replicas: 4,
+        max_replicas: 12,
+    }
+}
+
+#[test]
+fn a_baseline_with_its_own_autoscaler_is_never_scaled_against_it() {
+    let mut s = Sim::at_step(3);
+    s.obs.baseline_autoscaler = Some(baseline_hpa());
+    s.spec.promotion.decommission_after = Some("1m".into());
+    let mut scaled = false;
+    for _ in 0..60 {
+        let d = s.after(30, Some(&healthy()));
+        scaled |= d
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::ScaleBaseline(_)));
+    }
+    assert_eq!(
+        s.phase(),
+        Phase::Promoted,
+        "never Decommissioned against the autoscaler"
+    );
+    assert!(!scaled, "no standby, no decommission scaling");
+    assert!(s
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("HorizontalPodAutoscaler akidb-mlx"));
+    // Its autoscaler scaled it down to 1 with no traffic (a hand-set min of 1, say): a
+    // rollback scales it up to the larger of its count at start (3) and the HPA min (4) first.
+    s.obs.baseline.as_mut().unwrap().spec_replicas = 1;
+    s.obs.baseline.as_mut().unwrap().ready_replicas = 1;
+    s.obs.command = Some("abort".into());
+    let d = s.after(1, None);
+    assert!(
+        d.actions.contains(&Action::ScaleBaseline(4)),
+        "{:?}",
+        d.actions
+    );
+    let d = s.after(2, None);
+    assert!(d
+        .actions
+        .contains(&Action::PointPrimaryIngressAt(Backend::Baseline)));
+    // The autoscaler then goes to 6 under the load: the operator does not take it back to 4.
+    s.obs.baseline.as_mut().unwrap().spec_replicas = 6;
+    s.after(2, None);
+    assert_eq!(s.phase(), Phase::RolledBack, "{:?}", s.status.message);
+    let d = s.after(MIN, None);
+    assert!(!d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ScaleBaseline(_))));
 }
