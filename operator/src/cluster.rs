@@ -37,13 +37,42 @@ pub enum ClusterError {
     Conflict(String),
     #[error("{0} not found")]
     Missing(String),
+    /// 403: the operator's role lacks a verb; retrying soon will not help.
+    #[error("{what}: forbidden (403): {message}")]
+    Forbidden { what: String, message: String },
+    /// 422: the API server refused the object as invalid; nothing changes until the spec or
+    /// the operator does.
+    #[error("{what}: rejected as invalid (422): {message}")]
+    Invalid { what: String, message: String },
 }
 
 impl ClusterError {
-    fn from_kube(what: String, e: kube::Error) -> Self {
+    /// The one mapping from kube's errors to the operator's.
+    pub fn from_kube(what: String, e: kube::Error) -> Self {
         match &e {
             kube::Error::Api(s) if s.code == 409 => ClusterError::Conflict(what),
+            kube::Error::Api(s) if s.code == 403 => ClusterError::Forbidden {
+                what,
+                message: s.message.clone(),
+            },
+            kube::Error::Api(s) if s.code == 422 => ClusterError::Invalid {
+                what,
+                message: s.message.clone(),
+            },
             _ => ClusterError::Api { what, source: e },
+        }
+    }
+
+    /// For a JSON patch guarded by a `test` operation: a failed test (422, "test operation
+    /// failed" / "testing value") means someone changed the field meanwhile, a conflict.
+    pub fn from_kube_guarded(what: String, e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(s)
+                if s.code == 422 && s.message.to_ascii_lowercase().contains("test") =>
+            {
+                ClusterError::Conflict(what)
+            }
+            _ => Self::from_kube(what, e),
         }
     }
 

@@ -127,6 +127,8 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             _ if self.cluster().is_some_and(ClusterError::is_conflict) => "Conflict",
+            _ if matches!(self.cluster(), Some(ClusterError::Forbidden { .. })) => "Forbidden",
+            _ if matches!(self.cluster(), Some(ClusterError::Invalid { .. })) => "Invalid",
             Error::Cluster(ClusterError::Missing(_)) => "Missing",
             Error::Cluster(_) => "Kube",
             Error::Status(_) => "Status",
@@ -142,6 +144,15 @@ impl Error {
             _ if self.cluster().is_some_and(ClusterError::is_conflict) => Duration::from_secs(1),
             // Waiting for a user to create something (the primary Ingress, the baseline).
             Error::Cluster(ClusterError::Missing(_)) => Duration::from_secs(10),
+            // A missing permission or an object the API server refuses: nothing changes until
+            // an administrator or a new operator version does; do not hammer the API server.
+            _ if matches!(
+                self.cluster(),
+                Some(ClusterError::Forbidden { .. } | ClusterError::Invalid { .. })
+            ) =>
+            {
+                Duration::from_secs(60)
+            }
             _ => Duration::from_secs(5),
         }
     }
@@ -495,13 +506,6 @@ fn owned_labels(rollout: &EmbeddingRollout) -> std::collections::BTreeMap<String
     ])
 }
 
-fn rollout_error(what: String, e: kube::Error) -> ClusterError {
-    match &e {
-        kube::Error::Api(s) if s.code == 409 || s.code == 422 => ClusterError::Conflict(what),
-        _ => ClusterError::Api { what, source: e },
-    }
-}
-
 /// JSON patch guarded by a `test` of the current list, so a concurrent finalizer edit fails
 /// (and is retried) instead of being overwritten.
 async fn add_finalizer(
@@ -523,7 +527,7 @@ async fn add_finalizer(
     api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .map_err(|e| {
-            rollout_error(
+            ClusterError::from_kube_guarded(
                 format!("adding the finalizer to EmbeddingRollout {name}"),
                 e,
             )
@@ -551,7 +555,7 @@ async fn remove_finalizer(
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(rollout_error(
+        Err(e) => Err(ClusterError::from_kube_guarded(
             format!("removing the finalizer from EmbeddingRollout {name}"),
             e,
         )
@@ -581,7 +585,7 @@ async fn clear_command(
     api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .map_err(|e| {
-            rollout_error(
+            ClusterError::from_kube_guarded(
                 format!("clearing {COMMAND_ANNOTATION} on EmbeddingRollout {name}"),
                 e,
             )
@@ -679,7 +683,12 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(|e| Error::Status(rollout_error(format!("EmbeddingRollout {name} status"), e)))?;
+    .map_err(|e| {
+        Error::Status(ClusterError::from_kube(
+            format!("EmbeddingRollout {name} status"),
+            e,
+        ))
+    })?;
     Ok(())
 }
 
@@ -709,3 +718,7 @@ mod tests {
         assert_eq!(truncate("abc".into(), 10), "abc");
     }
 }
+
+#[cfg(test)]
+#[path = "controller_shell_tests.rs"]
+mod shell_tests;

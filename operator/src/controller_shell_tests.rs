@@ -1,0 +1,572 @@
+//! The imperative shell against a mock API server (kube-rs's controller-rs `fixtures.rs` idea):
+//! a `tower` service answers each request from a table of canned responses and records it, so
+//! a test asserts the exact paths, verbs and bodies one reconcile sends, and how each API error
+//! (403, 404, 409, 422) is handled. No network, no API server process.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+use super::*;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// A canned answer for `method path` (exact path, query ignored).
+#[derive(Clone)]
+struct Route {
+    method: Method,
+    path: String,
+    status: u16,
+    body: Value,
+}
+
+#[derive(Clone, Default)]
+struct MockApi {
+    routes: Arc<Vec<Route>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl MockApi {
+    fn new(routes: Vec<Route>) -> Self {
+        Self {
+            routes: Arc::new(routes),
+            seen: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> Client {
+        let me = self.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let me = me.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let path = parts.uri.path().to_string();
+                let seen = Seen {
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    query: parts.uri.query().unwrap_or("").to_string(),
+                    body,
+                };
+                me.seen.lock().unwrap().push(seen);
+                let (status, body) = me
+                    .routes
+                    .iter()
+                    .find(|r| r.method == parts.method && r.path == path)
+                    .map(|r| (r.status, r.body.clone()))
+                    .unwrap_or_else(|| {
+                        (
+                            500,
+                            status_body(
+                                500,
+                                &format!("mock: no route for {} {path}", parts.method),
+                            ),
+                        )
+                    });
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::from_u16(status).unwrap())
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "prod")
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Requests other than reads.
+    fn writes(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method != Method::GET)
+            .collect()
+    }
+
+    fn unrouted(&self) -> Vec<String> {
+        self.seen()
+            .iter()
+            .filter(|s| {
+                !self
+                    .routes
+                    .iter()
+                    .any(|r| r.method == s.method && r.path == s.path)
+            })
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
+}
+
+fn status_body(code: u16, message: &str) -> Value {
+    let reason = match code {
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        _ => "InternalError",
+    };
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn route(method: Method, path: &str, status: u16, body: Value) -> Route {
+    Route {
+        method,
+        path: path.into(),
+        status,
+        body,
+    }
+}
+
+const NS: &str = "/apis/apps/v1/namespaces/prod";
+const ROLLOUTS: &str = "/apis/rollout.akidb.io/v1alpha1/namespaces/prod/embeddingrollouts";
+
+fn rollout(status: Value, annotations: Value, finalizers: Value) -> EmbeddingRollout {
+    serde_json::from_value(json!({
+        "apiVersion": "rollout.akidb.io/v1alpha1",
+        "kind": "EmbeddingRollout",
+        "metadata": {"name": "r1", "namespace": "prod", "uid": "uid-1", "generation": 1,
+                     "resourceVersion": "7", "annotations": annotations, "finalizers": finalizers},
+        "spec": {
+            "baseline": {"deployment": "akidb-mlx", "service": "akidb-mlx"},
+            "candidate": {"name": "akidb-candle", "image": "candle:1.0.0"},
+            "ingress": {"name": "akidb-ingress"},
+            "steps": [{"weight": 10, "duration": "10m"}, {"weight": 100, "duration": "10m"}]
+        },
+        "status": status
+    }))
+    .unwrap()
+}
+
+fn deployment(name: &str, replicas: i32, ready: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name, "namespace": "prod", "generation": 1},
+           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}},
+           "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                      "availableReplicas": ready, "updatedReplicas": ready}})
+}
+
+fn primary_ingress() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": "akidb-ingress", "namespace": "prod", "resourceVersion": "11"},
+           "spec": {"ingressClassName": "nginx", "rules": [{"host": "embed.example", "http": {"paths": [
+               {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "akidb-mlx", "port": {"number": 8080}}}}]}}]}})
+}
+
+fn not_found(what: &str) -> Value {
+    status_body(404, &format!("{what} not found"))
+}
+
+/// The reads every reconcile makes: baseline and primary exist, no candidate, no canary, no
+/// autoscalers.
+fn reads() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            &format!("{NS}/deployments/akidb-mlx"),
+            200,
+            deployment("akidb-mlx", 3, 3),
+        ),
+        route(
+            Method::GET,
+            &format!("{NS}/deployments/akidb-candle"),
+            404,
+            not_found("deployments.apps \"akidb-candle\""),
+        ),
+        route(
+            Method::GET,
+            "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress",
+            200,
+            primary_ingress(),
+        ),
+        route(
+            Method::GET,
+            "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress-canary",
+            404,
+            not_found("ingresses \"akidb-ingress-canary\""),
+        ),
+        route(
+            Method::GET,
+            "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers",
+            200,
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": []}),
+        ),
+    ]
+}
+
+/// What the API server answers to a write on the rollout (the tests look at what was sent).
+fn echo_ok() -> Value {
+    serde_json::to_value(rollout(Value::Null, json!({}), json!([FINALIZER]))).unwrap()
+}
+
+fn ctx(api: &MockApi) -> Context {
+    Context::new(api.client(), Metrics::new(), Duration::from_secs(1))
+}
+
+fn the_deploying_writes() -> Vec<Route> {
+    let mut r = reads();
+    r.extend([
+        route(Method::DELETE, "/api/v1/namespaces/prod/configmaps/akidb-candle-models", 404, not_found("configmaps \"akidb-candle-models\"")),
+        route(Method::PATCH, &format!("{NS}/deployments/akidb-candle"), 200, deployment("akidb-candle", 2, 0)),
+        route(Method::PATCH, "/api/v1/namespaces/prod/services/akidb-candle", 200,
+              json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "akidb-candle"}})),
+        route(Method::POST, "/apis/events.k8s.io/v1/namespaces/prod/events", 201,
+              json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null})),
+    ]);
+    r
+}
+
+#[tokio::test]
+async fn a_new_rollout_gets_its_finalizer_first_then_the_candidate_then_one_status_write() {
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1"),
+        200,
+        echo_ok(),
+    ));
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        200,
+        echo_ok(),
+    ));
+    let api = MockApi::new(routes);
+    let r = rollout(Value::Null, json!({}), Value::Null);
+    let got = reconcile_inner(&r, &ctx(&api)).await;
+    assert!(got.is_ok(), "{got:?}; unrouted {:?}", api.unrouted());
+    assert!(api.unrouted().is_empty(), "{:?}", api.unrouted());
+
+    let writes = api.writes();
+    let order: Vec<String> = writes
+        .iter()
+        .map(|w| format!("{} {}", w.method, w.path.trim_start_matches(NS)))
+        .collect();
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some(format!("PATCH {ROLLOUTS}/r1").as_str()),
+        "the finalizer before any change: {order:?}"
+    );
+    assert_eq!(
+        writes[0].body,
+        json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+               {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
+    );
+    let deploy = writes
+        .iter()
+        .find(|w| w.path == format!("{NS}/deployments/akidb-candle"))
+        .expect("the candidate Deployment is applied");
+    assert!(
+        deploy
+            .query
+            .contains("fieldManager=embedding-rollout-operator")
+            && deploy.query.contains("force=true"),
+        "server-side apply with our field manager: {}",
+        deploy.query
+    );
+    assert_eq!(deploy.body["spec"]["replicas"], 2);
+    assert_eq!(
+        deploy.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "candle:1.0.0"
+    );
+    assert_eq!(
+        deploy.body["metadata"]["annotations"][CANDIDATE_HASH_ANNOTATION_KEY],
+        workload::pod_hash(&r.spec.candidate)
+    );
+    let statuses: Vec<&Seen> = writes
+        .iter()
+        .filter(|w| w.path.ends_with("/status"))
+        .collect();
+    assert_eq!(statuses.len(), 1, "one status write per reconcile");
+    assert_eq!(statuses[0].body["status"]["phase"], "Deploying");
+    assert!(statuses[0]
+        .query
+        .contains("fieldManager=embedding-rollout-operator"));
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.path.ends_with("/events") && w.body["reason"] == "Deploying"),
+        "the transition is an event"
+    );
+    // Nothing touched traffic: the candidate is not ready yet.
+    assert!(!order.iter().any(|o| o.contains("ingresses")), "{order:?}");
+}
+
+#[tokio::test]
+async fn a_status_rejected_as_invalid_is_not_retried_every_second() {
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        422,
+        status_body(
+            422,
+            "EmbeddingRollout.rollout.akidb.io \"r1\" is invalid: status.history: Too many: 11",
+        ),
+    ));
+    let api = MockApi::new(routes);
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let e = reconcile_inner(&r, &ctx(&api)).await.unwrap_err();
+    assert_eq!(e.kind(), "Invalid", "{e}");
+    assert_eq!(e.retry_after(), Duration::from_secs(60));
+    assert!(e.to_string().contains("status.history"), "{e}");
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_status_write_re_reads_within_a_second() {
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        409,
+        status_body(
+            409,
+            "Operation cannot be fulfilled: the object has been modified",
+        ),
+    ));
+    let api = MockApi::new(routes);
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let e = reconcile_inner(&r, &ctx(&api)).await.unwrap_err();
+    assert_eq!(e.kind(), "Conflict");
+    assert_eq!(e.retry_after(), Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_forbidden_action_stops_the_reconcile_says_so_in_an_event_and_writes_no_status() {
+    let mut routes = reads();
+    routes.extend([
+        route(Method::DELETE, "/api/v1/namespaces/prod/configmaps/akidb-candle-models", 404, not_found("x")),
+        route(Method::PATCH, &format!("{NS}/deployments/akidb-candle"), 403,
+              status_body(403, "deployments.apps \"akidb-candle\" is forbidden: User \"system:serviceaccount:x:op\" cannot patch resource \"deployments\"")),
+        route(Method::POST, "/apis/events.k8s.io/v1/namespaces/prod/events", 201,
+              json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null})),
+    ]);
+    let api = MockApi::new(routes);
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let e = reconcile_inner(&r, &ctx(&api)).await.unwrap_err();
+    assert_eq!(e.kind(), "Forbidden", "{e}");
+    assert_eq!(e.retry_after(), Duration::from_secs(60));
+    let writes = api.writes();
+    assert!(
+        writes.iter().any(|w| w.path.ends_with("/events")
+            && w.body["reason"] == "ActionFailed"
+            && w.body["note"].as_str().unwrap_or("").contains("forbidden")),
+        "{writes:?}"
+    );
+    assert!(
+        !writes.iter().any(|w| w.path.ends_with("/status")),
+        "a status claiming the candidate was deployed would not be true"
+    );
+}
+
+#[tokio::test]
+async fn a_command_is_cleared_with_a_guarded_patch_and_a_newer_one_survives_as_a_conflict() {
+    let status = json!({"phase": "Progressing", "currentStep": 0, "currentWeight": 10,
+                        "stepStartedAt": Utc::now().to_rfc3339(), "candidateHash": "x",
+                        "observedGeneration": 1});
+    let r = rollout(
+        status,
+        json!({COMMAND_ANNOTATION: "pause"}),
+        json!([FINALIZER]),
+    );
+    let guarded = json!([
+        {"op": "test", "path": "/metadata/annotations/rollout.akidb.io~1command", "value": "pause"},
+        {"op": "remove", "path": "/metadata/annotations/rollout.akidb.io~1command"}
+    ]);
+    // Someone wrote a new command between our read and our clear: the test op fails (422).
+    let mut routes = reads();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1"),
+        422,
+        status_body(422, "the server rejected our request due to an error in our request: testing value /metadata/annotations/rollout.akidb.io~1command failed"),
+    ));
+    let api = MockApi::new(routes);
+    let e = apply_action(&ctx(&api), &r, &Action::ClearCommand)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "Conflict", "{e}");
+    let writes = api.writes();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].body, guarded);
+    assert!(
+        writes[0].query.is_empty() || !writes[0].query.contains("force"),
+        "a JSON patch, not an apply"
+    );
+}
+
+#[tokio::test]
+async fn every_action_sends_the_request_it_stands_for() {
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let cases: Vec<(Action, Vec<Route>, Method, String)> = vec![
+        (
+            Action::ScaleCandidate(0),
+            vec![route(
+                Method::PATCH,
+                &format!("{NS}/deployments/akidb-candle"),
+                200,
+                deployment("akidb-candle", 0, 0),
+            )],
+            Method::PATCH,
+            format!("{NS}/deployments/akidb-candle"),
+        ),
+        (
+            Action::ScaleBaseline(3),
+            vec![route(
+                Method::PATCH,
+                &format!("{NS}/deployments/akidb-mlx"),
+                200,
+                deployment("akidb-mlx", 3, 3),
+            )],
+            Method::PATCH,
+            format!("{NS}/deployments/akidb-mlx"),
+        ),
+        (
+            Action::DeleteCanaryIngress,
+            vec![route(
+                Method::DELETE,
+                "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress-canary",
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            )],
+            Method::DELETE,
+            "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress-canary".into(),
+        ),
+        (
+            Action::DeleteCandidateAutoscaler,
+            vec![route(
+                Method::DELETE,
+                "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/akidb-candle",
+                404,
+                not_found("hpa"),
+            )],
+            Method::DELETE,
+            "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/akidb-candle".into(),
+        ),
+        (
+            Action::SetCanaryWeight(10),
+            vec![
+                route(
+                    Method::GET,
+                    "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress",
+                    200,
+                    primary_ingress(),
+                ),
+                route(
+                    Method::PATCH,
+                    "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress-canary",
+                    200,
+                    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "akidb-ingress-canary"}}),
+                ),
+            ],
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress-canary".into(),
+        ),
+        (
+            Action::PointPrimaryIngressAt(Backend::Candidate),
+            vec![
+                route(
+                    Method::GET,
+                    "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress",
+                    200,
+                    primary_ingress(),
+                ),
+                route(
+                    Method::PATCH,
+                    "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress",
+                    200,
+                    primary_ingress(),
+                ),
+            ],
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress".into(),
+        ),
+        (
+            Action::RemoveFinalizer,
+            vec![route(
+                Method::PATCH,
+                &format!("{ROLLOUTS}/r1"),
+                200,
+                echo_ok(),
+            )],
+            Method::PATCH,
+            format!("{ROLLOUTS}/r1"),
+        ),
+    ];
+    for (action, routes, method, path) in cases {
+        let api = MockApi::new(routes);
+        let got = apply_action(&ctx(&api), &r, &action).await;
+        assert!(
+            got.is_ok(),
+            "{action:?}: {got:?}; unrouted {:?}",
+            api.unrouted()
+        );
+        let writes = api.writes();
+        let w = writes
+            .iter()
+            .find(|w| w.method == method && w.path == path)
+            .unwrap_or_else(|| panic!("{action:?}: no {method} {path} in {writes:?}"));
+        match &action {
+            Action::ScaleCandidate(n) | Action::ScaleBaseline(n) => {
+                assert_eq!(w.body, json!({"spec": {"replicas": n}}), "{action:?}")
+            }
+            Action::SetCanaryWeight(_) => {
+                let a = &w.body["metadata"]["annotations"];
+                assert_eq!(a["nginx.ingress.kubernetes.io/canary"], "true");
+                assert_eq!(a["nginx.ingress.kubernetes.io/canary-weight"], "10");
+                assert_eq!(
+                    w.body["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+                    "akidb-candle"
+                );
+            }
+            Action::PointPrimaryIngressAt(_) => {
+                assert_eq!(
+                    w.body["metadata"]["resourceVersion"], "11",
+                    "guarded by the version it was computed from: {}",
+                    w.body
+                );
+                assert!(w.body.to_string().contains("akidb-candle"), "{}", w.body);
+            }
+            Action::RemoveFinalizer => assert_eq!(
+                w.body,
+                json!([{"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                       {"op": "remove", "path": "/metadata/finalizers/0"}])
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_primary_ingress_is_missing_not_an_api_failure() {
+    let api = MockApi::new(vec![route(
+        Method::GET,
+        "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/akidb-ingress",
+        404,
+        not_found("ingresses.networking.k8s.io \"akidb-ingress\""),
+    )]);
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let e = apply_action(&ctx(&api), &r, &Action::SetCanaryWeight(10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "Missing", "{e}");
+    assert_eq!(e.retry_after(), Duration::from_secs(10));
+    assert!(api.writes().is_empty(), "no canary without its primary");
+}
+
+const CANDIDATE_HASH_ANNOTATION_KEY: &str = crate::crd::CANDIDATE_HASH_ANNOTATION;
