@@ -818,6 +818,23 @@ async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_mess
             }),
             "the volume name models is reserved for candidate.models",
         ),
+        (
+            "custom-gate-with-max-and-min",
+            Box::new(|v| {
+                v["spec"]["analysis"]["gates"]["custom"] =
+                    json!([{"name": "p99", "query": "x", "max": 0.05, "min": 0.01}])
+            }),
+            "a custom gate takes max or min, exactly one",
+        ),
+        (
+            "custom-gates-with-one-name",
+            Box::new(|v| {
+                v["spec"]["analysis"]["gates"]["custom"] = json!([
+                    {"name": "p99", "query": "x", "max": 1}, {"name": "p99", "query": "y", "max": 2}
+                ])
+            }),
+            "gates.custom names must be unique",
+        ),
     ];
     for (name, mutate, message) in cases {
         let mut v = base.clone();

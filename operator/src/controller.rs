@@ -379,6 +379,17 @@ async fn query_metrics(
             MetricsSnapshot {
                 candidate: decision::ServiceMetrics::failed(&msg),
                 baseline: decision::ServiceMetrics::failed(&msg),
+                custom: spec
+                    .analysis
+                    .gates
+                    .custom
+                    .iter()
+                    .map(|g| decision::CustomReading {
+                        name: g.name.clone(),
+                        value: Err(msg.clone()),
+                        samples: g.samples_query.as_ref().map(|_| Err(msg.clone())),
+                    })
+                    .collect(),
             }
         }
     }

@@ -449,6 +449,48 @@ pub struct Gates {
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 0))]
     pub min_baseline_requests: u64,
+    /// The user's own gates: PromQL queries judged against a bound at each analysis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(a, self.exists_one(b, b.name == a.name))", "message": "gates.custom names must be unique"}
+    ]))]
+    pub custom: Vec<CustomGate>,
+}
+
+/// One of the user's gates: `query` must stay at or below `max` (or at or above `min`).
+/// Placeholders: `{{service}}` (candidate metrics service), `{{baseline}}` (baseline metrics
+/// service), `{{window}}` (analysis window), `{{step}}` (the current step so far, seconds).
+/// The query should return one number; several series are reduced to the worst one (the
+/// largest against `max`, the smallest against `min`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.max) != has(self.min)", "message": "a custom gate takes max or min, exactly one"},
+    {"rule": "has(self.samplesQuery) == has(self.minSamples)", "message": "samplesQuery and minSamples go together"}
+]))]
+pub struct CustomGate {
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// How much the value rests on (e.g. requests in the window); below `minSamples` the gate
+    /// is Inconclusive instead of passing or failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub samples_query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<f64>,
+    /// false: reported in every analysis, never holds or fails the rollout.
+    #[serde(default = "default_true")]
+    pub blocking: bool,
 }
 
 /// Conditions that roll back regardless of `failureLimit`.
@@ -850,6 +892,7 @@ impl Default for Gates {
             require_breaker_closed: true,
             min_requests: default_min_requests(),
             min_baseline_requests: default_min_requests(),
+            custom: Vec::new(),
         }
     }
 }

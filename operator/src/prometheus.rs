@@ -15,7 +15,8 @@ use prometheus_http_query::{
 use crate::{
     crd::AnalysisSpec,
     decision::{
-        BucketsResult, Counts, MetricsSnapshot, QueryResult as CoreQueryResult, ServiceMetrics,
+        BucketsResult, Counts, CustomReading, MetricsSnapshot, QueryResult as CoreQueryResult,
+        ServiceMetrics,
     },
     prometheus_access::Access,
 };
@@ -42,6 +43,19 @@ pub const P95_QUANTILE: f64 = 0.95;
 /// Fill a template. Placeholders may carry inner spaces (`{{ service }}`) since users write
 /// overrides by hand.
 pub fn render(template: &str, service: &str, window: &str, quantile: f64) -> String {
+    let quantile = format_quantile(quantile);
+    render_with(
+        template,
+        &[
+            ("service", service),
+            ("window", window),
+            ("quantile", &quantile),
+        ],
+    )
+}
+
+/// Fill `{{name}}` placeholders from `values`; unknown ones stay verbatim.
+pub fn render_with(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -49,12 +63,10 @@ pub fn render(template: &str, service: &str, window: &str, quantile: f64) -> Str
             break;
         };
         let name = rest[start + 2..start + 2 + len].trim();
-        let value = match name {
-            "service" => Some(service.to_string()),
-            "window" => Some(window.to_string()),
-            "quantile" => Some(format_quantile(quantile)),
-            _ => None,
-        };
+        let value = values
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string());
         out.push_str(&rest[..start]);
         match value {
             Some(v) => out.push_str(&v),
@@ -427,14 +439,71 @@ impl Prometheus {
         q: &AnalysisQueries<'_>,
         step_range: Option<Duration>,
     ) -> MetricsSnapshot {
-        let (candidate, baseline) = tokio::join!(
+        let (candidate, baseline, custom) = tokio::join!(
             self.service_metrics(q, q.candidate_service, step_range),
-            self.service_metrics(q, q.baseline_service, step_range)
+            self.service_metrics(q, q.baseline_service, step_range),
+            self.custom(q, step_range)
         );
         MetricsSnapshot {
             candidate,
             baseline,
+            custom,
         }
+    }
+
+    /// The `analysis.gates.custom` queries, concurrently; each reduced to its worst series
+    /// (largest against `max`, smallest against `min`).
+    async fn custom(
+        &self,
+        q: &AnalysisQueries<'_>,
+        step_range: Option<Duration>,
+    ) -> Vec<CustomReading> {
+        let window = q.spec.window.parse().map(range_seconds).unwrap_or_default();
+        let step = step_range
+            .map(range_seconds)
+            .unwrap_or_else(|| window.clone());
+        let values = [
+            ("service", q.candidate_service),
+            ("baseline", q.baseline_service),
+            ("window", window.as_str()),
+            ("step", step.as_str()),
+        ];
+        let readings = q.spec.gates.custom.iter().map(|g| {
+            let value_q = render_with(&g.query, &values);
+            let samples_q = g.samples_query.as_deref().map(|t| render_with(t, &values));
+            let worst_is_min = g.max.is_none() && g.min.is_some();
+            async move {
+                let value = self.instant_worst(&value_q, worst_is_min).await;
+                let samples = match &samples_q {
+                    // The evidence is what the least-sampled series has.
+                    Some(sq) => Some(to_core(&self.address, self.instant_worst(sq, true).await)),
+                    None => None,
+                };
+                CustomReading {
+                    name: g.name.clone(),
+                    value: to_core(&self.address, value),
+                    samples,
+                }
+            }
+        });
+        futures::future::join_all(readings).await
+    }
+
+    /// As [`Prometheus::instant`], reducing several series to the smallest when `smallest`.
+    async fn instant_worst(&self, promql: &str, smallest: bool) -> Result<Reading, QueryError> {
+        if !smallest {
+            return self.instant(promql).await;
+        }
+        let result = self.query(promql).await?;
+        let values: Vec<f64> = match result.data() {
+            Data::Vector(v) => v.iter().map(|s| -s.sample().value()).collect(),
+            Data::Scalar(s) => vec![-s.value()],
+            Data::Matrix(_) => return Err(QueryError::UnexpectedShape("range vector")),
+        };
+        Ok(match reduce(&values) {
+            Reading::Value(v) => Reading::Value(-v),
+            other => other,
+        })
     }
 }
 

@@ -31,6 +31,8 @@ async fn answer(Query(params): Query<std::collections::HashMap<String, String>>)
     match q.as_str() {
         "value" => (JSON, vector(&["0.0123"])).into_response(),
         "empty" => (JSON, vector(&[])).into_response(),
+        // A custom gate's `{{service}}-{{baseline}}-{{window}}-{{step}}`, rendered.
+        "candle-mlx-300s-42s" => (JSON, vector(&["7"])).into_response(),
         "nan" => (JSON, vector(&["NaN"])).into_response(),
         "inf" => (JSON, vector(&["+Inf"])).into_response(),
         "many" => (JSON, vector(&["1", "NaN", "3", "2"])).into_response(),
@@ -281,4 +283,33 @@ async fn credentials_and_tenant_headers_are_sent() {
         seen.lock().unwrap().as_slice(),
         [("Bearer t0ken".to_string(), "search-prod".to_string())]
     );
+}
+
+/// Custom gates run with the analysis: placeholders filled, several series reduced to the worst
+/// for the bound (largest against max, smallest against min).
+#[tokio::test]
+async fn custom_gate_queries_are_rendered_and_reduced_towards_their_bound() {
+    use embedding_rollout_operator::{crd::AnalysisSpec, prometheus::AnalysisQueries};
+    let mut spec = AnalysisSpec::default();
+    spec.gates.custom = serde_json::from_value(serde_json::json!([
+        {"name": "upper", "query": "many", "max": 5},
+        {"name": "lower", "query": "many", "min": 0.5, "samplesQuery": "scalar", "minSamples": 10},
+        {"name": "placeholders", "query": "{{service}}-{{baseline}}-{{window}}-{{step}}", "max": 1}
+    ]))
+    .unwrap();
+    let q = AnalysisQueries {
+        candidate_service: "candle",
+        baseline_service: "mlx",
+        spec: &spec,
+    };
+    let m = client()
+        .await
+        .snapshot(&q, Some(Duration::from_secs(42)))
+        .await;
+    let get = |n: &str| m.custom.iter().find(|c| c.name == n).unwrap().clone();
+    assert_eq!(get("upper").value, Ok(Some(3.0)));
+    assert_eq!(get("lower").value, Ok(Some(1.0)));
+    assert_eq!(get("lower").samples, Some(Ok(Some(42.0))));
+    // Only the rendered text has an answer: the placeholders were filled.
+    assert_eq!(get("placeholders").value, Ok(Some(7.0)));
 }

@@ -62,6 +62,7 @@ impl World {
         MetricsSnapshot {
             candidate: service(&self.cand_series, t, window, step),
             baseline: service(&self.base_series, t, window, step),
+            custom: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@
 use super::stats::{
     self, binomial_test, clopper_pearson, pct, sequential_test, Finding, Histogram,
 };
-use crate::crd::{AnalysisSpec, BreakerState, GateResult, Verdict};
+use crate::crd::{AnalysisSpec, BreakerState, CustomGate, GateResult, Verdict};
 
 /// One PromQL result: `Err` = the query failed, `Ok(None)` = empty result, `Ok(Some(NaN))` happens
 /// too (e.g. 0/0 when no requests) and counts as no data.
@@ -104,6 +104,17 @@ pub struct MetricsSnapshot {
     pub candidate: ServiceMetrics,
     /// Its step histogram feeds the comparison gate; the rest is recorded.
     pub baseline: ServiceMetrics,
+    /// One reading per `analysis.gates.custom` entry, by name.
+    pub custom: Vec<CustomReading>,
+}
+
+/// The value of one custom gate's query (reduced to the worst series by the edge) and of its
+/// samples query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomReading {
+    pub name: String,
+    pub value: QueryResult,
+    pub samples: Option<QueryResult>,
 }
 
 /// Where an analysis stands in the rollout: what the confidence budget is spent over.
@@ -221,6 +232,12 @@ fn query_failures(m: &MetricsSnapshot) -> Vec<String> {
             count(c.errors.as_ref().err());
         }
     }
+    for c in &m.custom {
+        count(c.value.as_ref().err());
+        if let Some(q) = &c.samples {
+            count(q.as_ref().err());
+        }
+    }
     // Stable: most frequent first, then first seen.
     errors.sort_by_key(|e| std::cmp::Reverse(e.1));
     errors
@@ -294,6 +311,8 @@ fn breaker_state(v: f64) -> Option<BreakerState> {
 
 /// One gate's outcome before it is recorded.
 struct Judged {
+    /// false for report-only custom gates: recorded, never part of the verdict.
+    blocking: bool,
     verdict: Verdict,
     /// Why it is not Pass (for the reasons list); empty for Pass.
     reason: Option<String>,
@@ -303,6 +322,7 @@ struct Judged {
 
 fn missing(gate: &str, why: String) -> Judged {
     Judged {
+        blocking: true,
         verdict: Verdict::Inconclusive,
         // A failed query is in the reasons once, for all the gates it hit.
         reason: (!why.starts_with(FAILED_QUERY_PREFIX)).then(|| why.clone()),
@@ -424,6 +444,7 @@ fn max_p95_gate(h: &Histogram, max_p95_ms: f64, alpha: f64) -> Judged {
         )),
     };
     Judged {
+        blocking: true,
         verdict,
         reason,
         missing: false,
@@ -500,6 +521,7 @@ fn comparison_gate(
     };
     let to_ms = |s: Option<f64>| s.filter(|v| v.is_finite()).map(seconds_to_ms);
     Judged {
+        blocking: true,
         verdict,
         reason,
         missing: false,
@@ -543,6 +565,7 @@ fn error_gate(errors: u64, n: u64, max_rate: f64, alpha: f64) -> Judged {
         )),
     };
     Judged {
+        blocking: true,
         verdict,
         reason,
         missing: false,
@@ -566,6 +589,7 @@ fn breaker_gate(q: &QueryResult) -> (Judged, Option<BreakerState>) {
         Reading::Missing(_) => None,
     };
     let judged = |verdict: Verdict, reason: Option<String>, evidence: &str| Judged {
+        blocking: true,
         verdict,
         reason,
         missing: false,
@@ -600,6 +624,84 @@ fn breaker_gate(q: &QueryResult) -> (Judged, Option<BreakerState>) {
 }
 
 /// The gates judged by sequential tests over the step's growing evidence.
+/// One custom gate: the reading against its bound. A threshold check on the user's number, not a
+/// test: the operator does not know what it counts. `failureLimit` consecutive failing analyses
+/// roll back, as for every gate; `minSamples` keeps a thin reading Inconclusive.
+fn custom_gate(g: &CustomGate, r: Option<&CustomReading>) -> Judged {
+    let gate = format!("custom:{}", g.name);
+    let mut j = match r {
+        None => missing(&gate, format!("no reading for custom gate {}", g.name)),
+        Some(r) => custom_judged(g, &gate, r),
+    };
+    j.blocking = g.blocking;
+    j
+}
+
+fn custom_judged(g: &CustomGate, gate: &str, r: &CustomReading) -> Judged {
+    let what = format!("custom gate {}", g.name);
+    let value = match read(&r.value, &what) {
+        Reading::Value(v) => v,
+        Reading::Missing(why) => return missing(gate, why),
+    };
+    let samples = match (&r.samples, g.min_samples) {
+        (Some(q), Some(min)) => match read(q, &format!("{what} samples")) {
+            Reading::Value(n) if n < min => {
+                let why = format!(
+                    "{what}: only {} samples, minSamples is {}",
+                    trim_number(n),
+                    trim_number(min)
+                );
+                let mut j = missing(gate, why);
+                j.missing = false;
+                j.result.value = Some(value);
+                j.result.samples = Some(n.max(0.0).round() as u64);
+                return j;
+            }
+            Reading::Value(n) => Some(n.max(0.0).round() as u64),
+            Reading::Missing(why) => return missing(gate, why),
+        },
+        _ => None,
+    };
+    let (ok, bound, relation) = match (g.max, g.min) {
+        (Some(max), _) => (value <= max, max, "at most"),
+        (None, Some(min)) => (value >= min, min, "at least"),
+        (None, None) => (true, f64::NAN, "bounded by"),
+    };
+    let evidence = format!(
+        "{} = {} ({relation} {})",
+        g.name,
+        trim_number(value),
+        trim_number(bound)
+    );
+    let verdict = if ok { Verdict::Pass } else { Verdict::Fail };
+    Judged {
+        blocking: g.blocking,
+        verdict,
+        reason: (!ok).then(|| format!("custom gate {}: {evidence}", g.name)),
+        missing: false,
+        result: GateResult {
+            gate: gate.to_string(),
+            verdict,
+            evidence,
+            value: Some(value),
+            low: None,
+            high: None,
+            threshold: Some(bound),
+            samples,
+        },
+    }
+}
+
+/// 0.05, 1234.5, 3e-7: short and exact enough for a status line.
+fn trim_number(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1e-3 && v.abs() < 1e9 {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
 pub const SEQUENTIAL_GATES: [&str; 3] = ["maxP95Ms", "maxP95OverBaselineMs", "maxErrorRate"];
 
 /// Evaluates the gates and the triggers of one analysis at `look`. `failed_in_step` names the
@@ -695,6 +797,7 @@ pub fn evaluate(
                 gates.min_requests
             );
             judged.push(Judged {
+                blocking: true,
                 verdict: Verdict::Inconclusive,
                 reason: Some(why.clone()),
                 missing: false,
@@ -710,6 +813,11 @@ pub fn evaluate(
                 },
             });
         }
+    }
+
+    // The user's gates.
+    for g in &gates.custom {
+        judged.push(custom_gate(g, m.custom.iter().find(|r| r.name == g.name)));
     }
 
     // The latency gates count the embedder's histogram unless told otherwise.
@@ -772,26 +880,31 @@ pub fn evaluate(
         }
     }
 
-    let verdict = if judged.iter().any(|j| j.verdict == Verdict::Fail) {
+    let blocking = || judged.iter().filter(|j| j.blocking);
+    let verdict = if blocking().any(|j| j.verdict == Verdict::Fail) {
         Verdict::Fail
-    } else if judged.iter().any(|j| j.verdict == Verdict::Inconclusive) {
+    } else if blocking().any(|j| j.verdict == Verdict::Inconclusive) {
         Verdict::Inconclusive
     } else {
         Verdict::Pass
     };
-    let missing_data = verdict == Verdict::Inconclusive && judged.iter().any(|j| j.missing);
-    // Failing gates first, then the undecided ones, then notes.
-    let mut reasons: Vec<String> = judged
-        .iter()
+    let missing_data = verdict == Verdict::Inconclusive && blocking().any(|j| j.missing);
+    // Failing gates first, then the undecided ones, then report-only gates, then notes.
+    let mut reasons: Vec<String> = blocking()
         .filter(|j| j.verdict == Verdict::Fail)
         .filter_map(|j| j.reason.clone())
         .collect();
     reasons.extend(query_failures(m));
     reasons.extend(
-        judged
-            .iter()
+        blocking()
             .filter(|j| j.verdict == Verdict::Inconclusive)
             .filter_map(|j| j.reason.clone()),
+    );
+    reasons.extend(
+        judged
+            .iter()
+            .filter(|j| !j.blocking)
+            .filter_map(|j| j.reason.as_ref().map(|r| format!("{r} (report only)"))),
     );
     reasons.extend(notes);
 
@@ -874,6 +987,7 @@ mod tests {
         MetricsSnapshot {
             candidate: service(cand.clone(), cand, 0.02),
             baseline: service(base.clone(), base, 0.03),
+            custom: Vec::new(),
         }
     }
 
@@ -1164,6 +1278,7 @@ mod tests {
         let down = MetricsSnapshot {
             candidate: ServiceMetrics::failed("connection refused"),
             baseline: ServiceMetrics::failed("connection refused"),
+            custom: Vec::new(),
         };
         let e = eval(&down);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1183,6 +1298,7 @@ mod tests {
         let empty = MetricsSnapshot {
             candidate: ServiceMetrics::no_data(),
             baseline: ServiceMetrics::no_data(),
+            custom: Vec::new(),
         };
         let e = eval(&empty);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1259,6 +1375,7 @@ mod tests {
         let down = MetricsSnapshot {
             candidate: ServiceMetrics::failed("connection refused"),
             baseline: ServiceMetrics::failed("connection refused"),
+            custom: Vec::new(),
         };
         let e = evaluate(
             &AnalysisSpec::default(),
@@ -1301,5 +1418,116 @@ mod tests {
         let e = evaluate(&a, &healthy(), &look(10), &[]);
         assert_eq!(e.verdict, Verdict::Pass);
         assert!(e.reasons[0].contains("queries.latencyBuckets is not"));
+    }
+
+    fn custom_spec(gates: serde_json::Value) -> AnalysisSpec {
+        let mut a = AnalysisSpec::default();
+        a.gates.custom = serde_json::from_value(gates).unwrap();
+        a
+    }
+
+    fn with_custom(readings: &[(&str, QueryResult, Option<QueryResult>)]) -> MetricsSnapshot {
+        let mut m = healthy();
+        m.custom = readings
+            .iter()
+            .map(|(n, v, s)| CustomReading {
+                name: n.to_string(),
+                value: v.clone(),
+                samples: s.clone(),
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn custom_gates_pass_and_fail_on_their_bound_with_the_value_in_the_evidence() {
+        let a = custom_spec(serde_json::json!([
+            {"name": "p99", "query": "histogram_quantile(0.99, ...)", "max": 0.05},
+            {"name": "replicas", "query": "kube_hpa_status_current_replicas", "min": 2}
+        ]));
+        let ok = with_custom(&[
+            ("p99", Ok(Some(0.031)), None),
+            ("replicas", Ok(Some(3.0)), None),
+        ]);
+        let e = evaluate(&a, &ok, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
+        assert_eq!(
+            gate(&e, "custom:p99").evidence,
+            "p99 = 0.031 (at most 0.05)"
+        );
+        assert_eq!(gate(&e, "custom:p99").threshold, Some(0.05));
+
+        let slow = with_custom(&[
+            ("p99", Ok(Some(0.07)), None),
+            ("replicas", Ok(Some(3.0)), None),
+        ]);
+        let e = evaluate(&a, &slow, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Fail);
+        assert_eq!(e.reasons[0], "custom gate p99: p99 = 0.07 (at most 0.05)");
+
+        let short = with_custom(&[
+            ("p99", Ok(Some(0.01)), None),
+            ("replicas", Ok(Some(1.0)), None),
+        ]);
+        let e = evaluate(&a, &short, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Fail);
+        assert!(
+            e.reasons[0].contains("replicas = 1 (at least 2)"),
+            "{:?}",
+            e.reasons
+        );
+    }
+
+    #[test]
+    fn a_custom_gate_without_data_or_samples_is_inconclusive() {
+        let a = custom_spec(serde_json::json!([
+            {"name": "rss-growth", "query": "deriv(...)", "max": 1e6,
+             "samplesQuery": "count_over_time(...)", "minSamples": 10}
+        ]));
+        let thin = with_custom(&[("rss-growth", Ok(Some(5e6)), Some(Ok(Some(3.0))))]);
+        let e = evaluate(&a, &thin, &look(10), &[]);
+        assert_eq!(
+            e.verdict,
+            Verdict::Inconclusive,
+            "a thin reading neither fails nor passes"
+        );
+        assert!(!e.missing_data, "too little evidence is not missing data");
+        assert_eq!(
+            e.reasons,
+            ["custom gate rss-growth: only 3 samples, minSamples is 10"]
+        );
+        let empty = with_custom(&[("rss-growth", Ok(None), Some(Ok(Some(30.0))))]);
+        let e = evaluate(&a, &empty, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert!(e.missing_data);
+        let failed = with_custom(&[(
+            "rss-growth",
+            Err("Prometheus at p is unreachable: x".into()),
+            None,
+        )]);
+        let e = evaluate(&a, &failed, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            e.reasons,
+            ["1 of 19 Prometheus queries failed: Prometheus at p is unreachable: x"]
+        );
+        // No reading at all (the edge did not run it) is missing data too, never a pass.
+        let e = evaluate(&a, &healthy(), &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn a_report_only_gate_is_shown_but_never_decides() {
+        let a = custom_spec(serde_json::json!([
+            {"name": "no-critical-alerts", "query": "count(ALERTS{severity=\"critical\"})", "max": 0, "blocking": false}
+        ]));
+        let firing = with_custom(&[("no-critical-alerts", Ok(Some(2.0)), None)]);
+        let e = evaluate(&a, &firing, &look(10), &[]);
+        assert_eq!(e.verdict, Verdict::Pass, "{:?}", e.reasons);
+        assert_eq!(gate(&e, "custom:no-critical-alerts").verdict, Verdict::Fail);
+        assert_eq!(
+            e.reasons,
+            ["custom gate no-critical-alerts: no-critical-alerts = 2 (at most 0) (report only)"]
+        );
     }
 }

@@ -22,7 +22,9 @@ use crate::crd::{
     AnalysisRecord, EmbeddingRolloutSpec, EmbeddingRolloutStatus, NoDataPolicy, Phase,
     RollbackStatus, RolloutCondition, Verdict, HISTORY_LIMIT,
 };
-pub use analysis::{BucketsResult, Counts, Look, MetricsSnapshot, QueryResult, ServiceMetrics};
+pub use analysis::{
+    BucketsResult, Counts, CustomReading, Look, MetricsSnapshot, QueryResult, ServiceMetrics,
+};
 pub use command::Command;
 use timing::{elapsed, Timing};
 

@@ -135,6 +135,7 @@ fn healthy() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.020, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
@@ -143,6 +144,7 @@ fn slow() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.040, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
@@ -151,6 +153,7 @@ fn very_slow() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.080, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
@@ -160,6 +163,7 @@ fn breaker_open() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.020, 0.0, 5000.0, 1.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
@@ -167,6 +171,7 @@ fn erroring() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.020, 0.05, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
@@ -174,6 +179,7 @@ fn no_data() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: ServiceMetrics::no_data(),
         baseline: ServiceMetrics::no_data(),
+        custom: Vec::new(),
     }
 }
 
@@ -181,6 +187,7 @@ fn prom_down() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: ServiceMetrics::failed("connection refused"),
         baseline: ServiceMetrics::failed("connection refused"),
+        custom: Vec::new(),
     }
 }
 
@@ -623,6 +630,7 @@ fn never_advances_on_inconclusive_or_failing_analyses() {
             MetricsSnapshot {
                 candidate: sm(0.020, 0.0, 10.0, 0.0),
                 baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+                custom: Vec::new(),
             },
         ),
     ] {
@@ -747,6 +755,7 @@ fn thin() -> MetricsSnapshot {
     MetricsSnapshot {
         candidate: sm(0.020, 0.0, 50.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
+        custom: Vec::new(),
     }
 }
 
