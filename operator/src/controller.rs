@@ -267,12 +267,46 @@ fn error_policy(rollout: Arc<EmbeddingRollout>, error: &Error, ctx: Arc<Context>
     Requeue::requeue(retry)
 }
 
+/// One span per reconcile, so every log line of it (Prometheus queries, actions, events) carries
+/// the rollout, where it stands and what it decided, and one trace id to find them all by.
 async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    use tracing::Instrument;
+    let status = rollout.status.clone().unwrap_or_default();
+    let span = tracing::info_span!(
+        "reconcile",
+        rollout = %rollout.name_any(),
+        namespace = %rollout.namespace().unwrap_or_default(),
+        phase = %status.phase,
+        step = status.current_step + 1,
+        weight = status.current_weight,
+        trace_id = %trace_id(),
+        decided = tracing::field::Empty,
+    );
     let started = Instant::now();
-    let result = reconcile_inner(&rollout, &ctx).await;
+    let result = reconcile_inner(&rollout, &ctx).instrument(span).await;
     ctx.metrics
         .observe_reconcile(started.elapsed().as_secs_f64());
     result
+}
+
+/// A W3C trace id (32 hex digits, random, never all zeros).
+fn trace_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded per process and per instance: enough entropy for a correlation id
+    // without another dependency.
+    let mut id = [0u64; 2];
+    for (i, part) in id.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.write_usize(i);
+        *part = h.finish() | 1;
+    }
+    format!("{:016x}{:016x}", id[0], id[1])
 }
 
 async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Requeue, Error> {
@@ -304,6 +338,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     };
     let query_time = t1.elapsed();
     let decided = decision::reconcile(&rollout.spec, &status, &observed, snapshot.as_ref(), now);
+    tracing::Span::current().record("decided", tracing::field::display(decided.status.phase));
     tracing::debug!(rollout = %name, namespace = %ns, phase = %decided.status.phase, actions = ?decided.actions, "decided");
 
     let t2 = Instant::now();
@@ -706,6 +741,15 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_are_w3c_shaped_and_differ() {
+        let (a, b) = (trace_id(), trace_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_ne!(a, "0".repeat(32));
+    }
 
     #[test]
     fn conflicts_retry_fast_and_are_counted_apart() {
