@@ -1,0 +1,688 @@
+//! Tables for people. Pure functions of the objects and `now`, so they are tested without a cluster.
+
+use chrono::{DateTime, Utc};
+use embedding_rollout_operator::crd::{
+    AnalysisRecord, BreakerState, EmbeddingRollout, GateResult, Phase,
+};
+
+/// Longest MESSAGE in `list` (the full one is in `get`).
+pub const LIST_MESSAGE_WIDTH: usize = 60;
+const MISSING: &str = "-";
+
+/// Left-aligned columns separated by three spaces, like kubectl; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 3;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// At most `max` characters, the cut marked with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    // One line: a multi-line message would break the table.
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// kubectl's age style: `45s`, `5m12s`, `42m`, `3h20m`, `11h`, `2d4h`, `12d`.
+pub fn human_age(secs: i64) -> String {
+    let s = secs.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if s < 60 {
+        format!("{s}s")
+    } else if m < 10 {
+        format!("{m}m{}s", s % 60)
+    } else if h < 1 {
+        format!("{m}m")
+    } else if h < 8 {
+        format!("{h}h{}m", m % 60)
+    } else if d < 2 {
+        format!("{h}h")
+    } else if d < 8 {
+        format!("{d}d{}h", h % 24)
+    } else {
+        format!("{d}d")
+    }
+}
+
+fn age_since(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    t.map(|t| human_age((now - t).num_seconds()))
+        .unwrap_or_else(|| MISSING.into())
+}
+
+pub fn created_at(r: &EmbeddingRollout) -> Option<DateTime<Utc>> {
+    let t = r.metadata.creation_timestamp.as_ref()?;
+    DateTime::from_timestamp(t.0.as_second(), 0)
+}
+
+/// `2/4` for the second of four steps (the status holds a 0-based index); `-/4` before the
+/// operator wrote any status.
+pub fn step_of(r: &EmbeddingRollout) -> String {
+    let n = r.spec.steps.len();
+    match &r.status {
+        Some(s) => format!("{}/{n}", s.current_step as usize + 1),
+        None => format!("{MISSING}/{n}"),
+    }
+}
+
+/// Step `index` (0-based, as in an analysis record) of `n`, for people.
+pub fn step_index(index: u32, n: usize) -> String {
+    format!("{}/{n}", index as usize + 1)
+}
+
+pub fn phase_of(r: &EmbeddingRollout) -> Option<Phase> {
+    r.status.as_ref().map(|s| s.phase)
+}
+
+fn phase_text(r: &EmbeddingRollout) -> String {
+    match phase_of(r) {
+        Some(p) => p.to_string(),
+        None => MISSING.into(),
+    }
+}
+
+fn weight_text(r: &EmbeddingRollout) -> String {
+    match &r.status {
+        Some(s) => format!("{}%", s.current_weight),
+        None => MISSING.into(),
+    }
+}
+
+fn verdict_text(r: &EmbeddingRollout) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.last_analysis.as_ref())
+        .map(|a| a.verdict.as_str().to_string())
+        .unwrap_or_else(|| MISSING.into())
+}
+
+fn message_text(r: &EmbeddingRollout) -> &str {
+    r.status
+        .as_ref()
+        .and_then(|s| s.message.as_deref())
+        .filter(|m| !m.is_empty())
+        .unwrap_or(MISSING)
+}
+
+fn name(r: &EmbeddingRollout) -> &str {
+    r.metadata.name.as_deref().unwrap_or(MISSING)
+}
+
+/// The `list` table; with `namespaces`, a NAMESPACE column first (`-A`).
+pub fn list_table(items: &[EmbeddingRollout], namespaces: bool, now: DateTime<Utc>) -> String {
+    let mut header = vec![
+        "NAME",
+        "PHASE",
+        "STEP",
+        "WEIGHT",
+        "CANDIDATE",
+        "VERDICT",
+        "AGE",
+        "MESSAGE",
+    ];
+    if namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            let mut row = summary_row(r, now, Some(LIST_MESSAGE_WIDTH));
+            if namespaces {
+                row.insert(
+                    0,
+                    r.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| MISSING.into()),
+                );
+            }
+            row
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+fn summary_row(
+    r: &EmbeddingRollout,
+    now: DateTime<Utc>,
+    message_max: Option<usize>,
+) -> Vec<String> {
+    let message = message_text(r);
+    vec![
+        name(r).to_string(),
+        phase_text(r),
+        step_of(r),
+        weight_text(r),
+        r.spec.candidate.image.clone(),
+        verdict_text(r),
+        age_since(created_at(r), now),
+        match message_max {
+            Some(max) => truncate(message, max),
+            None => truncate(message, usize::MAX),
+        },
+    ]
+}
+
+/// Numbers as short as they can be without losing what matters: `35`, `21.4`, `0.0042`.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return MISSING.into();
+    }
+    let decimals = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 1.0 {
+        2
+    } else {
+        4
+    };
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map(num).unwrap_or_else(|| MISSING.into())
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.filter(|v| v.is_finite())
+        .map(|v| format!("{}%", num(v * 100.0)))
+        .unwrap_or_else(|| MISSING.into())
+}
+
+/// `21.4 (18.9–24.1)` when the gate carries confidence bounds.
+fn gate_value(g: &GateResult) -> String {
+    match (g.value, g.low, g.high) {
+        (Some(v), Some(lo), Some(hi)) => format!("{} ({}–{})", num(v), num(lo), num(hi)),
+        (Some(v), _, _) => num(v),
+        (None, Some(lo), Some(hi)) => format!("({}–{})", num(lo), num(hi)),
+        _ => MISSING.into(),
+    }
+}
+
+/// The gates of one analysis: gate, verdict, value against threshold, samples, evidence.
+pub fn gates_table(a: &AnalysisRecord) -> String {
+    let rows: Vec<Vec<String>> = a
+        .gates
+        .iter()
+        .map(|g| {
+            vec![
+                g.gate.clone(),
+                g.verdict.as_str().to_string(),
+                gate_value(g),
+                opt_num(g.threshold),
+                g.samples
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| MISSING.into()),
+                g.evidence.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "GATE",
+            "VERDICT",
+            "VALUE",
+            "THRESHOLD",
+            "SAMPLES",
+            "EVIDENCE",
+        ],
+        &rows,
+    )
+}
+
+/// `get NAME`: the summary row with the whole message, then the last analysis and its gates.
+pub fn get_view(r: &EmbeddingRollout, now: DateTime<Utc>) -> String {
+    let header = [
+        "NAME",
+        "PHASE",
+        "STEP",
+        "WEIGHT",
+        "CANDIDATE",
+        "VERDICT",
+        "AGE",
+        "MESSAGE",
+    ];
+    let mut out = table(&header, &[summary_row(r, now, None)]);
+    let n = r.spec.steps.len();
+    let Some(status) = &r.status else {
+        out.push_str("\nNo status yet: the operator has not reconciled this rollout.\n");
+        return out;
+    };
+    if status.manual_pause || r.spec.paused {
+        let by = match (status.manual_pause, r.spec.paused) {
+            (true, true) => "the pause command and spec.paused",
+            (true, false) => "the pause command",
+            _ => "spec.paused",
+        };
+        out.push_str(&format!("\nPaused by {by}.\n"));
+    }
+    if let Some(rb) = &status.rollback {
+        let took = rb
+            .seconds
+            .map(|s| format!(", took {}s", num(s)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\nRollback from {}: {} (started {} ago{took})\n",
+            rb.from_phase,
+            rb.reason,
+            age_since(Some(rb.started_at), now)
+        ));
+    }
+    match &status.last_analysis {
+        None => out.push_str("\nNo analysis yet.\n"),
+        Some(a) => {
+            out.push_str(&format!(
+                "\nLast analysis {} ago at step {}, weight {}%{}: {}\n",
+                age_since(Some(a.time), now),
+                step_index(a.step, n),
+                a.weight,
+                a.look.map(|l| format!(", look {l}")).unwrap_or_default(),
+                a.verdict.as_str(),
+            ));
+            out.push_str(&format!(
+                "  candidate P95 {} ms, baseline P95 {} ms, error rate {}, breaker {}, step requests {} candidate / {} baseline\n",
+                opt_num(a.candidate_p95_ms),
+                opt_num(a.baseline_p95_ms),
+                percent(a.error_rate),
+                breaker(a.breaker_state),
+                a.step_requests.map(|n| n.to_string()).unwrap_or_else(|| MISSING.into()),
+                a.baseline_step_requests.map(|n| n.to_string()).unwrap_or_else(|| MISSING.into()),
+            ));
+            if a.gates.is_empty() {
+                out.push_str("  (no gate results recorded)\n");
+            } else {
+                out.push('\n');
+                out.push_str(&gates_table(a));
+            }
+            if !a.reasons.is_empty() {
+                out.push_str("\nReasons:\n");
+                for reason in &a.reasons {
+                    out.push_str(&format!("  - {reason}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn breaker(b: Option<BreakerState>) -> String {
+    match b {
+        Some(BreakerState::Closed) => "closed".into(),
+        Some(BreakerState::Open) => "open".into(),
+        Some(BreakerState::HalfOpen) => "half-open".into(),
+        None => MISSING.into(),
+    }
+}
+
+/// `history NAME`: every analysis kept in the status, oldest first.
+pub fn history_table(r: &EmbeddingRollout) -> String {
+    let n = r.spec.steps.len();
+    let history = r
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or_default();
+    if history.is_empty() {
+        return format!("No analyses yet for {}.\n", name(r));
+    }
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|a| {
+            vec![
+                a.time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                step_index(a.step, n),
+                format!("{}%", a.weight),
+                opt_num(a.candidate_p95_ms),
+                opt_num(a.baseline_p95_ms),
+                percent(a.error_rate),
+                breaker(a.breaker_state),
+                a.verdict.as_str().to_string(),
+                if a.reasons.is_empty() {
+                    MISSING.into()
+                } else {
+                    a.reasons.join("; ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TIME",
+            "STEP",
+            "WEIGHT",
+            "CAND P95 MS",
+            "BASE P95 MS",
+            "ERROR RATE",
+            "BREAKER",
+            "VERDICT",
+            "REASONS",
+        ],
+        &rows,
+    )
+}
+
+/// One frame of `watch`: a title line, then what `get` shows.
+pub fn watch_frame(r: &EmbeddingRollout, now: DateTime<Utc>) -> String {
+    format!(
+        "{}/{} at {} (Ctrl-C to stop)\n\n{}",
+        r.metadata.namespace.as_deref().unwrap_or(MISSING),
+        name(r),
+        now.format("%H:%M:%S"),
+        get_view(r, now)
+    )
+}
+
+/// Promoted, Decommissioned, RolledBack and Failed: nothing happens without a new command.
+pub fn is_terminal(p: Phase) -> bool {
+    matches!(
+        p,
+        Phase::Promoted | Phase::Decommissioned | Phase::RolledBack | Phase::Failed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        "2025-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn rollout(status: serde_json::Value) -> EmbeddingRollout {
+        let mut v = json!({
+            "apiVersion": "rollout.akidb.io/v1alpha1",
+            "kind": "EmbeddingRollout",
+            "metadata": {"name": "embed", "namespace": "production",
+                         "creationTimestamp": "2025-01-01T11:55:00Z"},
+            "spec": {
+                "baseline": {"deployment": "mlx", "service": "mlx"},
+                "candidate": {"image": "ghcr.io/akidb/candle-embedder:1.2.0"},
+                "ingress": {"name": "embed"},
+                "steps": [{"weight": 1, "duration": "1h"}, {"weight": 10, "duration": "1h"},
+                          {"weight": 50, "duration": "1h"}, {"weight": 100, "duration": "1h"}]
+            }
+        });
+        if !status.is_null() {
+            v["status"] = status;
+        }
+        serde_json::from_value(v).expect("a rollout")
+    }
+
+    fn analysis() -> serde_json::Value {
+        json!({
+            "time": "2025-01-01T11:59:30Z", "step": 1, "weight": 10,
+            "candidateP95Ms": 21.37, "baselineP95Ms": 19.0, "errorRate": 0.0012,
+            "breakerState": "Closed", "stepRequests": 640, "baselineStepRequests": 5800, "look": 3,
+            "verdict": "Inconclusive",
+            "reasons": ["maxErrorRate: not enough requests yet"],
+            "gates": [
+                {"gate": "maxP95Ms", "verdict": "Pass", "evidence": "P(>35 ms) = 1.2 %",
+                 "value": 0.012, "low": 0.004, "high": 0.03, "threshold": 0.05, "samples": 640},
+                {"gate": "maxErrorRate", "verdict": "Inconclusive", "evidence": "1 of 640 failed",
+                 "value": 0.0016, "threshold": 0.005, "samples": 640}
+            ]
+        })
+    }
+
+    fn data_lines(t: &str) -> Vec<&str> {
+        t.lines().skip(1).collect()
+    }
+
+    #[test]
+    fn step_is_a_people_count_of_the_spec_steps() {
+        let r = rollout(json!({"phase": "Progressing", "currentStep": 1, "currentWeight": 10}));
+        assert_eq!(step_of(&r), "2/4");
+        let last = rollout(json!({"phase": "Promoted", "currentStep": 3, "currentWeight": 100}));
+        assert_eq!(step_of(&last), "4/4");
+        let t = list_table(&[r], false, now());
+        let row = data_lines(&t)[0];
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &cells[..7],
+            [
+                "embed",
+                "Progressing",
+                "2/4",
+                "10%",
+                "ghcr.io/akidb/candle-embedder:1.2.0",
+                "-",
+                "5m0s"
+            ]
+        );
+    }
+
+    #[test]
+    fn list_has_the_columns_in_order_and_a_namespace_with_all_namespaces() {
+        let r = rollout(json!({"phase": "Paused"}));
+        let t = list_table(std::slice::from_ref(&r), false, now());
+        let header: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "NAME",
+                "PHASE",
+                "STEP",
+                "WEIGHT",
+                "CANDIDATE",
+                "VERDICT",
+                "AGE",
+                "MESSAGE"
+            ]
+        );
+        let t = list_table(&[r], true, now());
+        assert!(t.starts_with("NAMESPACE"), "{t}");
+        assert!(data_lines(&t)[0].starts_with("production   embed"), "{t}");
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let a = rollout(json!({"phase": "Progressing"}));
+        let mut b = rollout(json!({"phase": "RolledBack", "currentStep": 3}));
+        b.metadata.name = Some("a-much-longer-name".into());
+        let t = list_table(&[a, b], false, now());
+        let lines: Vec<&str> = t.lines().collect();
+        let col = |l: &str| {
+            l.find("PHASE")
+                .or_else(|| l.find("Progressing"))
+                .or_else(|| l.find("RolledBack"))
+        };
+        assert_eq!(col(lines[0]), col(lines[1]), "{t}");
+        assert_eq!(col(lines[0]), col(lines[2]), "{t}");
+        assert_eq!(col(lines[0]), Some("a-much-longer-name".len() + 3), "{t}");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_in_list_and_whole_in_get() {
+        let long = "waiting for the baseline Deployment mlx in namespace production to have ready replicas before anything happens";
+        let r = rollout(json!({"phase": "Pending", "message": long}));
+        let t = list_table(std::slice::from_ref(&r), false, now());
+        let row = data_lines(&t)[0];
+        assert!(!row.contains(long), "{row}");
+        let shown = &row[row.find("waiting").unwrap()..];
+        assert_eq!(shown.chars().count(), LIST_MESSAGE_WIDTH, "{shown}");
+        assert!(shown.ends_with('…'), "{shown}");
+        assert!(get_view(&r, now()).contains(long));
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("two\nlines", 20), "two lines");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn no_status_shows_dashes_not_zeros() {
+        let r = rollout(serde_json::Value::Null);
+        assert_eq!(step_of(&r), "-/4");
+        let t = list_table(std::slice::from_ref(&r), false, now());
+        let cells: Vec<&str> = data_lines(&t)[0].split_whitespace().collect();
+        assert_eq!(cells[1], "-", "phase: {t}");
+        assert_eq!(cells[3], "-", "weight: {t}");
+        assert_eq!(cells[5], "-", "verdict: {t}");
+        assert_eq!(cells.last(), Some(&"-"), "message: {t}");
+        assert!(get_view(&r, now()).contains("No status yet"));
+        assert!(history_table(&r).contains("No analyses yet"));
+    }
+
+    #[test]
+    fn missing_fields_do_not_break_the_views() {
+        // A status with only a phase, and an analysis with nothing measured.
+        let mut r = rollout(json!({"phase": "Progressing",
+            "lastAnalysis": {"time": "2025-01-01T11:59:00Z", "step": 0, "weight": 1, "verdict": "Inconclusive"},
+            "history": [{"time": "2025-01-01T11:59:00Z", "step": 0, "weight": 1, "verdict": "Inconclusive"}]}));
+        r.metadata.creation_timestamp = None;
+        let g = get_view(&r, now());
+        assert!(
+            g.contains("Last analysis 1m0s ago at step 1/4, weight 1%: Inconclusive"),
+            "{g}"
+        );
+        assert!(g.contains("candidate P95 - ms"), "{g}");
+        assert!(g.contains("no gate results recorded"), "{g}");
+        let h = history_table(&r);
+        let cells: Vec<&str> = data_lines(&h)[0].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "2025-01-01T11:59:00Z",
+                "1/4",
+                "1%",
+                "-",
+                "-",
+                "-",
+                "-",
+                "Inconclusive",
+                "-"
+            ]
+        );
+        let l = list_table(&[r], false, now());
+        let cells: Vec<&str> = data_lines(&l)[0].split_whitespace().collect();
+        assert_eq!(cells[6], "-", "age without creationTimestamp: {l}");
+    }
+
+    #[test]
+    fn get_shows_each_gate_against_its_threshold_with_evidence() {
+        let r = rollout(
+            json!({"phase": "Progressing", "currentStep": 1, "currentWeight": 10,
+                               "lastAnalysis": analysis()}),
+        );
+        let g = get_view(&r, now());
+        assert!(
+            g.contains("Last analysis 30s ago at step 2/4, weight 10%, look 3: Inconclusive"),
+            "{g}"
+        );
+        assert!(
+            g.contains(
+                "candidate P95 21.37 ms, baseline P95 19 ms, error rate 0.12%, breaker closed"
+            ),
+            "{g}"
+        );
+        let gates: Vec<&str> = g.lines().skip_while(|l| !l.starts_with("GATE")).collect();
+        assert!(
+            gates[0].contains("THRESHOLD") && gates[0].contains("EVIDENCE"),
+            "{g}"
+        );
+        assert!(gates[1].starts_with("maxP95Ms"), "{g}");
+        assert!(gates[1].contains("0.012 (0.004–0.03)   0.05"), "{g}");
+        assert!(gates[1].ends_with("P(>35 ms) = 1.2 %"), "{g}");
+        assert!(
+            gates[2].contains("Inconclusive   0.0016") && gates[2].contains("0.005"),
+            "{g}"
+        );
+        assert!(
+            g.contains("  - maxErrorRate: not enough requests yet"),
+            "{g}"
+        );
+    }
+
+    #[test]
+    fn history_has_a_row_per_analysis_with_step_of_n() {
+        let mut second = analysis();
+        second["step"] = json!(3);
+        second["weight"] = json!(100);
+        second["verdict"] = json!("Pass");
+        second["reasons"] = json!([]);
+        second["breakerState"] = json!("HalfOpen");
+        let r = rollout(json!({"phase": "Promoted", "history": [analysis(), second]}));
+        let h = history_table(&r);
+        let rows = data_lines(&h);
+        assert_eq!(rows.len(), 2, "{h}");
+        let first: Vec<&str> = rows[0].split_whitespace().collect();
+        assert_eq!(
+            &first[..8],
+            [
+                "2025-01-01T11:59:30Z",
+                "2/4",
+                "10%",
+                "21.37",
+                "19",
+                "0.12%",
+                "closed",
+                "Inconclusive"
+            ]
+        );
+        assert!(
+            rows[0].ends_with("maxErrorRate: not enough requests yet"),
+            "{h}"
+        );
+        let last: Vec<&str> = rows[1].split_whitespace().collect();
+        assert_eq!(&last[1..3], ["4/4", "100%"]);
+        assert_eq!(last[6], "half-open");
+        assert_eq!(last[8], "-", "no reasons");
+    }
+
+    #[test]
+    fn ages_and_numbers_read_like_kubectl() {
+        assert_eq!(human_age(-5), "0s");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(312), "5m12s");
+        assert_eq!(human_age(42 * 60), "42m");
+        assert_eq!(human_age(3 * 3600 + 20 * 60), "3h20m");
+        assert_eq!(human_age(11 * 3600), "11h");
+        assert_eq!(human_age(2 * 86400 + 4 * 3600), "2d4h");
+        assert_eq!(human_age(12 * 86400), "12d");
+        assert_eq!(num(35.0), "35");
+        assert_eq!(num(412.6), "413");
+        assert_eq!(num(0.005), "0.005");
+        assert_eq!(num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn terminal_phases() {
+        let terminal: Vec<Phase> = Phase::ALL.into_iter().filter(|p| is_terminal(*p)).collect();
+        assert_eq!(
+            terminal,
+            [
+                Phase::Promoted,
+                Phase::Decommissioned,
+                Phase::RolledBack,
+                Phase::Failed
+            ]
+        );
+    }
+}
