@@ -4,7 +4,7 @@
 # why the gates no longer need one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo test -p e2e --test controlplane --test prometheus --test harness -- --test-threads=1 || exit 1
+cargo test -p e2e --test controlplane --test prometheus --test harness --test kubectl_plugin -- --test-threads=1 || exit 1
 tests=$(cargo test -q -p e2e --test scenarios -- --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 [ -n "$tests" ] || { echo "no scenarios found" >&2; exit 1; }
 failed=()
