@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e demo lint fmt bench simulate controlplane helm charts-check images images-check clean
+.PHONY: help deps model build crds test unit e2e demo lint fmt bench simulate controlplane helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -61,6 +61,14 @@ images-check: ## without a container engine: build the release binaries as the D
 images: ## container images (needs a container engine)
 	docker build -f embedder/Dockerfile -t candle-embedder:dev .
 	docker build -f operator/Dockerfile -t embedding-rollout-operator:dev .
+
+PREFIX ?= $(HOME)/.local/bin
+plugin: ## install the kubectl plugin (kubectl embeddingrollout, alias kubectl erollout) into PREFIX (~/.local/bin)
+	$(CARGO) build --release -p kubectl-embeddingrollout
+	install -d $(PREFIX)
+	install -m 0755 $${CARGO_TARGET_DIR:-target}/release/kubectl-embeddingrollout $(PREFIX)/kubectl-embeddingrollout
+	ln -sf kubectl-embeddingrollout $(PREFIX)/kubectl-erollout
+	@echo "installed in $(PREFIX) (must be on PATH): kubectl embeddingrollout --help"
 
 clean:
 	$(CARGO) clean
