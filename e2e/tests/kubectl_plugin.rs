@@ -732,7 +732,10 @@ async fn errors_name_the_namespace_the_verb_and_the_crd_with_distinct_exit_codes
                 .contains("the EmbeddingRollout CRD is not installed"),
             "{args:?}: {r}"
         );
-        assert!(r.stderr.contains("kubectl apply -f crds/"), "{args:?}: {r}");
+        assert!(
+            r.stderr.contains("kubectl apply --server-side -f crds/"),
+            "{args:?}: {r}"
+        );
         assert!(r.stderr.contains(&cp.api_url), "names the server: {r}");
     }
 }

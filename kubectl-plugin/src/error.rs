@@ -44,7 +44,7 @@ pub enum PluginError {
     NotFound { name: String, namespace: String },
     #[error(
         "the EmbeddingRollout CRD is not installed on {server} (no embeddingrollouts in \
-         rollout.akidb.io/v1alpha1); kubectl apply -f crds/"
+         rollout.akidb.io/v1alpha1); kubectl apply --server-side -f crds/"
     )]
     CrdMissing { server: String },
     #[error("you may not {verb} embeddingrollouts.rollout.akidb.io {scope} (the API server said: {message})")]

@@ -45,7 +45,7 @@ pub const HISTORY_LIMIT: usize = 10;
     derive = "PartialEq",
     doc = "Moves embedding traffic from a baseline service to a candidate through nginx canary weights, behind Prometheus go/no-go gates, with automatic promotion and rollback.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStep"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.step"),
     printcolumn(
         name = "Weight",
         type_ = "integer",
@@ -566,6 +566,10 @@ pub struct EmbeddingRolloutStatus {
     /// Index into `spec.steps`.
     #[serde(default)]
     pub current_step: u32,
+    /// The current step as people count it, `2/4` for the second of four (what `kubectl get`
+    /// shows); absent before the rollout starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Canary weight the operator has set (0 before the first step and after rollback).
     #[serde(default)]
     pub current_weight: u8,

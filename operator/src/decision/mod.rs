@@ -305,6 +305,12 @@ impl Reconciler<'_> {
 
     fn finish(mut self) -> Decision {
         self.update_conditions();
+        // As people count steps: "4/4" for the last of four (the printer column shows it).
+        self.st.step =
+            (self.st.phase != Phase::Pending && !self.spec.steps.is_empty()).then(|| {
+                let n = self.spec.steps.len();
+                format!("{}/{n}", (self.st.current_step as usize + 1).min(n))
+            });
         let requeue_after = self
             .requeue
             .iter()

@@ -2433,3 +2433,18 @@ fn a_baseline_with_its_own_autoscaler_is_never_scaled_against_it() {
         .iter()
         .any(|a| matches!(a, Action::ScaleBaseline(_))));
 }
+
+#[test]
+fn the_step_reads_as_people_count_it() {
+    let mut s = Sim::new(spec());
+    assert_eq!(s.status.step, None);
+    s.tick(None);
+    assert_eq!(s.status.step.as_deref(), Some("1/4"));
+    let mut s = Sim::at_step(3);
+    s.after(1, None);
+    assert_eq!(
+        s.status.step.as_deref(),
+        Some("4/4"),
+        "the last of four steps"
+    );
+}
