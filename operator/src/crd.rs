@@ -22,6 +22,13 @@ pub const GROUP: &str = "rollout.akidb.io";
 pub const VERSION: &str = "v1alpha1";
 /// Annotation carrying a one-shot manual command; the operator clears it after acting.
 pub const COMMAND_ANNOTATION: &str = "rollout.akidb.io/command";
+/// Who wrote the command, as the writer says (the kubectl plugin: the user from a
+/// SelfSubjectReview). Not verified by the API server; see docs/runbook.md.
+pub const COMMAND_BY_ANNOTATION: &str = "rollout.akidb.io/command-by";
+/// When the command was written (RFC 3339), as the writer says.
+pub const COMMAND_AT_ANNOTATION: &str = "rollout.akidb.io/command-at";
+/// How many manual commands `status.commands` keeps (newest last).
+pub const COMMANDS_LIMIT: usize = 10;
 /// Finalizer that keeps the primary Ingress on a live Service when the rollout is deleted.
 pub const FINALIZER: &str = "rollout.akidb.io/finalizer";
 /// Annotation the operator puts on the candidate Deployment: the candidate spec hash it was built from.
@@ -614,6 +621,10 @@ pub struct EmbeddingRolloutStatus {
     /// the clear is observed) is not applied twice. Reset when the annotation is seen absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_command: Option<String>,
+    /// The manual commands acted on, newest last (bounded): what, who as far as the API server
+    /// can tell, when, and what it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandRecord>,
     /// When the rollout reached Promoted (decommission timer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<DateTime<Utc>>,
@@ -783,6 +794,32 @@ pub struct GateResult {
     /// Requests the finding rests on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<u64>,
+}
+
+/// One manual command and what became of it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    /// The annotation's value, e.g. `abort`.
+    pub command: String,
+    /// `rollout.akidb.io/command-by`, as its writer put it (not authenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The field manager that last wrote the command annotation (from managedFields: the
+    /// client's `fieldManager`, e.g. `kubectl-embeddingrollout` or `kubectl-annotate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    /// `rollout.akidb.io/command-at`, as its writer put it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+    /// When the operator acted on it.
+    pub handled_at: DateTime<Utc>,
+    /// The phase it met.
+    pub phase: Phase,
+    /// `Applied`, `Ignored` or `Unknown`.
+    pub result: String,
+    /// What it did (the event's message).
+    pub message: String,
 }
 
 /// Why and how fast traffic went back to the baseline.

@@ -9,8 +9,11 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::{
     cluster::{self, ClusterError},
-    crd::{EmbeddingRollout, CANDIDATE_HASH_ANNOTATION, COMMAND_ANNOTATION},
-    decision::{AutoscalerObs, DeploymentObs, Observed, PrimaryBackend},
+    crd::{
+        EmbeddingRollout, CANDIDATE_HASH_ANNOTATION, COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION,
+        COMMAND_BY_ANNOTATION,
+    },
+    decision::{AutoscalerObs, CommandIssuer, DeploymentObs, Observed, PrimaryBackend},
     traffic::nginx::{self, CANARY_WEIGHT_ANNOTATION},
 };
 
@@ -96,12 +99,46 @@ pub fn assemble(
             .get(COMMAND_ANNOTATION)
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty()),
+        command_issuer: command_issuer(rollout),
         candidate: candidate.map(deployment_obs),
         baseline: baseline.map(deployment_obs),
         canary_weight: canary.map(canary_weight),
         primary_backend: primary_backend(primary, &rollout.spec.baseline.service, &candidate_name),
         candidate_autoscaler: None,
         baseline_autoscaler: None,
+    }
+}
+
+/// Who wrote the command annotation: what the writer says (`command-by`, `command-at`) and the
+/// field manager the API server recorded for the annotation in managedFields.
+pub fn command_issuer(rollout: &EmbeddingRollout) -> CommandIssuer {
+    let a = rollout.annotations();
+    let text = |k: &str| {
+        a.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let key = format!("f:{COMMAND_ANNOTATION}");
+    let manager = rollout
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:metadata")
+                    .and_then(|m| m.get("f:annotations"))
+                    .and_then(|a| a.get(&key))
+                    .is_some()
+            })
+        })
+        // The latest writer of the annotation.
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone());
+    CommandIssuer {
+        by: text(COMMAND_BY_ANNOTATION),
+        at: text(COMMAND_AT_ANNOTATION),
+        manager,
     }
 }
 
@@ -321,5 +358,32 @@ mod tests {
         let r = rollout(&[]);
         let o = assemble(&r, None, None, Some(&ingress(&["r1-candle"], &[])), None);
         assert_eq!(o.primary_backend, PrimaryBackend::Candidate);
+    }
+
+    #[test]
+    fn the_command_issuer_comes_from_its_annotations_and_the_latest_manager_of_the_annotation() {
+        let r: EmbeddingRollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRollout",
+            "metadata": {
+                "name": "r1", "namespace": "prod",
+                "annotations": {"rollout.akidb.io/command": "abort",
+                                "rollout.akidb.io/command-by": "alice",
+                                "rollout.akidb.io/command-at": "2026-01-01T00:00:00Z"},
+                "managedFields": [
+                    {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2025-12-01T00:00:00Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}},
+                    {"manager": "kubectl-annotate", "operation": "Update", "time": "2025-12-31T00:00:00Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:annotations": {"f:rollout.akidb.io/command": {}}}}},
+                    {"manager": "kubectl-embeddingrollout", "operation": "Update", "time": "2026-01-01T00:00:00Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:annotations": {"f:rollout.akidb.io/command": {}, "f:rollout.akidb.io/command-by": {}}}}}
+                ]
+            },
+            "spec": {"baseline": {"deployment": "b", "service": "b"}, "candidate": {"image": "c"}, "ingress": {"name": "i"}}
+        }))
+        .unwrap();
+        let i = command_issuer(&r);
+        assert_eq!(i.by.as_deref(), Some("alice"));
+        assert_eq!(i.at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(i.manager.as_deref(), Some("kubectl-embeddingrollout"));
     }
 }

@@ -119,6 +119,7 @@ pub fn with_core(spec: &EmbeddingRolloutSpec, world: &mut World, clock: Clock) -
         generation: Some(1),
         deleting: false,
         command: None,
+        command_issuer: Default::default(),
         candidate: None,
         baseline: Some(ready(3, None)),
         canary_weight: None,

@@ -96,6 +96,8 @@ pub struct Observed {
     pub deleting: bool,
     /// Value of the `rollout.akidb.io/command` annotation.
     pub command: Option<String>,
+    /// Who wrote it, as far as the object tells.
+    pub command_issuer: CommandIssuer,
     pub candidate: Option<DeploymentObs>,
     pub baseline: Option<DeploymentObs>,
     /// Weight of the canary Ingress; `None` = it does not exist.
@@ -105,6 +107,27 @@ pub struct Observed {
     pub candidate_autoscaler: Option<AutoscalerObs>,
     /// A HorizontalPodAutoscaler of the user's that scales the baseline Deployment.
     pub baseline_autoscaler: Option<AutoscalerObs>,
+}
+
+/// Who wrote the command annotation: the `command-by` / `command-at` annotations its writer
+/// added, and the field manager managedFields records for it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CommandIssuer {
+    pub by: Option<String>,
+    pub at: Option<String>,
+    pub manager: Option<String>,
+}
+
+impl CommandIssuer {
+    /// " (by alice via kubectl-embeddingrollout)", or "" when nothing is known.
+    fn describe(&self) -> String {
+        match (&self.by, &self.manager) {
+            (Some(b), Some(m)) => format!(" (by {b} via {m})"),
+            (Some(b), None) => format!(" (by {b})"),
+            (None, Some(m)) => format!(" (via {m})"),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// A HorizontalPodAutoscaler as the edge read it.
@@ -569,6 +592,47 @@ impl Reconciler<'_> {
             return;
         }
         self.st.handled_command = Some(raw.clone());
+        let events_before = self.events.len();
+        let phase_before = self.st.phase;
+        self.apply_command(&raw, t);
+        // Who did it goes on what it did: its events, and status.commands.
+        let issuer = self.obs.command_issuer.clone();
+        let who = issuer.describe();
+        for e in &mut self.events[events_before..] {
+            if !e.message.contains(&who) {
+                e.message.push_str(&who);
+            }
+        }
+        let (result, message) = match self.events.get(events_before) {
+            Some(e) => (
+                match e.reason.as_str() {
+                    "CommandIgnored" => "Ignored",
+                    "UnknownCommand" => "Unknown",
+                    _ => "Applied",
+                },
+                e.message.clone(),
+            ),
+            None => ("Applied", format!("{raw}{who}")),
+        };
+        self.st.commands.push(crate::crd::CommandRecord {
+            command: raw,
+            by: issuer.by,
+            manager: issuer.manager,
+            requested_at: issuer.at,
+            handled_at: self.now,
+            phase: phase_before,
+            result: result.into(),
+            message,
+        });
+        let excess = self
+            .st
+            .commands
+            .len()
+            .saturating_sub(crate::crd::COMMANDS_LIMIT);
+        self.st.commands.drain(..excess);
+    }
+
+    fn apply_command(&mut self, raw: &str, t: &Timing) {
         let cmd = match raw.parse::<Command>() {
             Ok(c) => c,
             Err(e) => {
@@ -626,7 +690,10 @@ impl Reconciler<'_> {
                 Phase::RollingBack | Phase::RolledBack | Phase::Failed => {
                     ignored(self, "nothing to abort")
                 }
-                _ => self.start_rollback("aborted by user".into(), None),
+                _ => {
+                    let who = self.obs.command_issuer.describe();
+                    self.start_rollback(format!("aborted by user{who}"), None)
+                }
             },
             Command::Retry => match phase {
                 Phase::RolledBack | Phase::Failed => {

@@ -90,6 +90,7 @@ fn obs() -> Observed {
         generation: Some(1),
         deleting: false,
         command: None,
+        command_issuer: Default::default(),
         candidate: None,
         baseline: Some(dep(3, 3)),
         canary_weight: None,
@@ -2447,4 +2448,63 @@ fn the_step_reads_as_people_count_it() {
         Some("4/4"),
         "the last of four steps"
     );
+}
+
+#[test]
+fn a_command_is_recorded_with_who_wrote_it_and_what_it_did() {
+    let mut s = Sim::at_step(1);
+    s.obs.command = Some("abort".into());
+    s.obs.command_issuer = CommandIssuer {
+        by: Some("alice@example.com".into()),
+        at: Some("2026-01-01T00:10:00Z".into()),
+        manager: Some("kubectl-embeddingrollout".into()),
+    };
+    let d = s.after(1, None);
+    assert_eq!(s.phase(), Phase::RollingBack);
+    let rec = s.status.commands.last().expect("recorded");
+    assert_eq!(rec.command, "abort");
+    assert_eq!(rec.by.as_deref(), Some("alice@example.com"));
+    assert_eq!(rec.manager.as_deref(), Some("kubectl-embeddingrollout"));
+    assert_eq!(rec.requested_at.as_deref(), Some("2026-01-01T00:10:00Z"));
+    assert_eq!(rec.phase, Phase::Progressing);
+    assert_eq!(rec.result, "Applied");
+    assert_eq!(
+        s.status.rollback.as_ref().unwrap().reason,
+        "aborted by user (by alice@example.com via kubectl-embeddingrollout)"
+    );
+    let started = d
+        .events
+        .iter()
+        .find(|e| e.reason == "RollbackStarted")
+        .unwrap();
+    assert_eq!(
+        started.message.matches("alice@example.com").count(),
+        1,
+        "said once: {}",
+        started.message
+    );
+    // An ignored command is recorded as such, with its issuer.
+    s.obs.command_issuer = CommandIssuer {
+        by: None,
+        at: None,
+        manager: Some("kubectl-annotate".into()),
+    };
+    s.obs.command = Some("retry".into());
+    let d = s.after(1, None);
+    let rec = s.status.commands.last().unwrap();
+    assert_eq!(
+        (rec.command.as_str(), rec.result.as_str()),
+        ("retry", "Ignored")
+    );
+    assert!(d
+        .events
+        .iter()
+        .any(|e| e.reason == "CommandIgnored" && e.message.ends_with("(via kubectl-annotate)")));
+    // Bounded.
+    for i in 0..15 {
+        s.obs.command = Some(format!("nonsense-{i}"));
+        s.after(1, None);
+    }
+    assert_eq!(s.status.commands.len(), crate::crd::COMMANDS_LIMIT);
+    assert_eq!(s.status.commands.last().unwrap().result, "Unknown");
 }
