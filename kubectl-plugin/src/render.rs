@@ -342,8 +342,40 @@ fn breaker(b: Option<BreakerState>) -> String {
     }
 }
 
-/// `history NAME`: every analysis kept in the status, oldest first.
+/// `history NAME`: every analysis kept in the status, oldest first, then the manual commands
+/// the operator acted on (who, as far as the API server can tell, and what each did).
 pub fn history_table(r: &EmbeddingRollout) -> String {
+    let mut out = analyses_table(r);
+    let commands = r
+        .status
+        .as_ref()
+        .map(|s| s.commands.as_slice())
+        .unwrap_or_default();
+    if !commands.is_empty() {
+        let rows: Vec<Vec<String>> = commands
+            .iter()
+            .map(|c| {
+                vec![
+                    c.handled_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    c.command.clone(),
+                    c.by.clone().unwrap_or_else(|| MISSING.into()),
+                    c.manager.clone().unwrap_or_else(|| MISSING.into()),
+                    c.phase.to_string(),
+                    c.result.clone(),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str("\nManual commands:\n");
+        out.push_str(&table(
+            &["TIME", "COMMAND", "BY", "VIA", "PHASE", "RESULT", "MESSAGE"],
+            &rows,
+        ));
+    }
+    out
+}
+
+fn analyses_table(r: &EmbeddingRollout) -> String {
     let n = r.spec.steps.len();
     let history = r
         .status
@@ -654,6 +686,41 @@ mod tests {
         assert_eq!(&last[1..3], ["4/4", "100%"]);
         assert_eq!(last[6], "half-open");
         assert_eq!(last[8], "-", "no reasons");
+        assert!(!h.contains("Manual commands"), "none recorded, none shown");
+    }
+
+    #[test]
+    fn history_lists_the_manual_commands_with_who_and_what_they_did() {
+        let r = rollout(json!({"phase": "RolledBack", "commands": [
+            {"command": "abort", "by": "alice@example.com", "manager": "kubectl-embeddingrollout",
+             "requestedAt": "2025-01-01T11:58:00Z", "handledAt": "2025-01-01T11:58:01Z",
+             "phase": "Progressing", "result": "Applied",
+             "message": "rolling back from Progressing: aborted by user (by alice@example.com via kubectl-embeddingrollout)"},
+            {"command": "retry", "manager": "kubectl-annotate", "handledAt": "2025-01-01T11:59:00Z",
+             "phase": "RollingBack", "result": "Ignored", "message": "retry ignored"}
+        ]}));
+        let h = history_table(&r);
+        let after = h
+            .split("Manual commands:")
+            .nth(1)
+            .expect("a commands section");
+        let rows = data_lines(after.trim_start_matches('\n'));
+        assert_eq!(rows.len(), 2, "{h}");
+        let first: Vec<&str> = rows[0].split_whitespace().collect();
+        assert_eq!(
+            &first[..6],
+            [
+                "2025-01-01T11:58:01Z",
+                "abort",
+                "alice@example.com",
+                "kubectl-embeddingrollout",
+                "Progressing",
+                "Applied"
+            ]
+        );
+        let second: Vec<&str> = rows[1].split_whitespace().collect();
+        assert_eq!(&second[1..3], ["retry", "-"], "no by: shown as missing");
+        assert_eq!(second[5], "Ignored");
     }
 
     #[test]
