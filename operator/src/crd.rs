@@ -286,6 +286,11 @@ pub struct Step {
     pub weight: u8,
     /// Minimum soak at this weight before the next step (needs a passing analysis too).
     pub duration: GoDuration,
+    /// After the soak and a passing analysis, also wait for a person's go: the `promote`
+    /// command (e.g. `kubectl erollout promote NAME` at the weekly go/no-go meeting). The gates
+    /// and rollback triggers keep running while it waits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
 }
 
 /// When and how to judge the candidate.
@@ -974,6 +979,7 @@ pub fn default_steps() -> Vec<Step> {
         .map(|(weight, d)| Step {
             weight,
             duration: GoDuration::from(d),
+            approval: false,
         })
         .collect()
 }

@@ -1002,6 +1002,19 @@ impl Reconciler<'_> {
             self.requeue_for_analysis(t);
             return;
         }
+        if self.spec.steps[step].approval {
+            let msg = format!(
+                "step {}/{} passed; waiting for approval: the promote command (kubectl erollout promote)",
+                step + 1,
+                self.spec.steps.len()
+            );
+            if self.st.message.as_deref() != Some(msg.as_str()) {
+                self.normal("ApprovalNeeded", &msg);
+            }
+            self.st.message = Some(msg);
+            self.requeue_for_analysis(t);
+            return;
+        }
         if step + 1 < self.spec.steps.len() {
             self.enter_step(step + 1, t);
         } else if self.spec.promotion.auto {

@@ -54,6 +54,7 @@ fn spec() -> EmbeddingRolloutSpec {
             .map(|weight| Step {
                 weight,
                 duration: "10m".into(),
+                approval: false,
             })
             .collect(),
         analysis: Default::default(),
@@ -200,6 +201,7 @@ fn has_event(d: &Decision, reason: &str) -> bool {
 
 /// Applies actions like the edge + Kubernetes would. Pods become ready on the next tick when
 /// `pods_ready`, never otherwise.
+#[derive(Clone)]
 struct Sim {
     spec: EmbeddingRolloutSpec,
     status: EmbeddingRolloutStatus,
@@ -2507,4 +2509,47 @@ fn a_command_is_recorded_with_who_wrote_it_and_what_it_did() {
     }
     assert_eq!(s.status.commands.len(), crate::crd::COMMANDS_LIMIT);
     assert_eq!(s.status.commands.last().unwrap().result, "Unknown");
+}
+
+#[test]
+fn a_step_with_approval_waits_for_the_promote_command_after_passing() {
+    let mut s = Sim::at_step(1);
+    s.spec.steps[1].approval = true;
+    let mut asked = 0;
+    for _ in 0..30 {
+        let d = s.after(MIN, Some(&healthy()));
+        asked += d
+            .events
+            .iter()
+            .filter(|e| e.reason == "ApprovalNeeded")
+            .count();
+    }
+    assert_eq!(s.status.current_step, 1, "held at step 2 for approval");
+    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(asked, 1, "asked once, not at every analysis");
+    assert!(s
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .starts_with("step 2/4 passed; waiting for approval"));
+    // The gates keep running while it waits: a regression still rolls back.
+    let mut failing = s.clone();
+    for _ in 0..3 {
+        failing.after(MIN, Some(&slow()));
+    }
+    assert_eq!(failing.phase(), Phase::RollingBack);
+    // The go: promote moves on, and says who.
+    s.obs.command = Some("promote".into());
+    s.obs.command_issuer = CommandIssuer {
+        by: Some("release-manager".into()),
+        at: None,
+        manager: Some("kubectl-embeddingrollout".into()),
+    };
+    s.after(1, None);
+    assert_eq!(s.status.current_step, 2);
+    assert_eq!(
+        s.status.commands.last().unwrap().by.as_deref(),
+        Some("release-manager")
+    );
 }
