@@ -137,14 +137,7 @@ mod tests {
         }
     }
 
-    const ALL_COMMANDS: [Command; 6] = [
-        Command::Pause,
-        Command::Resume,
-        Command::Promote,
-        Command::PromoteFull,
-        Command::Abort,
-        Command::Retry,
-    ];
+    const ALL_COMMANDS: [Command; 6] = Command::ALL;
 
     /// The whole table: for each phase, the commands accepted when not paused.
     #[test]

@@ -570,3 +570,50 @@ async fn a_missing_primary_ingress_is_missing_not_an_api_failure() {
 }
 
 const CANDIDATE_HASH_ANNOTATION_KEY: &str = crate::crd::CANDIDATE_HASH_ANNOTATION;
+
+#[tokio::test]
+async fn prometheus_credentials_are_read_from_the_rollouts_namespace_and_a_403_is_named() {
+    use crate::crd::{PrometheusSpec, SecretKeyRef};
+    let spec = PrometheusSpec {
+        address: "https://mimir:8443".into(),
+        bearer_token: Some(SecretKeyRef {
+            name: "mimir".into(),
+            key: "token".into(),
+        }),
+        ..PrometheusSpec::default()
+    };
+    // "t0ken" in base64, as the API server returns Secret data.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mimir", "namespace": "prod"},
+                        "data": {"token": "dDBrZW4="}});
+    let api = MockApi::new(vec![route(
+        Method::GET,
+        "/api/v1/namespaces/prod/secrets/mimir",
+        200,
+        secret,
+    )]);
+    let access = prometheus_access::resolve(&api.client(), "prod", &spec)
+        .await
+        .unwrap();
+    assert_ne!(access, Access::default());
+    assert!(
+        !format!("{access:?}").contains("t0ken"),
+        "redacted: {access:?}"
+    );
+    assert_eq!(api.seen().len(), 1, "one GET, nothing listed or watched");
+
+    let denied = MockApi::new(vec![route(
+        Method::GET,
+        "/api/v1/namespaces/prod/secrets/mimir",
+        403,
+        status_body(403, "secrets \"mimir\" is forbidden: User \"system:serviceaccount:x:op\" cannot get resource \"secrets\""),
+    )]);
+    let e = prometheus_access::resolve(&denied.client(), "prod", &spec)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "cannot read Secret prod/mimir (for prometheus.bearerToken): 403 Forbidden: secrets \"mimir\" is forbidden"
+        ),
+        "{e}"
+    );
+}

@@ -140,46 +140,54 @@ pub async fn resolve(
     spec: &PrometheusSpec,
 ) -> Result<Access, AccessError> {
     let (secret_names, config_map_names) = referenced(spec);
-    let mut objects = Objects::default();
-    if !secret_names.is_empty() {
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        for name in secret_names {
-            let got = api
-                .get_opt(&name)
-                .await
-                .map(|s| {
-                    s.map(|s| {
-                        s.data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0))
-                            .collect()
-                    })
-                })
-                .map_err(|e| kube_error(&e));
-            objects.secrets.insert(name, got);
-        }
-    }
-    if !config_map_names.is_empty() {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in config_map_names {
-            let got = api
-                .get_opt(&name)
-                .await
-                .map(|c| {
-                    c.map(|c| {
-                        c.data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes()))
-                            .collect()
-                    })
-                })
-                .map_err(|e| kube_error(&e));
-            objects.config_maps.insert(name, got);
-        }
-    }
+    let objects = Objects {
+        secrets: fetch(
+            &Api::<Secret>::namespaced(client.clone(), namespace),
+            secret_names,
+            |s| {
+                s.data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            },
+        )
+        .await,
+        config_maps: fetch(
+            &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+            config_map_names,
+            |c| {
+                c.data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            },
+        )
+        .await,
+    };
     assemble(spec, namespace, &objects)
+}
+
+/// One GET per name; each object's data by key, absent, or the read error.
+async fn fetch<K>(
+    api: &Api<K>,
+    names: Vec<String>,
+    data: impl Fn(K) -> BTreeMap<String, Vec<u8>>,
+) -> BTreeMap<String, Fetched>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = BTreeMap::new();
+    for name in names {
+        let got = api
+            .get_opt(&name)
+            .await
+            .map(|o| o.map(&data))
+            .map_err(|e| kube_error(&e));
+        out.insert(name, got);
+    }
+    out
 }
 
 /// "403 Forbidden: secrets \"x\" is forbidden: ..." for API errors, the error chain otherwise.

@@ -17,6 +17,18 @@ pub enum Command {
     Retry,
 }
 
+impl Command {
+    /// Every command, in the order the docs list them.
+    pub const ALL: [Command; 6] = [
+        Command::Pause,
+        Command::Resume,
+        Command::Promote,
+        Command::PromoteFull,
+        Command::Abort,
+        Command::Retry,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown command {0:?} in rollout.akidb.io/command (expected pause, resume, promote, promote-full, abort or retry)")]
 pub struct UnknownCommand(pub String);
@@ -56,14 +68,7 @@ mod tests {
 
     #[test]
     fn parses_every_command_and_round_trips() {
-        for c in [
-            Command::Pause,
-            Command::Resume,
-            Command::Promote,
-            Command::PromoteFull,
-            Command::Abort,
-            Command::Retry,
-        ] {
+        for c in Command::ALL {
             assert_eq!(c.to_string().parse::<Command>(), Ok(c));
         }
         assert_eq!(" Abort ".parse::<Command>(), Ok(Command::Abort));
