@@ -132,18 +132,21 @@ fn name(r: &EmbeddingRollout) -> &str {
     r.metadata.name.as_deref().unwrap_or(MISSING)
 }
 
+/// The columns of `list` and of the first line of `get`.
+const SUMMARY_HEADER: [&str; 8] = [
+    "NAME",
+    "PHASE",
+    "STEP",
+    "WEIGHT",
+    "CANDIDATE",
+    "VERDICT",
+    "AGE",
+    "MESSAGE",
+];
+
 /// The `list` table; with `namespaces`, a NAMESPACE column first (`-A`).
 pub fn list_table(items: &[EmbeddingRollout], namespaces: bool, now: DateTime<Utc>) -> String {
-    let mut header = vec![
-        "NAME",
-        "PHASE",
-        "STEP",
-        "WEIGHT",
-        "CANDIDATE",
-        "VERDICT",
-        "AGE",
-        "MESSAGE",
-    ];
+    let mut header = SUMMARY_HEADER.to_vec();
     if namespaces {
         header.insert(0, "NAMESPACE");
     }
@@ -260,17 +263,7 @@ pub fn gates_table(a: &AnalysisRecord) -> String {
 
 /// `get NAME`: the summary row with the whole message, then the last analysis and its gates.
 pub fn get_view(r: &EmbeddingRollout, now: DateTime<Utc>) -> String {
-    let header = [
-        "NAME",
-        "PHASE",
-        "STEP",
-        "WEIGHT",
-        "CANDIDATE",
-        "VERDICT",
-        "AGE",
-        "MESSAGE",
-    ];
-    let mut out = table(&header, &[summary_row(r, now, None)]);
+    let mut out = table(&SUMMARY_HEADER, &[summary_row(r, now, None)]);
     let n = r.spec.steps.len();
     let Some(status) = &r.status else {
         out.push_str("\nNo status yet: the operator has not reconciled this rollout.\n");

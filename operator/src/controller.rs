@@ -411,21 +411,7 @@ async fn query_metrics(
         Err(e) => {
             let msg = Prometheus::describe(&prom.address, &e);
             tracing::warn!(rollout = %rollout.name_any(), namespace = %ns, error = %msg, "no Prometheus client");
-            MetricsSnapshot {
-                candidate: decision::ServiceMetrics::failed(&msg),
-                baseline: decision::ServiceMetrics::failed(&msg),
-                custom: spec
-                    .analysis
-                    .gates
-                    .custom
-                    .iter()
-                    .map(|g| decision::CustomReading {
-                        name: g.name.clone(),
-                        value: Err(msg.clone()),
-                        samples: g.samples_query.as_ref().map(|_| Err(msg.clone())),
-                    })
-                    .collect(),
-            }
+            MetricsSnapshot::failed(&msg, &spec.analysis.gates.custom)
         }
     }
 }

@@ -307,21 +307,27 @@ async fn a_new_rollout_gets_its_finalizer_first_then_the_candidate_then_one_stat
     assert!(!order.iter().any(|o| o.contains("ingresses")), "{order:?}");
 }
 
-#[tokio::test]
-async fn a_status_rejected_as_invalid_is_not_retried_every_second() {
+/// One reconcile of a new rollout whose status write the API server answers with `code`.
+async fn reconcile_with_status_answer(code: u16, message: &str) -> Error {
     let mut routes = the_deploying_writes();
     routes.push(route(
         Method::PATCH,
         &format!("{ROLLOUTS}/r1/status"),
-        422,
-        status_body(
-            422,
-            "EmbeddingRollout.rollout.akidb.io \"r1\" is invalid: status.history: Too many: 11",
-        ),
+        code,
+        status_body(code, message),
     ));
     let api = MockApi::new(routes);
     let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
-    let e = reconcile_inner(&r, &ctx(&api)).await.unwrap_err();
+    reconcile_inner(&r, &ctx(&api)).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_status_rejected_as_invalid_is_not_retried_every_second() {
+    let e = reconcile_with_status_answer(
+        422,
+        "EmbeddingRollout.rollout.akidb.io \"r1\" is invalid: status.history: Too many: 11",
+    )
+    .await;
     assert_eq!(e.kind(), "Invalid", "{e}");
     assert_eq!(e.retry_after(), Duration::from_secs(60));
     assert!(e.to_string().contains("status.history"), "{e}");
@@ -329,19 +335,11 @@ async fn a_status_rejected_as_invalid_is_not_retried_every_second() {
 
 #[tokio::test]
 async fn a_conflict_on_the_status_write_re_reads_within_a_second() {
-    let mut routes = the_deploying_writes();
-    routes.push(route(
-        Method::PATCH,
-        &format!("{ROLLOUTS}/r1/status"),
+    let e = reconcile_with_status_answer(
         409,
-        status_body(
-            409,
-            "Operation cannot be fulfilled: the object has been modified",
-        ),
-    ));
-    let api = MockApi::new(routes);
-    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
-    let e = reconcile_inner(&r, &ctx(&api)).await.unwrap_err();
+        "Operation cannot be fulfilled: the object has been modified",
+    )
+    .await;
     assert_eq!(e.kind(), "Conflict");
     assert_eq!(e.retry_after(), Duration::from_secs(1));
 }

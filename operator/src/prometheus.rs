@@ -173,7 +173,7 @@ impl Prometheus {
     /// Run one instant query. The timeout is both sent to Prometheus (so it stops evaluating) and
     /// enforced locally (so a hung connection cannot stall a reconcile).
     pub async fn instant(&self, promql: &str) -> Result<Reading, QueryError> {
-        reading_from(self.query(promql).await?.data())
+        self.instant_worst(promql, false).await
     }
 
     /// One query with the time budget, both sent and enforced; errors classified.
@@ -245,13 +245,19 @@ fn classify(e: PromError, timeout: Duration) -> QueryError {
 /// Reduce a query result to one reading. Several series (an override without aggregation) are
 /// reduced to the worst, i.e. largest, number: every gate is an upper bound, so that is the
 /// conservative choice.
-fn reading_from(data: &Data) -> Result<Reading, QueryError> {
+/// With `smallest` (a custom gate with a `min`), the worst series is the smallest one: the values
+/// are negated around the same reduction.
+fn reading_from(data: &Data, smallest: bool) -> Result<Reading, QueryError> {
+    let sign = if smallest { -1.0 } else { 1.0 };
     let values: Vec<f64> = match data {
-        Data::Vector(v) => v.iter().map(|s| s.sample().value()).collect(),
-        Data::Scalar(s) => vec![s.value()],
+        Data::Vector(v) => v.iter().map(|s| sign * s.sample().value()).collect(),
+        Data::Scalar(s) => vec![sign * s.value()],
         Data::Matrix(_) => return Err(QueryError::UnexpectedShape("range vector")),
     };
-    Ok(reduce(&values))
+    Ok(match reduce(&values) {
+        Reading::Value(v) => Reading::Value(sign * v),
+        other => other,
+    })
 }
 
 fn reduce(values: &[f64]) -> Reading {
@@ -491,19 +497,7 @@ impl Prometheus {
 
     /// As [`Prometheus::instant`], reducing several series to the smallest when `smallest`.
     async fn instant_worst(&self, promql: &str, smallest: bool) -> Result<Reading, QueryError> {
-        if !smallest {
-            return self.instant(promql).await;
-        }
-        let result = self.query(promql).await?;
-        let values: Vec<f64> = match result.data() {
-            Data::Vector(v) => v.iter().map(|s| -s.sample().value()).collect(),
-            Data::Scalar(s) => vec![-s.value()],
-            Data::Matrix(_) => return Err(QueryError::UnexpectedShape("range vector")),
-        };
-        Ok(match reduce(&values) {
-            Reading::Value(v) => Reading::Value(-v),
-            other => other,
-        })
+        reading_from(self.query(promql).await?.data(), smallest)
     }
 }
 

@@ -108,6 +108,24 @@ pub struct MetricsSnapshot {
     pub custom: Vec<CustomReading>,
 }
 
+impl MetricsSnapshot {
+    /// Every query of an analysis failed with `err` (no Prometheus client could be built).
+    pub fn failed(err: &str, custom: &[CustomGate]) -> Self {
+        Self {
+            candidate: ServiceMetrics::failed(err),
+            baseline: ServiceMetrics::failed(err),
+            custom: custom
+                .iter()
+                .map(|g| CustomReading {
+                    name: g.name.clone(),
+                    value: Err(err.to_string()),
+                    samples: g.samples_query.as_ref().map(|_| Err(err.to_string())),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The value of one custom gate's query (reduced to the worst series by the edge) and of its
 /// samples query.
 #[derive(Clone, Debug, PartialEq)]
