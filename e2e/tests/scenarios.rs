@@ -213,6 +213,8 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
     // The seed's HPA (2-10 at 70 % CPU). No autoscaler controller runs here, so the counts stay
     // the operator's minimums; what is checked is the object the operator keeps.
     rollout["spec"]["candidate"]["autoscaling"] = json!({"maxReplicas": 10});
+    // The same model on both sides: the parity probe must find them equal.
+    rollout["spec"]["analysis"]["gates"]["parity"] = json!({});
     let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
@@ -228,6 +230,20 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
     );
     assert_no_failed_requests(&samples);
     assert_never_backwards(&log);
+    let parity: Vec<f64> = fin["status"]["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["gates"].as_array().cloned().unwrap_or_default())
+        .filter(|g| g["gate"] == "parity")
+        .map(|g| {
+            assert_eq!(g["verdict"], "Pass", "parity of equal models: {g}");
+            g["value"].as_f64().expect("min cosine")
+        })
+        .collect();
+    println!("[happy] parity min cosines (f32 against f32): {parity:?}");
+    assert!(!parity.is_empty(), "no parity finding in the history");
+    assert!(parity.iter().all(|c| *c > 0.9999), "{parity:?}");
     let seen = assert_shares(&env, &samples);
     for bp in [5_000, 10_000] {
         assert!(
@@ -855,4 +871,111 @@ async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_mess
         );
     }
     println!("[crd] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// The candidate's models file: the seed's model quantized to INT8 at load.
+const INT8_MODELS: &str = "models:\n  - name: all-MiniLM-L6-v2\n    path: /models/all-MiniLM-L6-v2\n    quantization: int8\n";
+/// The same model cutting texts at 32 tokens instead of 256: fast, 200s, wrong vectors.
+const TRUNCATING_MODELS: &str =
+    "models:\n  - name: all-MiniLM-L6-v2\n    path: /models/all-MiniLM-L6-v2\n    max_tokens: 32\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s8_embedding_parity_passes_int8_and_rolls_back_a_truncating_candidate() {
+    let t = Instant::now();
+    let mut env = env("parity").await;
+    let name = "parity";
+    let mut rollout = fast_rollout(name, &env.prometheus.url());
+    // A long first step: the INT8 candidate is watched there, then replaced.
+    rollout["spec"]["steps"][0]["duration"] = json!("10m");
+    rollout["spec"]["candidate"]["models"] = json!(INT8_MODELS);
+    rollout["spec"]["analysis"]["gates"]["parity"] = json!({"minCosine": 0.999});
+    ok(env.start_operator().await);
+    env.start_traffic(RATE);
+    env.create_rollout(&rollout).await.expect("create rollout");
+    let mut log = Vec::new();
+    let parity_of = |r: &Value| -> Option<Value> {
+        r["status"]["lastAnalysis"]["gates"]
+            .as_array()?
+            .iter()
+            .find(|g| g["gate"] == "parity")
+            .cloned()
+    };
+    let int8 = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(180),
+            "a parity finding at 50 %",
+            &mut log,
+            |r| {
+                r["status"]["currentWeight"] == 50
+                    && parity_of(r).is_some_and(|g| g["verdict"] != "Inconclusive")
+            },
+        )
+        .await);
+    let g = parity_of(&int8).unwrap();
+    println!(
+        "[parity] INT8 candidate: {} ({})",
+        g["verdict"], g["evidence"]
+    );
+    assert_eq!(g["verdict"], "Pass", "INT8 against f32: {g}");
+    let min_cos = g["value"].as_f64().expect("the min cosine");
+    // Below 1: the candidate really serves the quantized weights.
+    assert!(
+        (0.999..1.0 - 1e-6).contains(&min_cos),
+        "min cosine {min_cos}"
+    );
+    assert_eq!(g["samples"], 16, "the built-in texts");
+
+    // A new candidate that truncates at 32 tokens: redeployed from step 1, then rolled back.
+    env.rollouts()
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"candidate": {"models": TRUNCATING_MODELS}}})),
+        )
+        .await
+        .expect("change the candidate's models");
+    let changed = SystemTime::now();
+    let fin = ok(env
+        .wait_rollout(
+            name,
+            Duration::from_secs(300),
+            "a final phase",
+            &mut log,
+            terminal,
+        )
+        .await);
+    let samples = env.stop_traffic().await;
+    let status = &fin["status"];
+    assert_eq!(
+        phase(&fin),
+        "RolledBack",
+        "status: {}",
+        serde_json::to_string_pretty(status).unwrap()
+    );
+    let reason = status["rollback"]["reason"].as_str().unwrap_or_default();
+    println!(
+        "[parity] truncating candidate rolled back {:.1}s after the change: {reason}",
+        secs_between(
+            changed,
+            timestamp(&status["rollback"]["completedAt"]).unwrap()
+        )
+    );
+    assert!(
+        reason.contains("embeddings differ from the baseline's"),
+        "rolled back for another reason: {reason}"
+    );
+    // The long text is the one truncation changes.
+    assert!(
+        reason.contains("characters)"),
+        "the worst text is the long one: {reason}"
+    );
+    assert!(
+        failures(&samples)
+            .iter()
+            .all(|s| s.served_by.as_deref() == Some("candle")),
+        "only the candidate may fail requests"
+    );
+    env.shutdown().await;
+    println!("[parity] wall time {:.1}s", t.elapsed().as_secs_f64());
 }

@@ -37,9 +37,9 @@ use crate::{
         EmbeddingRollout, EmbeddingRolloutStatus, Phase, Verdict, COMMAND_ANNOTATION, FINALIZER,
         ROLLOUT_LABEL,
     },
-    decision::{self, Action, Backend, Decision, EventType, MetricsSnapshot},
+    decision::{self, parity::ParityProbe, Action, Backend, Decision, EventType, MetricsSnapshot},
     metrics::Metrics,
-    observe,
+    observe, parity_probe,
     prometheus::{AnalysisQueries, Prometheus, QueryError},
     prometheus_access::{self, Access},
     server::Readiness,
@@ -64,6 +64,8 @@ pub struct Context {
     pub metrics: Metrics,
     prometheus: Mutex<HashMap<(String, u64), Prometheus>>,
     prometheus_timeout: Duration,
+    /// The parity probe's client (no proxy: it talks to pods).
+    http: reqwest::Client,
 }
 
 impl Context {
@@ -81,6 +83,10 @@ impl Context {
             metrics,
             prometheus: Mutex::new(HashMap::new()),
             prometheus_timeout,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
         }
     }
 
@@ -403,17 +409,62 @@ async fn query_metrics(
         Ok(access) => ctx.prometheus(&prom.address, &access),
         Err(e) => Err(QueryError::Access(e)),
     };
-    match client {
-        Ok(p) => {
-            p.snapshot(&queries, decision::evidence_range(status, now))
-                .await
+    let metrics = async {
+        match client {
+            Ok(p) => {
+                p.snapshot(&queries, decision::evidence_range(status, now))
+                    .await
+            }
+            Err(e) => {
+                let msg = Prometheus::describe(&prom.address, &e);
+                tracing::warn!(rollout = %rollout.name_any(), namespace = %ns, error = %msg, "no Prometheus client");
+                MetricsSnapshot::failed(&msg, &spec.analysis.gates.custom)
+            }
         }
-        Err(e) => {
-            let msg = Prometheus::describe(&prom.address, &e);
-            tracing::warn!(rollout = %rollout.name_any(), namespace = %ns, error = %msg, "no Prometheus client");
-            MetricsSnapshot::failed(&msg, &spec.analysis.gates.custom)
-        }
+    };
+    let (mut snapshot, parity) = tokio::join!(metrics, probe_parity(ctx, rollout, status));
+    snapshot.parity = parity;
+    snapshot
+}
+
+/// The embedding parity probe of this analysis, when `gates.parity` is set and one is due.
+async fn probe_parity(
+    ctx: &Context,
+    rollout: &EmbeddingRollout,
+    status: &EmbeddingRolloutStatus,
+) -> Option<ParityProbe> {
+    let spec = &rollout.spec;
+    let p = spec.analysis.gates.parity.as_ref()?;
+    if !decision::parity_due(spec, status) {
+        return None;
     }
+    let ns = rollout.namespace().unwrap_or_default();
+    let candidate = rollout.candidate_name();
+    // A bad duration is the spec's error (status message); probe with the default meanwhile.
+    let timeout = p.timeout.parse().unwrap_or(Duration::from_secs(10));
+    let round = u64::from(status.current_step) * 1009 + u64::from(status.step_analyses);
+    let probe = parity_probe::probe(
+        &ctx.client,
+        &ctx.http,
+        &ns,
+        p,
+        parity_probe::Side {
+            service: &spec.baseline.service,
+            port: spec.baseline.port,
+            api: p.baseline_api.unwrap_or(p.api),
+            model: p.baseline_model.as_deref().or(p.model.as_deref()),
+        },
+        parity_probe::Side {
+            service: &candidate,
+            port: spec.candidate.port,
+            api: p.api,
+            model: p.model.as_deref(),
+        },
+        round,
+        timeout,
+    )
+    .await;
+    Some(probe)
 }
 
 async fn apply_action(

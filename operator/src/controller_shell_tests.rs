@@ -20,13 +20,42 @@ struct Seen {
     body: Value,
 }
 
-/// A canned answer for `method path` (exact path, query ignored).
+/// A canned answer for `method path` (exact path; the query ignored unless `query` is set,
+/// then the decoded query must contain it).
 #[derive(Clone)]
 struct Route {
     method: Method,
     path: String,
+    query: Option<String>,
     status: u16,
     body: Value,
+}
+
+impl Route {
+    fn matches(&self, method: &Method, path: &str, query: &str) -> bool {
+        self.method == method
+            && self.path == path
+            && self.query.as_deref().is_none_or(|q| query.contains(q))
+    }
+}
+
+/// `%2F` -> `/`, `%3D` -> `=`: enough to match label selectors.
+fn decode_query(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let b = q.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&q[i + 1..i + 3], 16) {
+                out.push(v as char);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
 }
 
 #[derive(Clone, Default)]
@@ -52,17 +81,18 @@ impl MockApi {
                 let bytes = body.collect_bytes().await.unwrap_or_default();
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let path = parts.uri.path().to_string();
+                let query = decode_query(parts.uri.query().unwrap_or(""));
                 let seen = Seen {
                     method: parts.method.clone(),
                     path: path.clone(),
-                    query: parts.uri.query().unwrap_or("").to_string(),
+                    query: query.clone(),
                     body,
                 };
                 me.seen.lock().unwrap().push(seen);
                 let (status, body) = me
                     .routes
                     .iter()
-                    .find(|r| r.method == parts.method && r.path == path)
+                    .find(|r| r.matches(&parts.method, &path, &query))
                     .map(|r| (r.status, r.body.clone()))
                     .unwrap_or_else(|| {
                         (
@@ -104,7 +134,7 @@ impl MockApi {
                 !self
                     .routes
                     .iter()
-                    .any(|r| r.method == s.method && r.path == s.path)
+                    .any(|r| r.matches(&s.method, &s.path, &s.query))
             })
             .map(|s| format!("{} {}", s.method, s.path))
             .collect()
@@ -127,6 +157,7 @@ fn route(method: Method, path: &str, status: u16, body: Value) -> Route {
     Route {
         method,
         path: path.into(),
+        query: None,
         status,
         body,
     }
@@ -613,5 +644,198 @@ async fn prometheus_credentials_are_read_from_the_rollouts_namespace_and_a_403_i
             "cannot read Secret prod/mimir (for prometheus.bearerToken): 403 Forbidden: secrets \"mimir\" is forbidden"
         ),
         "{e}"
+    );
+}
+
+// ----- the parity probe's edge -------------------------------------------------------------------
+
+/// A stand-in embedding server on loopback answering `/api/v1/embed` with `vector` for every text
+/// (and 503 on `/v1/embeddings`); returns its port and the bodies it received.
+async fn embedder(model: &'static str, vector: Vec<f32>) -> (u16, Arc<Mutex<Vec<Value>>>) {
+    use axum::{routing::post, Json};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/embed",
+            post(move |Json(body): Json<Value>| {
+                let seen = seen.clone();
+                let vector = vector.clone();
+                async move {
+                    let n = body["texts"].as_array().map_or(0, Vec::len);
+                    seen.lock().unwrap().push(body);
+                    Json(json!({"model": model, "dimension": vector.len(),
+                                "embeddings": vec![vector; n], "usage": {"tokens": 1}}))
+                }
+            }),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "breaker open") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, got)
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "prod"},
+           "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}})
+}
+
+fn slices(service: &str, endpoints: Value) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+           "items": [{"metadata": {"name": format!("{service}-x"), "labels": {"kubernetes.io/service-name": service}},
+                      "addressType": "FQDN", "ports": [{"name": "http", "port": endpoints["port"]}],
+                      "endpoints": endpoints["endpoints"]}]})
+}
+
+fn slice_route(service: &str, body: Value) -> Route {
+    Route {
+        query: Some(format!("kubernetes.io/service-name={service}")),
+        ..route(
+            Method::GET,
+            "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices",
+            200,
+            body,
+        )
+    }
+}
+
+fn parity_routes(b_port: u16, c_port: u16, c_ready: bool) -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/api/v1/namespaces/prod/services/akidb-mlx",
+            200,
+            service("akidb-mlx"),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/namespaces/prod/services/akidb-candle",
+            200,
+            service("akidb-candle"),
+        ),
+        slice_route(
+            "akidb-mlx",
+            slices(
+                "akidb-mlx",
+                json!({"port": b_port,
+            "endpoints": [{"addresses": ["mlx-a.localhost"], "conditions": {"ready": true}}]}),
+            ),
+        ),
+        slice_route(
+            "akidb-candle",
+            slices(
+                "akidb-candle",
+                json!({"port": c_port,
+            "endpoints": [{"addresses": ["candle-a.localhost"], "conditions": {"ready": c_ready}}]}),
+            ),
+        ),
+    ]
+}
+
+fn parity_spec(extra: Value) -> crate::crd::ParitySpec {
+    let mut v = json!({"maxTexts": 3});
+    for (k, x) in extra.as_object().cloned().unwrap_or_default() {
+        v[k] = x;
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+async fn run_probe(
+    api: &MockApi,
+    spec: &crate::crd::ParitySpec,
+) -> crate::decision::parity::ParityProbe {
+    let side = |service: &'static str, api| parity_probe::Side {
+        service,
+        port: 8080,
+        api,
+        model: None,
+    };
+    parity_probe::probe(
+        &api.client(),
+        &reqwest::Client::new(),
+        "prod",
+        spec,
+        side("akidb-mlx", spec.baseline_api.unwrap_or(spec.api)),
+        side("akidb-candle", spec.api),
+        0,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_parity_probe_sends_the_same_texts_to_a_ready_endpoint_of_each_service() {
+    let (b_port, b_seen) = embedder("m", vec![1.0, 0.0]).await;
+    let (c_port, c_seen) = embedder("m", vec![0.6, 0.8]).await;
+    let api = MockApi::new(parity_routes(b_port, c_port, true));
+    let spec = parity_spec(json!({}));
+    let probe = run_probe(&api, &spec).await;
+    assert!(api.unrouted().is_empty(), "{:?}", api.unrouted());
+    assert!(
+        api.writes().is_empty(),
+        "the probe only reads the API: {:?}",
+        api.writes()
+    );
+    // One request each, with the same three built-in texts.
+    let (b, c) = (
+        b_seen.lock().unwrap().clone(),
+        c_seen.lock().unwrap().clone(),
+    );
+    assert_eq!((b.len(), c.len()), (1, 1));
+    assert_eq!(b[0]["texts"], c[0]["texts"]);
+    assert_eq!(b[0]["texts"].as_array().unwrap().len(), 3);
+    let j = crate::decision::parity::judge(&probe, &spec);
+    assert_eq!(j.verdict, Verdict::Fail, "{}", j.result.evidence);
+    assert!(
+        j.result.evidence.starts_with("min cosine 0.6 over 3 texts"),
+        "{}",
+        j.result.evidence
+    );
+}
+
+#[tokio::test]
+async fn a_parity_probe_without_an_answer_says_which_side_and_why() {
+    let (b_port, _) = embedder("m", vec![1.0, 0.0]).await;
+    let (c_port, _) = embedder("m", vec![1.0, 0.0]).await;
+    // No ready candidate endpoint.
+    let api = MockApi::new(parity_routes(b_port, c_port, false));
+    let spec = parity_spec(json!({}));
+    let j = crate::decision::parity::judge(&run_probe(&api, &spec).await, &spec);
+    assert_eq!(j.verdict, Verdict::Inconclusive);
+    assert!(j.missing);
+    assert_eq!(
+        j.result.evidence,
+        "parity probe incomplete: candidate: Service prod/akidb-candle has no ready endpoint"
+    );
+    // The OpenAI route answers 503: the status and the body are in the reason.
+    let api = MockApi::new(parity_routes(b_port, c_port, true));
+    let spec = parity_spec(json!({"api": "OpenAI", "baselineApi": "Embed"}));
+    let j = crate::decision::parity::judge(&run_probe(&api, &spec).await, &spec);
+    assert_eq!(j.verdict, Verdict::Inconclusive);
+    assert!(
+        j.result.evidence.contains(&format!(
+            "candidate: POST http://127.0.0.1:{c_port}/v1/embeddings: HTTP 503 Service Unavailable: breaker open"
+        )),
+        "{}",
+        j.result.evidence
+    );
+    // A texts ConfigMap that does not exist: named, and no request is sent.
+    let mut routes = parity_routes(b_port, c_port, true);
+    routes.push(route(
+        Method::GET,
+        "/api/v1/namespaces/prod/configmaps/texts",
+        404,
+        not_found("configmaps \"texts\""),
+    ));
+    let api = MockApi::new(routes);
+    let spec = parity_spec(json!({"texts": {"name": "texts", "key": "t"}}));
+    let j = crate::decision::parity::judge(&run_probe(&api, &spec).await, &spec);
+    assert_eq!(
+        j.result.evidence,
+        "parity probe incomplete: ConfigMap prod/texts (parity.texts) not found"
     );
 }

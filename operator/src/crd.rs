@@ -314,8 +314,8 @@ pub struct AnalysisSpec {
     #[serde(default = "default_confidence")]
     pub confidence: f64,
     /// How long past a step's duration it may keep collecting evidence while its analyses are
-    /// Inconclusive; then `noDataPolicy` decides (`Hold`: keep holding, with a warning; `Fail`:
-    /// roll back).
+    /// Inconclusive; then `noDataPolicy` decides (`Hold`: keep holding, with a warning, and
+    /// start the gates' evidence over on fresh requests; `Fail`: roll back).
     #[serde(default = "default_evidence_timeout")]
     pub evidence_timeout: GoDuration,
     #[serde(default)]
@@ -468,6 +468,85 @@ pub struct Gates {
         {"rule": "self.all(a, self.exists_one(b, b.name == a.name))", "message": "gates.custom names must be unique"}
     ]))]
     pub custom: Vec<CustomGate>,
+    /// Embedding parity: the same texts sent to both Services must embed the same way
+    /// (docs/analysis.md). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<ParitySpec>,
+}
+
+/// The embedding parity gate: at each analysis (or every `every`-th) the operator sends the same
+/// texts straight to one ready endpoint of the baseline Service and of the candidate Service
+/// (not through the ingress) and compares the embeddings text by text: same count, dimension
+/// and model, and cosine similarity at least `minCosine` for every text.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.minCosine > 0.0 && self.minCosine <= 1.0", "message": "parity.minCosine must be in (0, 1]"}
+]))]
+pub struct ParitySpec {
+    /// The smallest cosine similarity any probe text may have between the two embeddings
+    /// (the INT8 model against f32 reaches about 0.9995).
+    #[serde(default = "default_min_cosine")]
+    pub min_cosine: f64,
+    /// The API both sides speak: `Embed` (`POST /api/v1/embed`) or `OpenAI`
+    /// (`POST /v1/embeddings`).
+    #[serde(default)]
+    pub api: EmbeddingApi,
+    /// The baseline's API when it differs from `api` (a baseline that is not this embedder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_api: Option<EmbeddingApi>,
+    /// The model to ask both sides for (and that they must answer with); default: each
+    /// server's default model, whose names must then agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub model: Option<String>,
+    /// The baseline's model name when it differs from `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub baseline_model: Option<String>,
+    /// The user's own texts: a ConfigMap key holding one text per line, or a JSON/YAML list of
+    /// strings. Default: a built-in set (short, longer than the truncation length, non-Latin
+    /// scripts, emoji, punctuation only, numbers, code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub texts: Option<ConfigMapKeyRef>,
+    /// Texts per probe, in one request to each side; a larger set is rotated through.
+    #[serde(default = "default_parity_max_texts")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_texts: u32,
+    /// Longer texts are cut (at a character boundary) to this many bytes, and the evidence says so.
+    #[serde(default = "default_parity_max_text_bytes")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_text_bytes: u32,
+    /// Probe at the first analysis of every step and then at every `every`-th; the looks
+    /// between carry the step's latest parity finding.
+    #[serde(default = "default_parity_every")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub every: u32,
+    /// Per request.
+    #[serde(default = "default_parity_timeout")]
+    pub timeout: GoDuration,
+    /// false: reported in every analysis, never holds or fails the rollout.
+    #[serde(default = "default_true")]
+    pub blocking: bool,
+}
+
+/// An embedding HTTP API.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum EmbeddingApi {
+    /// `POST /api/v1/embed` `{"texts": [...], "model"}` -> `{"model", "embeddings": [[...]]}`.
+    #[default]
+    Embed,
+    /// `POST /v1/embeddings` `{"input": [...], "model"}` -> `{"model", "data": [{"embedding", "index"}]}`.
+    OpenAI,
+}
+
+impl EmbeddingApi {
+    pub fn path(self) -> &'static str {
+        match self {
+            EmbeddingApi::Embed => "/api/v1/embed",
+            EmbeddingApi::OpenAI => "/v1/embeddings",
+        }
+    }
 }
 
 /// One of the user's gates: `query` must stay at or below `max` (or at or above `min`).
@@ -588,6 +667,15 @@ pub struct EmbeddingRolloutStatus {
     /// When `currentWeight` was applied for the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<DateTime<Utc>>,
+    /// When the gates' evidence of the current step began, when not at `stepStartedAt`: the
+    /// step's evidence was still inconclusive `evidenceTimeout` after its duration, so the gates
+    /// started over on fresh requests (docs/analysis.md, "Waiting for evidence").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_started_at: Option<DateTime<Utc>>,
+    /// How often the current step's evidence started over; each restart's tests spend a smaller
+    /// share of the confidence budget.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub evidence_restarts: u32,
     /// When the current phase began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_started_at: Option<DateTime<Utc>>,
@@ -939,6 +1027,7 @@ impl Default for Gates {
             min_requests: default_min_requests(),
             min_baseline_requests: default_min_requests(),
             custom: Vec::new(),
+            parity: None,
         }
     }
 }
@@ -1024,6 +1113,24 @@ fn default_max_p95_over_baseline_ms() -> f64 {
 }
 fn default_max_error_rate() -> f64 {
     0.005
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn default_min_cosine() -> f64 {
+    0.999
+}
+fn default_parity_max_texts() -> u32 {
+    16
+}
+fn default_parity_max_text_bytes() -> u32 {
+    4096
+}
+fn default_parity_every() -> u32 {
+    1
+}
+fn default_parity_timeout() -> GoDuration {
+    "10s".into()
 }
 fn default_true() -> bool {
     true

@@ -7,6 +7,7 @@ pub mod duration;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod parity_probe;
 pub mod prometheus;
 pub mod prometheus_access;
 pub mod server;

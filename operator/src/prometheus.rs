@@ -454,6 +454,8 @@ impl Prometheus {
             candidate,
             baseline,
             custom,
+            // The parity probe is not Prometheus's: the controller adds it.
+            parity: None,
         }
     }
 

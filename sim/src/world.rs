@@ -63,6 +63,7 @@ impl World {
             candidate: service(&self.cand_series, t, window, step),
             baseline: service(&self.base_series, t, window, step),
             custom: Vec::new(),
+            parity: None,
         }
     }
 

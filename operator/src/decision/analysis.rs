@@ -21,10 +21,11 @@
 //! Thresholds keep their meaning: `maxP95Ms` and `maxErrorRate` are strict ("< 35 ms",
 //! "< 0.5 %"), the comparison is inclusive ("≤ MLX + 5 ms").
 
+use super::parity::{self, ParityProbe};
 use super::stats::{
     self, binomial_test, clopper_pearson, pct, sequential_test, Finding, Histogram,
 };
-use crate::crd::{AnalysisSpec, BreakerState, CustomGate, GateResult, Verdict};
+use crate::crd::{AnalysisSpec, BreakerState, CustomGate, GateResult, ParitySpec, Verdict};
 
 /// One PromQL result: `Err` = the query failed, `Ok(None)` = empty result, `Ok(Some(NaN))` happens
 /// too (e.g. 0/0 when no requests) and counts as no data.
@@ -106,6 +107,8 @@ pub struct MetricsSnapshot {
     pub baseline: ServiceMetrics,
     /// One reading per `analysis.gates.custom` entry, by name.
     pub custom: Vec<CustomReading>,
+    /// The embedding parity probe, when `gates.parity` is set and a probe was due.
+    pub parity: Option<ParityProbe>,
 }
 
 impl MetricsSnapshot {
@@ -122,6 +125,7 @@ impl MetricsSnapshot {
                     samples: g.samples_query.as_ref().map(|_| Err(err.to_string())),
                 })
                 .collect(),
+            parity: None,
         }
     }
 }
@@ -136,7 +140,7 @@ pub struct CustomReading {
 }
 
 /// Where an analysis stands in the rollout: what the confidence budget is spent over.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Look {
     /// The candidate's current share, 1..100.
     pub weight: u8,
@@ -144,6 +148,10 @@ pub struct Look {
     pub index: u32,
     /// Steps of the rollout.
     pub steps: usize,
+    /// How often the step's evidence started over (`status.evidenceRestarts`).
+    pub restarts: u32,
+    /// The parity gate's latest finding in this step, for the looks that do not probe.
+    pub carried_parity: Option<GateResult>,
 }
 
 /// What one analysis found.
@@ -185,9 +193,10 @@ pub struct Levels {
 
 pub fn levels(a: &AnalysisSpec, look: &Look) -> Levels {
     let per_look = stats::look_alpha(a.confidence, look.steps, look.index);
+    let share = stats::restart_share(look.restarts);
     Levels {
-        gate: stats::step_alpha(a.confidence, look.steps),
-        baseline: per_look,
+        gate: stats::step_alpha(a.confidence, look.steps) * share,
+        baseline: per_look * share,
         trigger: per_look / stats::TRIGGER_EVIDENCE_FACTOR,
     }
 }
@@ -720,6 +729,59 @@ fn trim_number(v: f64) -> String {
     }
 }
 
+/// The parity gate of this look: judged on its probe, else the step's latest finding carried
+/// (an earlier failure keeps failing until a new probe says otherwise).
+fn parity_gate(
+    spec: &ParitySpec,
+    probe: Option<&ParityProbe>,
+    carried: Option<&GateResult>,
+) -> Judged {
+    if let Some(probe) = probe {
+        let j = parity::judge(probe, spec);
+        return Judged {
+            blocking: spec.blocking,
+            verdict: j.verdict,
+            reason: j.reason,
+            missing: j.missing,
+            result: j.result,
+        };
+    }
+    match carried {
+        Some(r) => Judged {
+            blocking: spec.blocking,
+            verdict: r.verdict,
+            reason: (r.verdict != Verdict::Pass).then(|| {
+                format!(
+                    "embedding parity {} at the step's latest probe: {}",
+                    r.verdict.as_str(),
+                    r.evidence
+                )
+            }),
+            missing: false,
+            result: r.clone(),
+        },
+        None => {
+            let why = "no parity probe in this step yet".to_string();
+            Judged {
+                blocking: spec.blocking,
+                verdict: Verdict::Inconclusive,
+                reason: Some(why.clone()),
+                missing: true,
+                result: GateResult {
+                    gate: parity::GATE.into(),
+                    verdict: Verdict::Inconclusive,
+                    evidence: why,
+                    value: None,
+                    low: None,
+                    high: None,
+                    threshold: Some(spec.min_cosine),
+                    samples: None,
+                },
+            }
+        }
+    }
+}
+
 pub const SEQUENTIAL_GATES: [&str; 3] = ["maxP95Ms", "maxP95OverBaselineMs", "maxErrorRate"];
 
 /// Evaluates the gates and the triggers of one analysis at `look`. `failed_in_step` names the
@@ -836,6 +898,15 @@ pub fn evaluate(
     // The user's gates.
     for g in &gates.custom {
         judged.push(custom_gate(g, m.custom.iter().find(|r| r.name == g.name)));
+    }
+
+    // Embedding parity: probed, or the step's latest probe carried.
+    if let Some(p) = &gates.parity {
+        judged.push(parity_gate(
+            p,
+            m.parity.as_ref(),
+            look.carried_parity.as_ref(),
+        ));
     }
 
     // The latency gates count the embedder's histogram unless told otherwise.
@@ -1006,6 +1077,7 @@ mod tests {
             candidate: service(cand.clone(), cand, 0.02),
             baseline: service(base.clone(), base, 0.03),
             custom: Vec::new(),
+            parity: None,
         }
     }
 
@@ -1021,6 +1093,8 @@ mod tests {
             weight,
             index: 1,
             steps: 4,
+            restarts: 0,
+            carried_parity: None,
         }
     }
 
@@ -1297,6 +1371,7 @@ mod tests {
             candidate: ServiceMetrics::failed("connection refused"),
             baseline: ServiceMetrics::failed("connection refused"),
             custom: Vec::new(),
+            parity: None,
         };
         let e = eval(&down);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1317,6 +1392,7 @@ mod tests {
             candidate: ServiceMetrics::no_data(),
             baseline: ServiceMetrics::no_data(),
             custom: Vec::new(),
+            parity: None,
         };
         let e = eval(&empty);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1394,6 +1470,7 @@ mod tests {
             candidate: ServiceMetrics::failed("connection refused"),
             baseline: ServiceMetrics::failed("connection refused"),
             custom: Vec::new(),
+            parity: None,
         };
         let e = evaluate(
             &AnalysisSpec::default(),

@@ -8,6 +8,7 @@
 
 pub mod analysis;
 mod command;
+pub mod parity;
 pub mod stats;
 mod timing;
 
@@ -204,12 +205,31 @@ pub fn analysis_due(
     in_analysed_phase(status) && due(&t, status, now)
 }
 
+/// Whether the analysis that runs next probes embedding parity (the edge sends the texts
+/// only then).
+pub fn parity_due(spec: &EmbeddingRolloutSpec, status: &EmbeddingRolloutStatus) -> bool {
+    spec.analysis
+        .gates
+        .parity
+        .as_ref()
+        .is_some_and(|p| parity::due(p, status.step_analyses.saturating_add(1)))
+}
+
 /// The range the gates' evidence covers when an analysis runs now: everything since the current
-/// step's weight was applied (whole seconds, at least one). `None` when no step is running.
+/// step's weight was applied, or since its evidence last started over (whole seconds, at least
+/// one). `None` when no step is running.
 pub fn evidence_range(status: &EmbeddingRolloutStatus, now: DateTime<Utc>) -> Option<Duration> {
-    let started = status.step_started_at?;
+    let started = evidence_start(status)?;
     let e = elapsed(started, now)?;
     Some(Duration::from_secs(e.as_secs().max(1)))
+}
+
+/// When the gates' evidence of the current step began.
+fn evidence_start(status: &EmbeddingRolloutStatus) -> Option<DateTime<Utc>> {
+    match (status.step_started_at, status.evidence_started_at) {
+        (Some(s), Some(e)) => Some(s.max(e)),
+        (s, _) => s,
+    }
 }
 
 fn in_analysed_phase(status: &EmbeddingRolloutStatus) -> bool {
@@ -743,6 +763,8 @@ impl Reconciler<'_> {
         st.step_started_at = None;
         st.step_analyses = 0;
         st.step_failed_gates.clear();
+        st.evidence_started_at = None;
+        st.evidence_restarts = 0;
         st.waiting_since = Some(self.now);
         st.last_analysis = None;
         st.consecutive_failures = 0;
@@ -852,6 +874,8 @@ impl Reconciler<'_> {
             self.st.step_started_at = Some(self.now);
             self.st.step_analyses = 0;
             self.st.step_failed_gates.clear();
+            self.st.evidence_started_at = None;
+            self.st.evidence_restarts = 0;
             self.st.waiting_since = None;
             self.ensure_canary_weight(target);
             let msg = format!(
@@ -956,32 +980,48 @@ impl Reconciler<'_> {
                 .as_ref()
                 .is_some_and(|a| a.verdict == Verdict::Pass && a.time >= started);
         if !passed {
-            let waited = in_step.saturating_sub(duration);
+            // Waiting counts from the end of the soak, or from the latest evidence restart.
+            let evidence_from = evidence_start(&self.st).unwrap_or(started);
+            let waited = match elapsed(evidence_from, self.now) {
+                Some(since_restart) if self.st.evidence_restarts > 0 => since_restart,
+                _ => in_step.saturating_sub(duration),
+            };
             if waited >= t.evidence_timeout
                 && self
                     .st
                     .last_analysis
                     .as_ref()
-                    .is_some_and(|a| a.verdict == Verdict::Inconclusive && a.time >= started)
+                    .is_some_and(|a| a.verdict == Verdict::Inconclusive && a.time >= evidence_from)
             {
                 let reason = format!(
-                    "step {}/{}: no conclusive evidence {} after its duration (evidenceTimeout)",
+                    "step {}/{}: no conclusive evidence {} after its {}(evidenceTimeout)",
                     step + 1,
                     self.spec.steps.len(),
-                    crate::duration::format(t.evidence_timeout)
+                    crate::duration::format(t.evidence_timeout),
+                    if self.st.evidence_restarts > 0 {
+                        "evidence started over "
+                    } else {
+                        "duration "
+                    }
                 );
                 if self.spec.analysis.no_data_policy == NoDataPolicy::Fail {
                     let first = self.st.first_failure_at.or(Some(self.now));
                     self.start_rollback(reason, first);
                     return;
                 }
+                // Hold: start the gates over on the requests from now on. An anytime-valid test
+                // never forgets; a step whose early requests were hit by something passing (a
+                // noisy neighbour, a cold cache, both services slow for a minute) could otherwise
+                // stay undecided for good. Each restart's tests get a smaller share of the
+                // budget, so the guarantee still holds over all of them.
+                self.st.evidence_restarts = self.st.evidence_restarts.saturating_add(1);
+                self.st.evidence_started_at = Some(self.now);
+                self.st.step_failed_gates.clear();
                 let msg = format!(
-                    "{reason}; noDataPolicy Hold: holding at {}%",
-                    self.st.current_weight
+                    "{reason}; noDataPolicy Hold: holding at {}% and judging the requests from now on afresh (evidence restart {})",
+                    self.st.current_weight, self.st.evidence_restarts
                 );
-                if self.st.message.as_deref() != Some(msg.as_str()) {
-                    self.warn("EvidenceTimeout", &msg);
-                }
+                self.warn("EvidenceTimeout", &msg);
                 self.st.message = Some(msg);
                 self.requeue_for_analysis(t);
                 return;
@@ -994,8 +1034,17 @@ impl Reconciler<'_> {
                 ),
                 _ => "no analysis in this step yet".into(),
             };
+            let fresh = if self.st.evidence_restarts > 0 {
+                format!(
+                    " on the requests since {} (evidence restart {}, after evidenceTimeout)",
+                    evidence_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    self.st.evidence_restarts
+                )
+            } else {
+                String::new()
+            };
             self.st.message = Some(format!(
-                "step {}/{} soak done; waiting for a passing analysis ({why})",
+                "step {}/{} soak done; waiting for a passing analysis{fresh} ({why})",
                 step + 1,
                 self.spec.steps.len()
             ));
@@ -1055,10 +1104,22 @@ impl Reconciler<'_> {
         };
         let a = &self.spec.analysis;
         self.st.step_analyses = self.st.step_analyses.saturating_add(1);
+        let carried_parity = self
+            .st
+            .last_analysis
+            .as_ref()
+            .filter(|r| {
+                r.step == self.st.current_step
+                    && self.st.step_started_at.is_some_and(|s| r.time >= s)
+            })
+            .and_then(|r| r.gates.iter().find(|g| g.gate == parity::GATE))
+            .cloned();
         let look = analysis::Look {
             weight: self.st.current_weight,
             index: self.st.step_analyses,
             steps: self.spec.steps.len(),
+            restarts: self.st.evidence_restarts,
+            carried_parity,
         };
         let e = analysis::evaluate(a, m, &look, &self.st.step_failed_gates);
         for g in &e.gates {
@@ -1212,6 +1273,8 @@ impl Reconciler<'_> {
             // All traffic is on the candidate from now on; analyses measure from here.
             self.st.current_weight = 100;
             self.st.step_started_at = Some(self.now);
+            self.st.evidence_started_at = None;
+            self.st.evidence_restarts = 0;
         }
         self.ensure_canary_deleted();
         let standby = self.spec.baseline.standby_replicas;

@@ -24,6 +24,19 @@ pub fn step_alpha(confidence: f64, steps: usize) -> f64 {
     budget / (steps.max(1) as f64 * f64::from(TESTS_PER_LOOK))
 }
 
+/// The share of a step's budget that the tests on its `r`-th evidence restart spend: 0.9 for the
+/// step's first evidence, then 0.1 × 6 / (π² r²) for restart r = 1, 2, ... (which sums to 1), so
+/// the guarantee covers a step however often its evidence starts over.
+pub fn restart_share(restarts: u32) -> f64 {
+    const FIRST: f64 = 0.9;
+    if restarts == 0 {
+        FIRST
+    } else {
+        let r = f64::from(restarts);
+        (1.0 - FIRST) * 6.0 / (std::f64::consts::PI.powi(2) * r * r)
+    }
+}
+
 /// The significance level of one fixed-sample test at one look.
 ///
 /// The whole budget `1 - confidence` is split evenly over the steps and the tests of a look, and
@@ -505,6 +518,13 @@ mod tests {
         assert_eq!(h.value_at_rank(50), 0.01);
         let all_slow = hist(&[(0.01, 0.0), (f64::INFINITY, 10.0)]);
         assert_eq!(all_slow.quantile(0.95), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn restart_shares_sum_to_the_whole_budget_and_shrink() {
+        let total: f64 = (0..100_000).map(super::restart_share).sum();
+        assert!(total <= 1.0 && total > 0.99999, "{total}");
+        assert!((1..50).all(|r| super::restart_share(r + 1) < super::restart_share(r)));
     }
 
     #[test]

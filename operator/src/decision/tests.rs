@@ -138,6 +138,7 @@ fn healthy() -> MetricsSnapshot {
         candidate: sm(0.020, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn slow() -> MetricsSnapshot {
         candidate: sm(0.040, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -156,6 +158,7 @@ fn very_slow() -> MetricsSnapshot {
         candidate: sm(0.080, 0.0, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -166,6 +169,7 @@ fn breaker_open() -> MetricsSnapshot {
         candidate: sm(0.020, 0.0, 5000.0, 1.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -174,6 +178,7 @@ fn erroring() -> MetricsSnapshot {
         candidate: sm(0.020, 0.05, 5000.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -182,6 +187,7 @@ fn no_data() -> MetricsSnapshot {
         candidate: ServiceMetrics::no_data(),
         baseline: ServiceMetrics::no_data(),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -190,6 +196,7 @@ fn prom_down() -> MetricsSnapshot {
         candidate: ServiceMetrics::failed("connection refused"),
         baseline: ServiceMetrics::failed("connection refused"),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -634,6 +641,7 @@ fn never_advances_on_inconclusive_or_failing_analyses() {
                 candidate: sm(0.020, 0.0, 10.0, 0.0),
                 baseline: sm(0.030, 0.0, 50_000.0, 0.0),
                 custom: Vec::new(),
+                parity: None,
             },
         ),
     ] {
@@ -759,6 +767,7 @@ fn thin() -> MetricsSnapshot {
         candidate: sm(0.020, 0.0, 50.0, 0.0),
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
+        parity: None,
     }
 }
 
@@ -809,16 +818,23 @@ fn an_undecided_step_waits_up_to_the_evidence_timeout_then_follows_the_policy() 
                 assert_eq!(s.status.current_step, 0);
                 let msg = s.status.message.clone().unwrap();
                 assert!(
-                    msg.contains("no conclusive evidence 20m after its duration"),
+                    msg.contains("(evidence restart 1, after evidenceTimeout)"),
                     "{msg}"
                 );
-                let warned = s
+                let warnings: Vec<&Event> = s
                     .log
                     .iter()
                     .flat_map(|d| &d.events)
                     .filter(|e| e.reason == "EvidenceTimeout")
-                    .count();
-                assert_eq!(warned, 1, "warned once");
+                    .collect();
+                assert_eq!(warnings.len(), 1, "warned once");
+                assert!(
+                    warnings[0]
+                        .message
+                        .contains("no conclusive evidence 20m after its duration"),
+                    "{}",
+                    warnings[0].message
+                );
             }
             crate::crd::NoDataPolicy::Fail => {
                 assert!(
@@ -835,6 +851,55 @@ fn an_undecided_step_waits_up_to_the_evidence_timeout_then_follows_the_policy() 
             }
         }
     }
+}
+
+#[test]
+fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_requests() {
+    let mut sp = spec();
+    sp.analysis.evidence_timeout = "20m".into();
+    let mut s = Sim::new(sp);
+    s.tick(None);
+    s.after(5, None);
+    let step_started = s.status.step_started_at.unwrap();
+    // 10 minutes of soak + 20 of waiting: the evidence starts over once.
+    s.run(MIN, 31 * MIN, &thin());
+    assert_eq!(s.status.evidence_restarts, 1);
+    let restarted = s.status.evidence_started_at.unwrap();
+    assert!(restarted > step_started + chrono::Duration::minutes(29));
+    assert!(s
+        .status
+        .message
+        .as_ref()
+        .unwrap()
+        .contains("(evidence restart 1,"));
+    // The gates now count only the requests since the restart.
+    assert_eq!(
+        evidence_range(&s.status, restarted + chrono::Duration::seconds(90)),
+        Some(Duration::from_secs(90))
+    );
+    // Still undecided 20 minutes after the restart: a second one, and one warning each.
+    s.run(MIN, 21 * MIN, &thin());
+    assert_eq!(s.status.evidence_restarts, 2);
+    let warnings: Vec<&Event> = s
+        .log
+        .iter()
+        .flat_map(|d| &d.events)
+        .filter(|e| e.reason == "EvidenceTimeout")
+        .collect();
+    assert_eq!(warnings.len(), 2);
+    assert!(warnings[1]
+        .message
+        .contains("20m after its evidence started over"));
+    // Fresh, healthy requests decide it (at the restart's smaller budget share): next step, with
+    // its own evidence from its start.
+    let mut guard = 0;
+    while s.status.current_step == 0 {
+        s.after(MIN, Some(&healthy()));
+        guard += 1;
+        assert!(guard < 10, "stuck: {:?}", s.status.message);
+    }
+    assert_eq!(s.status.evidence_restarts, 0);
+    assert_eq!(s.status.evidence_started_at, None);
 }
 
 #[test]
@@ -2551,5 +2616,129 @@ fn a_step_with_approval_waits_for_the_promote_command_after_passing() {
     assert_eq!(
         s.status.commands.last().unwrap().by.as_deref(),
         Some("release-manager")
+    );
+}
+
+// ----- embedding parity ------------------------------------------------------------------------
+
+fn parity_spec(every: u32) -> EmbeddingRolloutSpec {
+    let mut s = spec();
+    let mut p: crate::crd::ParitySpec = serde_json::from_value(serde_json::json!({})).unwrap();
+    p.every = every;
+    s.analysis.gates.parity = Some(p);
+    s
+}
+
+/// A healthy snapshot whose parity probe found `cosine` for its one text (None: not probed).
+fn with_parity(cosine: Option<f32>) -> MetricsSnapshot {
+    let mut m = healthy();
+    m.parity = cosine.map(|c| parity::ParityProbe {
+        texts: vec!["long text".into()],
+        baseline: Ok(parity::Answer {
+            model: "m".into(),
+            embeddings: vec![vec![1.0, 0.0]],
+        }),
+        candidate: Ok(parity::Answer {
+            model: "m".into(),
+            embeddings: vec![vec![c, (1.0 - c * c).max(0.0).sqrt()]],
+        }),
+        notes: vec![],
+    });
+    m
+}
+
+fn parity_gate_of(s: &Sim) -> crate::crd::GateResult {
+    let a = s.status.last_analysis.as_ref().unwrap();
+    a.gates.iter().find(|g| g.gate == "parity").unwrap().clone()
+}
+
+#[test]
+fn parity_below_min_cosine_rolls_back_after_failure_limit_with_the_parity_reason() {
+    let mut s = Sim::at_step(0);
+    s.spec = parity_spec(1);
+    for _ in 0..3 {
+        assert_eq!(s.phase(), Phase::Progressing);
+        s.after(MIN, Some(&with_parity(Some(0.95))));
+    }
+    assert_eq!(s.phase(), Phase::RollingBack);
+    let rb = s.status.rollback.clone().unwrap();
+    assert!(
+        rb.reason.contains("embeddings differ from the baseline's")
+            && rb.reason.contains("min cosine 0.95 over 1 texts"),
+        "{}",
+        rb.reason
+    );
+    let g = parity_gate_of(&s);
+    assert_eq!(
+        (g.verdict, g.value.map(|v| (v * 100.0).round())),
+        (Verdict::Fail, Some(95.0))
+    );
+}
+
+#[test]
+fn parity_at_the_threshold_lets_the_rollout_advance() {
+    let mut s = Sim::at_step(0);
+    s.spec = parity_spec(1);
+    let step = s.status.current_step;
+    let mut guard = 0;
+    while s.status.current_step == step {
+        s.after(MIN, Some(&with_parity(Some(0.9995))));
+        guard += 1;
+        assert!(guard < 30, "stuck: {:?}", s.status.message);
+    }
+    assert_eq!(parity_gate_of(&s).verdict, Verdict::Pass);
+}
+
+#[test]
+fn a_step_without_a_parity_probe_cannot_pass() {
+    let mut s = Sim::at_step(0);
+    s.spec = parity_spec(1);
+    // The edge did not probe (e.g. a bug, or the probe is not due): never a pass.
+    for _ in 0..15 {
+        s.after(MIN, Some(&with_parity(None)));
+    }
+    assert_eq!(s.status.current_step, 0);
+    let g = parity_gate_of(&s);
+    assert_eq!(g.verdict, Verdict::Inconclusive);
+    assert_eq!(g.evidence, "no parity probe in this step yet");
+}
+
+#[test]
+fn looks_between_probes_carry_the_steps_latest_finding() {
+    let mut s = Sim::at_step(0);
+    s.spec = parity_spec(3);
+    // Look 1 probes and fails; looks 2 and 3 carry the failure: three failures in a row.
+    assert!(parity_due(&s.spec, &s.status));
+    s.after(MIN, Some(&with_parity(Some(0.5))));
+    assert!(!parity_due(&s.spec, &s.status));
+    s.after(MIN, Some(&with_parity(None)));
+    assert_eq!(parity_gate_of(&s).verdict, Verdict::Fail);
+    assert!(s.status.last_analysis.as_ref().unwrap().reasons[0]
+        .starts_with("embedding parity Fail at the step's latest probe"));
+    s.after(MIN, Some(&with_parity(None)));
+    assert_eq!(s.phase(), Phase::RollingBack);
+}
+
+#[test]
+fn a_new_step_does_not_inherit_the_last_steps_parity() {
+    let mut s = Sim::at_step(0);
+    s.spec = parity_spec(1000);
+    let step = s.status.current_step;
+    let mut guard = 0;
+    let mut first = true;
+    while s.status.current_step == step {
+        // Probed once, at the step's first look; carried after.
+        let p = if first { Some(1.0) } else { None };
+        first = false;
+        s.after(MIN, Some(&with_parity(p)));
+        guard += 1;
+        assert!(guard < 30, "stuck: {:?}", s.status.message);
+    }
+    // The next step's first look is due to probe again.
+    assert!(parity_due(&s.spec, &s.status));
+    s.after(MIN, Some(&with_parity(None)));
+    assert_eq!(
+        parity_gate_of(&s).evidence,
+        "no parity probe in this step yet"
     );
 }

@@ -16,6 +16,9 @@ pub(crate) struct Timing {
     pub progress_deadline: Duration,
     pub decommission_after: Option<Duration>,
     pub evidence_timeout: Duration,
+    /// Per request of the parity probe, when `gates.parity` is set.
+    #[allow(dead_code)] // parsed to reject a bad spec; the edge reads it itself
+    pub parity_timeout: Option<Duration>,
     /// Soak of each step.
     pub steps: Vec<Duration>,
 }
@@ -84,6 +87,12 @@ impl Timing {
                 .map(|g| d("promotion.decommissionAfter", g))
                 .transpose()?,
             evidence_timeout: d("analysis.evidenceTimeout", &a.evidence_timeout)?,
+            parity_timeout: a
+                .gates
+                .parity
+                .as_ref()
+                .map(|p| d("analysis.gates.parity.timeout", &p.timeout))
+                .transpose()?,
             steps,
         })
     }
