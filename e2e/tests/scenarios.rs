@@ -888,7 +888,9 @@ async fn s8_embedding_parity_passes_int8_and_rolls_back_a_truncating_candidate()
     // A long first step: the INT8 candidate is watched there, then replaced.
     rollout["spec"]["steps"][0]["duration"] = json!("10m");
     rollout["spec"]["candidate"]["models"] = json!(INT8_MODELS);
-    rollout["spec"]["analysis"]["gates"]["parity"] = json!({"minCosine": 0.999});
+    // 8-bit weights and activations move 1-3 word texts the most: this embedder's INT8 and
+    // candle's q8_0 reach 0.9976-0.9990 on them (docs/analysis.md), so INT8 candidates get 0.995.
+    rollout["spec"]["analysis"]["gates"]["parity"] = json!({"minCosine": 0.995});
     ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
@@ -921,7 +923,7 @@ async fn s8_embedding_parity_passes_int8_and_rolls_back_a_truncating_candidate()
     let min_cos = g["value"].as_f64().expect("the min cosine");
     // Below 1: the candidate really serves the quantized weights.
     assert!(
-        (0.999..1.0 - 1e-6).contains(&min_cos),
+        (0.995..1.0 - 1e-6).contains(&min_cos),
         "min cosine {min_cos}"
     );
     assert_eq!(g["samples"], 16, "the built-in texts");

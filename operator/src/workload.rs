@@ -103,6 +103,12 @@ pub fn pod_hash(c: &CandidateSpec) -> String {
     let template = pod_template("", c.name.as_deref().unwrap_or(""), c);
     let mut input = serde_json::to_vec(&template).unwrap_or_default();
     input.extend(c.name.as_deref().unwrap_or("").bytes());
+    // The models file reaches the pod through its ConfigMap, not the template: without it here a
+    // models-only change (INT8, max_tokens) would neither roll the pods nor restart the analysis.
+    if let Some(models) = &c.models {
+        input.push(0);
+        input.extend(models.bytes());
+    }
     format!("{POD_HASH_PREFIX}{:016x}", fnv1a(&input))
 }
 

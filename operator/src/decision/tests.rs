@@ -1456,6 +1456,17 @@ fn any_pod_field_restarts_but_replica_counts_do_not() {
     )));
     assert!(!restart(&|s| s.candidate.replicas = 3));
     assert!(!restart(&|s| s.candidate.full_replicas = Some(8)));
+    // A models file's content reaches the pod through its ConfigMap, not the pod template.
+    let with_models = |m: &str| {
+        let mut c = spec().candidate;
+        c.models = Some(m.into());
+        pod_hash(&c)
+    };
+    assert_ne!(
+        with_models("models:\n  - {name: m, path: /models/m}\n"),
+        with_models("models:\n  - {name: m, path: /models/m, quantization: int8}\n"),
+        "a models-only change redeploys"
+    );
     assert!(!restart(&|s| s.analysis.gates.max_p95_ms = 30.0));
     assert_eq!(
         pod_hash(&base.candidate),
