@@ -443,18 +443,16 @@ async fn probe_parity(
     // A bad duration is the spec's error (status message); probe with the default meanwhile.
     let timeout = p.timeout.parse().unwrap_or(Duration::from_secs(10));
     let round = u64::from(status.current_step) * 1009 + u64::from(status.step_analyses);
-    let probe = parity_probe::probe(
-        &ctx.client,
-        &ctx.http,
-        &ns,
-        p,
-        parity_probe::Side {
+    let request = parity_probe::Request {
+        namespace: &ns,
+        spec: p,
+        baseline: parity_probe::Side {
             service: &spec.baseline.service,
             port: spec.baseline.port,
             api: p.baseline_api.unwrap_or(p.api),
             model: p.baseline_model.as_deref().or(p.model.as_deref()),
         },
-        parity_probe::Side {
+        candidate: parity_probe::Side {
             service: &candidate,
             port: spec.candidate.port,
             api: p.api,
@@ -462,9 +460,8 @@ async fn probe_parity(
         },
         round,
         timeout,
-    )
-    .await;
-    Some(probe)
+    };
+    Some(parity_probe::probe(&ctx.client, &ctx.http, &request).await)
 }
 
 async fn apply_action(

@@ -754,17 +754,15 @@ async fn run_probe(
         api,
         model: None,
     };
-    parity_probe::probe(
-        &api.client(),
-        &reqwest::Client::new(),
-        "prod",
+    let request = parity_probe::Request {
+        namespace: "prod",
         spec,
-        side("akidb-mlx", spec.baseline_api.unwrap_or(spec.api)),
-        side("akidb-candle", spec.api),
-        0,
-        Duration::from_secs(5),
-    )
-    .await
+        baseline: side("akidb-mlx", spec.baseline_api.unwrap_or(spec.api)),
+        candidate: side("akidb-candle", spec.api),
+        round: 0,
+        timeout: Duration::from_secs(5),
+    };
+    parity_probe::probe(&api.client(), &reqwest::Client::new(), &request).await
 }
 
 #[tokio::test]

@@ -30,18 +30,29 @@ pub struct Side<'a> {
     pub model: Option<&'a str>,
 }
 
+/// One probe to send: where, what, and how long each request may take.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub namespace: &'a str,
+    pub spec: &'a ParitySpec,
+    pub baseline: Side<'a>,
+    pub candidate: Side<'a>,
+    /// Picks the endpoints and the texts of a larger set (changes from probe to probe).
+    pub round: u64,
+    pub timeout: Duration,
+}
+
 /// Runs one probe. Never fails: every problem becomes the side's error, which the gate reports
 /// as Inconclusive with the reason.
-pub async fn probe(
-    client: &Client,
-    http: &reqwest::Client,
-    namespace: &str,
-    spec: &ParitySpec,
-    baseline: Side<'_>,
-    candidate: Side<'_>,
-    round: u64,
-    timeout: Duration,
-) -> ParityProbe {
+pub async fn probe(client: &Client, http: &reqwest::Client, req: &Request<'_>) -> ParityProbe {
+    let Request {
+        namespace,
+        spec,
+        baseline,
+        candidate,
+        round,
+        timeout,
+    } = req.clone();
     let all = match texts(client, namespace, spec).await {
         Ok(t) => t,
         Err(e) => return ParityProbe::unprobed(e),

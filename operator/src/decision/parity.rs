@@ -221,7 +221,7 @@ pub struct Judgement {
 /// and then every `every`-th.
 pub fn due(spec: &ParitySpec, look: u32) -> bool {
     let every = spec.every.max(1);
-    look <= 1 || (look - 1) % every == 0
+    look <= 1 || (look - 1).is_multiple_of(every)
 }
 
 /// A text for a status line: its first 40 characters, quoted, with its length when cut.
