@@ -714,6 +714,10 @@ pub struct EmbeddingRolloutStatus {
     /// the clear is observed) is not applied twice. Reset when the annotation is seen absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_command: Option<String>,
+    /// One summary per step of the current candidate, oldest first: when, how long, how much
+    /// evidence, the worst measurements, the verdicts, who approved it, how it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_summaries: Vec<StepSummary>,
     /// The manual commands acted on, newest last (bounded): what, who as far as the API server
     /// can tell, when, and what it did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -887,6 +891,51 @@ pub struct GateResult {
     /// Requests the finding rests on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<u64>,
+}
+
+/// One step of the rollout, summed up (the go/no-go meeting's numbers).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSummary {
+    /// Step index (0-based, as `currentStep`) and its weight.
+    pub step: u32,
+    pub weight: u8,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
+    /// `Advanced`, `Promoted`, `RolledBack`, `Restarted` (redeployed) or `Failed`; absent while
+    /// the step runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Analyses in the step and their verdicts.
+    #[serde(default)]
+    pub analyses: u32,
+    #[serde(default)]
+    pub passed: u32,
+    #[serde(default)]
+    pub failed: u32,
+    #[serde(default)]
+    pub inconclusive: u32,
+    /// Requests the gates counted (the step's evidence at its largest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_requests: Option<u64>,
+    /// The worst window P95 of each service and the worst candidate error rate seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_candidate_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_baseline_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// The smallest embedding parity cosine probed (with `gates.parity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_parity_cosine: Option<f64>,
+    /// Who sent the promote command that moved the step on (`command-by`, else the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 /// One manual command and what became of it.

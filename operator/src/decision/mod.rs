@@ -10,6 +10,7 @@ pub mod analysis;
 mod command;
 pub mod parity;
 pub mod stats;
+mod summary;
 mod timing;
 
 #[cfg(test)]
@@ -284,6 +285,7 @@ pub fn reconcile(
     }
     r.st.observed_generation = observed.generation.or(status.observed_generation);
     r.run();
+    summary::update(status, &mut r.st, now);
     r.finish()
 }
 

@@ -2628,6 +2628,89 @@ fn a_step_with_approval_waits_for_the_promote_command_after_passing() {
         s.status.commands.last().unwrap().by.as_deref(),
         Some("release-manager")
     );
+    // The step's summary says who approved it.
+    let approved = &s.status.step_summaries[1];
+    assert_eq!(
+        (
+            approved.step,
+            approved.outcome.as_deref(),
+            approved.approved_by.as_deref()
+        ),
+        (1, Some("Advanced"), Some("release-manager"))
+    );
+    assert_eq!(s.status.step_summaries[0].approved_by, None);
+}
+
+// ----- step summaries -------------------------------------------------------------------------
+
+#[test]
+fn every_step_is_summed_up_with_its_evidence_and_how_it_ended() {
+    let mut s = Sim::new(spec());
+    s.tick(None);
+    s.run(30, 3 * 3600, &healthy());
+    assert_eq!(s.phase(), Phase::Decommissioned);
+    let sums = &s.status.step_summaries;
+    let shape: Vec<(u32, u8, Option<&str>)> = sums
+        .iter()
+        .map(|x| (x.step, x.weight, x.outcome.as_deref()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, 1, Some("Advanced")),
+            (1, 10, Some("Advanced")),
+            (2, 50, Some("Advanced")),
+            (3, 100, Some("Promoted"))
+        ]
+    );
+    for x in sums {
+        let d = x.duration_seconds.unwrap();
+        assert!((600..=700).contains(&d), "step {} lasted {d}s", x.step);
+        assert_eq!(
+            x.ended_at.unwrap() - x.started_at,
+            chrono::Duration::seconds(d as i64)
+        );
+        assert!(
+            x.analyses >= 9 && x.passed + x.failed + x.inconclusive == x.analyses,
+            "{x:?}"
+        );
+        assert_eq!(x.failed, 0);
+        assert!(x.candidate_requests.unwrap() > 0);
+        assert!(x.max_candidate_p95_ms.unwrap() > 0.0);
+        assert_eq!(x.min_parity_cosine, None, "no parity gate");
+    }
+    // The history holds 10 analyses; the summaries count all of them.
+    let total: u32 = sums.iter().map(|x| x.analyses).sum();
+    assert!(total as usize > HISTORY_LIMIT, "{total}");
+}
+
+#[test]
+fn a_rolled_back_step_says_so_and_a_new_candidate_starts_a_new_report() {
+    let mut s = Sim::at_step(1);
+    for _ in 0..3 {
+        s.after(MIN, Some(&slow()));
+    }
+    assert_eq!(s.phase(), Phase::RollingBack);
+    let last = s.status.step_summaries.last().unwrap();
+    assert_eq!(
+        (last.step, last.outcome.as_deref()),
+        (1, Some("RolledBack"))
+    );
+    assert_eq!(last.failed, 3);
+    assert!(last.max_candidate_p95_ms.unwrap() > 35.0);
+    // A new image: a new rollout, a new report.
+    s.spec.candidate.image = "candle:1.0.1".into();
+    s.after(5, None);
+    s.after(5, None);
+    s.after(5, None);
+    assert!(
+        s.status
+            .step_summaries
+            .iter()
+            .all(|x| x.step == 0 && x.outcome.is_none()),
+        "{:?}",
+        s.status.step_summaries
+    );
 }
 
 // ----- embedding parity ------------------------------------------------------------------------
