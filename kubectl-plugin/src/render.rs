@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use embedding_rollout_operator::crd::{
-    AnalysisRecord, BreakerState, EmbeddingRollout, GateResult, Phase,
+    AnalysisRecord, BreakerState, EmbeddingRollout, GateResult, Phase, StepSummary,
 };
 
 /// Longest MESSAGE in `list` (the full one is in `get`).
@@ -289,6 +289,10 @@ pub fn get_view(r: &EmbeddingRollout, now: DateTime<Utc>) -> String {
             age_since(Some(rb.started_at), now)
         ));
     }
+    if !status.step_summaries.is_empty() {
+        out.push_str("\nSteps:\n");
+        out.push_str(&steps_table(&status.step_summaries, n, now));
+    }
     match &status.last_analysis {
         None => out.push_str("\nNo analysis yet.\n"),
         Some(a) => {
@@ -324,6 +328,56 @@ pub fn get_view(r: &EmbeddingRollout, now: DateTime<Utc>) -> String {
         }
     }
     out
+}
+
+/// One row per step summary: the go/no-go meeting's numbers.
+pub fn steps_table(steps: &[StepSummary], n: usize, now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|x| {
+            let lasted = x
+                .duration_seconds
+                .map(|d| d as i64)
+                .unwrap_or_else(|| (now - x.started_at).num_seconds());
+            let count = |v: Option<u64>| v.map_or_else(|| MISSING.into(), |v| v.to_string());
+            vec![
+                step_index(x.step, n),
+                format!("{}%", x.weight),
+                human_age(lasted.max(0)),
+                x.outcome.clone().unwrap_or_else(|| "running".into()),
+                format!("{}/{}/{}", x.passed, x.failed, x.inconclusive),
+                format!(
+                    "{}/{}",
+                    count(x.candidate_requests),
+                    count(x.baseline_requests)
+                ),
+                format!(
+                    "{}/{}",
+                    opt_num(x.max_candidate_p95_ms),
+                    opt_num(x.max_baseline_p95_ms)
+                ),
+                percent(x.max_error_rate),
+                x.min_parity_cosine
+                    .map_or_else(|| MISSING.into(), |c| format!("{c:.5}")),
+                x.approved_by.clone().unwrap_or_else(|| MISSING.into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STEP",
+            "WEIGHT",
+            "LASTED",
+            "OUTCOME",
+            "PASS/FAIL/UNDECIDED",
+            "REQUESTS C/B",
+            "MAX P95 MS C/B",
+            "MAX ERRORS",
+            "MIN COSINE",
+            "APPROVED BY",
+        ],
+        &rows,
+    )
 }
 
 fn breaker(b: Option<BreakerState>) -> String {
@@ -440,6 +494,46 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2025-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn get_lists_every_step_with_its_numbers_and_who_approved_it() {
+        let r = rollout(json!({
+            "phase": "Progressing", "currentStep": 1, "currentWeight": 10,
+            "stepSummaries": [
+                {"step": 0, "weight": 1, "startedAt": "2024-12-30T12:00:00Z",
+                 "endedAt": "2025-01-01T11:00:00Z", "durationSeconds": 169200, "outcome": "Advanced",
+                 "analyses": 2820, "passed": 2790, "failed": 0, "inconclusive": 30,
+                 "candidateRequests": 170000, "baselineRequests": 16830000,
+                 "maxCandidateP95Ms": 14.2, "maxBaselineP95Ms": 31.5, "maxErrorRate": 0.0004,
+                 "minParityCosine": 0.999981, "approvedBy": "release-manager"},
+                {"step": 1, "weight": 10, "startedAt": "2025-01-01T11:00:00Z", "analyses": 0,
+                 "passed": 0, "failed": 0, "inconclusive": 0}
+            ]
+        }));
+        let v = get_view(&r, now());
+        let steps = v.split("Steps:\n").nth(1).expect("a Steps table");
+        let lines: Vec<&str> = steps.lines().take(3).collect();
+        assert!(lines[0].starts_with("STEP"), "{v}");
+        for want in [
+            "1/4",
+            "1%",
+            "47h",
+            "Advanced",
+            "2790/0/30",
+            "170000/16830000",
+            "14.2/31.5",
+            "0.04%",
+            "0.99998",
+            "release-manager",
+        ] {
+            assert!(lines[1].contains(want), "{want:?} missing: {}", lines[1]);
+        }
+        assert!(
+            lines[2].contains("2/4") && lines[2].contains("running") && lines[2].contains("1h"),
+            "{}",
+            lines[2]
+        );
     }
 
     fn rollout(status: serde_json::Value) -> EmbeddingRollout {
