@@ -213,8 +213,20 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
     // The seed's HPA (2-10 at 70 % CPU). No autoscaler controller runs here, so the counts stay
     // the operator's minimums; what is checked is the object the operator keeps.
     rollout["spec"]["candidate"]["autoscaling"] = json!({"maxReplicas": 10});
-    // The same model on both sides: the parity probe must find them equal.
-    rollout["spec"]["analysis"]["gates"]["parity"] = json!({});
+    // The same model on both sides: the parity probe must find them equal. The user's own
+    // short texts from a ConfigMap: the built-in set (517 tokens, about 250 ms of one pod's CPU
+    // here) every 5 s would itself be the 5 % tail the latency gates judge at this small load.
+    let texts: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "parity-texts"},
+        "data": {"texts": "What is the capital of France?\nhello\n東京は日本の首都です。\n🚀 launch day!\n"}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.cp.admin.clone(), &env.ns)
+        .create(&PostParams::default(), &texts)
+        .await
+        .expect("create the parity texts");
+    rollout["spec"]["analysis"]["gates"]["parity"] =
+        json!({"texts": {"name": "parity-texts", "key": "texts"}, "every": 3});
     let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
@@ -238,6 +250,7 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
         .filter(|g| g["gate"] == "parity")
         .map(|g| {
             assert_eq!(g["verdict"], "Pass", "parity of equal models: {g}");
+            assert_eq!(g["samples"], 4, "the ConfigMap's four texts: {g}");
             g["value"].as_f64().expect("min cosine")
         })
         .collect();
