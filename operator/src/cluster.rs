@@ -98,6 +98,15 @@ fn describe<K: Resource<DynamicType = ()>>(name: &str) -> String {
 }
 
 /// The namespaced typed API for `K` in `ns`.
+/// "403 Forbidden: secrets \"x\" is forbidden: ..." for API errors, the error chain otherwise:
+/// what the status and events say when a read the user's spec asks for fails.
+pub fn describe_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
 pub fn api<K>(client: &Client, ns: &str) -> Api<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,

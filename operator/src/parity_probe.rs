@@ -87,7 +87,7 @@ async fn texts(client: &Client, ns: &str, spec: &ParitySpec) -> Result<Vec<Strin
             format!(
                 "cannot read ConfigMap {ns}/{} (parity.texts): {}",
                 r.name,
-                kube_error(&e)
+                crate::cluster::describe_kube_error(&e)
             )
         })?
         .ok_or_else(|| format!("ConfigMap {ns}/{} (parity.texts) not found", r.name))?;
@@ -221,7 +221,12 @@ async fn endpoint(
     let svc = services
         .get_opt(service)
         .await
-        .map_err(|e| format!("cannot read Service {ns}/{service}: {}", kube_error(&e)))?
+        .map_err(|e| {
+            format!(
+                "cannot read Service {ns}/{service}: {}",
+                crate::cluster::describe_kube_error(&e)
+            )
+        })?
         .ok_or_else(|| format!("Service {ns}/{service} not found"))?;
     let port_name = svc
         .spec
@@ -237,7 +242,7 @@ async fn endpoint(
         .map_err(|e| {
             format!(
                 "cannot list EndpointSlices of Service {ns}/{service}: {}",
-                kube_error(&e)
+                crate::cluster::describe_kube_error(&e)
             )
         })?;
     let ready = ready_endpoints(&list.items, &port_name);
@@ -291,13 +296,6 @@ pub fn url_host(address: &str) -> String {
         format!("[{address}]")
     } else {
         address.to_string()
-    }
-}
-
-fn kube_error(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
     }
 }
 

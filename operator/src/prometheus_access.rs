@@ -184,18 +184,10 @@ where
             .get_opt(&name)
             .await
             .map(|o| o.map(&data))
-            .map_err(|e| kube_error(&e));
+            .map_err(|e| crate::cluster::describe_kube_error(&e));
         out.insert(name, got);
     }
     out
-}
-
-/// "403 Forbidden: secrets \"x\" is forbidden: ..." for API errors, the error chain otherwise.
-fn kube_error(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
 }
 
 /// What `spec` means given the objects it refers to. Pure.

@@ -200,6 +200,15 @@ fn prom_down() -> MetricsSnapshot {
     }
 }
 
+/// Every event with this reason the sim's reconciles emitted, in order.
+fn events_named<'a>(s: &'a Sim, reason: &str) -> Vec<&'a Event> {
+    s.log
+        .iter()
+        .flat_map(|d| &d.events)
+        .filter(|e| e.reason == reason)
+        .collect()
+}
+
 fn has_event(d: &Decision, reason: &str) -> bool {
     d.events.iter().any(|e| e.reason == reason)
 }
@@ -821,12 +830,7 @@ fn an_undecided_step_waits_up_to_the_evidence_timeout_then_follows_the_policy() 
                     msg.contains("(evidence restart 1, after evidenceTimeout)"),
                     "{msg}"
                 );
-                let warnings: Vec<&Event> = s
-                    .log
-                    .iter()
-                    .flat_map(|d| &d.events)
-                    .filter(|e| e.reason == "EvidenceTimeout")
-                    .collect();
+                let warnings = events_named(&s, "EvidenceTimeout");
                 assert_eq!(warnings.len(), 1, "warned once");
                 assert!(
                     warnings[0]
@@ -880,12 +884,7 @@ fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_re
     // Still undecided 20 minutes after the restart: a second one, and one warning each.
     s.run(MIN, 21 * MIN, &thin());
     assert_eq!(s.status.evidence_restarts, 2);
-    let warnings: Vec<&Event> = s
-        .log
-        .iter()
-        .flat_map(|d| &d.events)
-        .filter(|e| e.reason == "EvidenceTimeout")
-        .collect();
+    let warnings = events_named(&s, "EvidenceTimeout");
     assert_eq!(warnings.len(), 2);
     assert!(warnings[1]
         .message
