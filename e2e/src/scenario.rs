@@ -197,7 +197,7 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
                 "interval": "5s",
                 "window": "30s",
                 "confidence": 0.95,
-                "evidenceTimeout": "2m",
+                "evidenceTimeout": "3m",
                 "prometheus": {"address": prometheus},
                 "gates": {"maxP95Ms": 400, "maxP95OverBaselineMs": 15, "maxErrorRate": 0.005,
                           "requireBreakerClosed": true, "minRequests": 100},

@@ -982,13 +982,19 @@ impl Reconciler<'_> {
                 .as_ref()
                 .is_some_and(|a| a.verdict == Verdict::Pass && a.time >= started);
         if !passed {
-            // Waiting counts from the end of the soak, or from the latest evidence restart.
+            // Waiting counts from the end of the soak, or from the latest evidence restart. Each
+            // restart waits twice as long as the one before: its tests spend a smaller share of
+            // the budget and so need more requests, and a fixed wait could restart every time
+            // just short of a decision (at low traffic, for good).
             let evidence_from = evidence_start(&self.st).unwrap_or(started);
             let waited = match elapsed(evidence_from, self.now) {
                 Some(since_restart) if self.st.evidence_restarts > 0 => since_restart,
                 _ => in_step.saturating_sub(duration),
             };
-            if waited >= t.evidence_timeout
+            let patience = t
+                .evidence_timeout
+                .saturating_mul(1u32 << self.st.evidence_restarts.min(16));
+            if waited >= patience
                 && self
                     .st
                     .last_analysis
@@ -999,7 +1005,7 @@ impl Reconciler<'_> {
                     "step {}/{}: no conclusive evidence {} after its {}(evidenceTimeout)",
                     step + 1,
                     self.spec.steps.len(),
-                    crate::duration::format(t.evidence_timeout),
+                    crate::duration::format(patience),
                     if self.st.evidence_restarts > 0 {
                         "evidence started over "
                     } else {

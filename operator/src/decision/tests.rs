@@ -881,14 +881,21 @@ fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_re
         evidence_range(&s.status, restarted + chrono::Duration::seconds(90)),
         Some(Duration::from_secs(90))
     );
-    // Still undecided 20 minutes after the restart: a second one, and one warning each.
+    // Each restart waits twice as long as the last: still one restart 21 minutes on, a second
+    // one 40 minutes after the first, and one warning each.
     s.run(MIN, 21 * MIN, &thin());
+    assert_eq!(s.status.evidence_restarts, 1);
+    s.run(MIN, 20 * MIN, &thin());
     assert_eq!(s.status.evidence_restarts, 2);
     let warnings = events_named(&s, "EvidenceTimeout");
     assert_eq!(warnings.len(), 2);
-    assert!(warnings[1]
-        .message
-        .contains("20m after its evidence started over"));
+    assert!(
+        warnings[1]
+            .message
+            .contains("40m after its evidence started over"),
+        "{}",
+        warnings[1].message
+    );
     // Fresh, healthy requests decide it (at the restart's smaller budget share): next step, with
     // its own evidence from its start.
     let mut guard = 0;
