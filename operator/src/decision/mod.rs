@@ -1017,6 +1017,31 @@ impl Reconciler<'_> {
                     self.start_rollback(reason, first);
                     return;
                 }
+                // Starting over helps only when the evidence is plentiful yet undecided (held by
+                // something in its past); thin evidence (a 1 % step at low traffic) is better
+                // kept and added to.
+                let a = &self.spec.analysis;
+                let alpha = stats::step_alpha(a.confidence, self.spec.steps.len())
+                    * stats::restart_share(self.st.evidence_restarts);
+                let plentiful = self
+                    .st
+                    .last_analysis
+                    .as_ref()
+                    .and_then(|r| r.step_requests)
+                    .unwrap_or(0)
+                    >= 2 * stats::requests_to_pass(a.gates.max_error_rate, alpha);
+                if !plentiful {
+                    let msg = format!(
+                        "{reason}; noDataPolicy Hold: holding at {}% and collecting more",
+                        self.st.current_weight
+                    );
+                    if self.st.message.as_deref() != Some(msg.as_str()) {
+                        self.warn("EvidenceTimeout", &msg);
+                    }
+                    self.st.message = Some(msg);
+                    self.requeue_for_analysis(t);
+                    return;
+                }
                 // Hold: start the gates over on the requests from now on. An anytime-valid test
                 // never forgets; a step whose early requests were hit by something passing (a
                 // noisy neighbour, a cold cache, both services slow for a minute) could otherwise

@@ -117,6 +117,29 @@ pub fn sequential_test(k: u64, n: u64, p0: f64, alpha: f64) -> Finding {
     }
 }
 
+/// The fewest requests with no failure that [`sequential_test`] finds confidently below `p0` at
+/// `alpha`: what a clean candidate needs to pass a rate gate (saturates at 10^9).
+pub fn requests_to_pass(p0: f64, alpha: f64) -> u64 {
+    let below = |n: u64| sequential_test(0, n, p0, alpha) == Finding::Below;
+    let (mut lo, mut hi) = (1u64, 1u64);
+    while !below(hi) {
+        if hi >= 1_000_000_000 {
+            return hi;
+        }
+        lo = hi;
+        hi = hi.saturating_mul(2);
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if below(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    hi
+}
+
 /// Clopper-Pearson interval of a binomial fraction: each bound one-sided at `alpha`.
 pub fn clopper_pearson(k: u64, n: u64, alpha: f64) -> (f64, f64) {
     if n == 0 {
@@ -518,6 +541,19 @@ mod tests {
         assert_eq!(h.value_at_rank(50), 0.01);
         let all_slow = hist(&[(0.01, 0.0), (f64::INFINITY, 10.0)]);
         assert_eq!(all_slow.quantile(0.95), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn requests_to_pass_is_the_first_clean_count_that_passes() {
+        let n = super::requests_to_pass(0.005, 0.0045);
+        assert_eq!(sequential_test(0, n, 0.005, 0.0045), Finding::Below);
+        assert_ne!(sequential_test(0, n - 1, 0.005, 0.0045), Finding::Below);
+        // docs/analysis.md: about 2 000 requests at the default confidence over four steps.
+        assert!((1_000..3_000).contains(&n), "{n}");
+        assert!(
+            super::requests_to_pass(0.005, 0.0001) > n,
+            "a smaller budget needs more"
+        );
     }
 
     #[test]

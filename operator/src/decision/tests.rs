@@ -780,6 +780,36 @@ fn thin() -> MetricsSnapshot {
     }
 }
 
+/// 100 000 requests per service, exactly 5 % of the candidate's at 40 ms (the rest at 20 ms):
+/// plenty of evidence and never a decision on "P95 < 35 ms".
+fn undecided() -> MetricsSnapshot {
+    let mix = |req: f64| {
+        let mut b: Vec<(f64, f64)> = BUCKETS
+            .iter()
+            .map(|le| {
+                let n = if *le >= 0.04 {
+                    req
+                } else if *le >= 0.02 {
+                    0.95 * req
+                } else {
+                    0.0
+                };
+                (*le, n)
+            })
+            .collect();
+        b.push((f64::INFINITY, req));
+        Counts {
+            latency: Ok(Some(b)),
+            requests: Ok(Some(req)),
+            errors: Ok(Some(0.0)),
+        }
+    };
+    let mut m = healthy();
+    m.candidate.step = mix(100_000.0);
+    m.candidate.window = mix(5_000.0);
+    m
+}
+
 #[test]
 fn too_little_evidence_is_not_missing_data_even_under_the_fail_policy() {
     let mut sp = spec();
@@ -826,10 +856,12 @@ fn an_undecided_step_waits_up_to_the_evidence_timeout_then_follows_the_policy() 
                 assert_eq!(s.phase(), Phase::Progressing);
                 assert_eq!(s.status.current_step, 0);
                 let msg = s.status.message.clone().unwrap();
+                // Thin evidence (50 requests) is kept and added to, not started over.
                 assert!(
-                    msg.contains("(evidence restart 1, after evidenceTimeout)"),
+                    msg.contains("no conclusive evidence 20m after its duration (evidenceTimeout); noDataPolicy Hold: holding at 1% and collecting more"),
                     "{msg}"
                 );
+                assert_eq!(s.status.evidence_restarts, 0);
                 let warnings = events_named(&s, "EvidenceTimeout");
                 assert_eq!(warnings.len(), 1, "warned once");
                 assert!(
@@ -865,8 +897,10 @@ fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_re
     s.tick(None);
     s.after(5, None);
     let step_started = s.status.step_started_at.unwrap();
-    // 10 minutes of soak + 20 of waiting: the evidence starts over once.
-    s.run(MIN, 31 * MIN, &thin());
+    // Plenty of evidence with exactly 5 % of the candidate's requests above maxP95Ms: never
+    // decided. 10 minutes of soak + 20 of waiting: the evidence starts over once.
+    let undecided = undecided();
+    s.run(MIN, 31 * MIN, &undecided);
     assert_eq!(s.status.evidence_restarts, 1);
     let restarted = s.status.evidence_started_at.unwrap();
     assert!(restarted > step_started + chrono::Duration::minutes(29));
@@ -883,9 +917,9 @@ fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_re
     );
     // Each restart waits twice as long as the last: still one restart 21 minutes on, a second
     // one 40 minutes after the first, and one warning each.
-    s.run(MIN, 21 * MIN, &thin());
+    s.run(MIN, 21 * MIN, &undecided);
     assert_eq!(s.status.evidence_restarts, 1);
-    s.run(MIN, 20 * MIN, &thin());
+    s.run(MIN, 20 * MIN, &undecided);
     assert_eq!(s.status.evidence_restarts, 2);
     let warnings = events_named(&s, "EvidenceTimeout");
     assert_eq!(warnings.len(), 2);
