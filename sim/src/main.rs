@@ -82,6 +82,11 @@ fn main() -> anyhow::Result<()> {
     let mut configs = Vec::new();
     for path in &args.examples {
         let mut spec = load(path)?;
+        // A step's approval is a person's go at a meeting, which the simulator does not model:
+        // it approves at once (the gates still have to pass first).
+        for s in &mut spec.steps {
+            s.approval = false;
+        }
         let mut capped = false;
         if let Some(cap) = cap {
             for s in &mut spec.steps {

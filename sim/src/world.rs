@@ -63,7 +63,9 @@ impl World {
             candidate: service(&self.cand_series, t, window, step),
             baseline: service(&self.base_series, t, window, step),
             custom: Vec::new(),
-            parity: None,
+            // The simulated candidate serves the baseline's model: every parity probe finds the
+            // same vectors (the simulator measures the latency and error gates, not parity).
+            parity: Some(same_embeddings()),
         }
     }
 
@@ -139,5 +141,20 @@ fn service_from(window: Counts, step: Counts) -> ServiceMetrics {
         breaker,
         window,
         step,
+    }
+}
+
+/// A parity probe whose two answers agree exactly.
+fn same_embeddings() -> embedding_rollout_operator::decision::parity::ParityProbe {
+    use embedding_rollout_operator::decision::parity::{Answer, ParityProbe};
+    let answer = Answer {
+        model: "all-MiniLM-L6-v2".into(),
+        embeddings: vec![vec![0.6, 0.8]],
+    };
+    ParityProbe {
+        texts: vec!["hello".into()],
+        baseline: Ok(answer.clone()),
+        candidate: Ok(answer),
+        notes: Vec::new(),
     }
 }

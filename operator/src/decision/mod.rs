@@ -1019,7 +1019,7 @@ impl Reconciler<'_> {
                 }
                 // Starting over helps only when the evidence is plentiful yet undecided (held by
                 // something in its past); thin evidence (a 1 % step at low traffic) is better
-                // kept and added to.
+                // kept and added to ...
                 let a = &self.spec.analysis;
                 let alpha = stats::step_alpha(a.confidence, self.spec.steps.len())
                     * stats::restart_share(self.st.evidence_restarts);
@@ -1030,7 +1030,19 @@ impl Reconciler<'_> {
                     .and_then(|r| r.step_requests)
                     .unwrap_or(0)
                     >= 2 * stats::requests_to_pass(a.gates.max_error_rate, alpha);
-                if !plentiful {
+                // ... and only when every undecided test leans to a pass (the candidate looks fine
+                // but cannot be proven so): evidence that leans to a failure is kept, or starting
+                // over would let a regression escape its test again and again.
+                let leans_to_pass = self.st.last_analysis.as_ref().is_some_and(|r| {
+                    r.gates
+                        .iter()
+                        .filter(|g| {
+                            g.verdict == Verdict::Inconclusive
+                                && analysis::SEQUENTIAL_GATES.contains(&g.gate.as_str())
+                        })
+                        .all(|g| matches!((g.value, g.threshold), (Some(v), Some(t)) if v <= t))
+                });
+                if !(plentiful && leans_to_pass) {
                     let msg = format!(
                         "{reason}; noDataPolicy Hold: holding at {}% and collecting more",
                         self.st.current_weight
