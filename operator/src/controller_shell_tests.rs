@@ -39,25 +39,6 @@ impl Route {
     }
 }
 
-/// `%2F` -> `/`, `%3D` -> `=`: enough to match label selectors.
-fn decode_query(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    let b = q.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&q[i + 1..i + 3], 16) {
-                out.push(v as char);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
-}
-
 #[derive(Clone, Default)]
 struct MockApi {
     routes: Arc<Vec<Route>>,
@@ -81,7 +62,11 @@ impl MockApi {
                 let bytes = body.collect_bytes().await.unwrap_or_default();
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let path = parts.uri.path().to_string();
-                let query = decode_query(parts.uri.query().unwrap_or(""));
+                // Decoded (`labelSelector=kubernetes.io/service-name=x`) so routes read plainly.
+                let query = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&");
                 let seen = Seen {
                     method: parts.method.clone(),
                     path: path.clone(),

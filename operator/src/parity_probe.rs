@@ -135,12 +135,14 @@ async fn ask(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("POST {url}: {}", crate::prometheus::error_chain(&e)))?;
     let status = res.status();
-    let bytes = res
-        .bytes()
-        .await
-        .map_err(|e| format!("POST {url}: reading the answer: {}", error_chain(&e)))?;
+    let bytes = res.bytes().await.map_err(|e| {
+        format!(
+            "POST {url}: reading the answer: {}",
+            crate::prometheus::error_chain(&e)
+        )
+    })?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         return Err(format!("POST {url}: HTTP {status}: {}", text.trim()));
@@ -297,17 +299,6 @@ pub fn url_host(address: &str) -> String {
     } else {
         address.to_string()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

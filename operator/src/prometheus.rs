@@ -274,8 +274,9 @@ fn reduce(values: &[f64]) -> Reading {
         .map_or(Reading::NotANumber, Reading::Value)
 }
 
-/// "outer: inner: innermost", so the status message says why (e.g. connection refused).
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// "outer: inner: innermost", so the status message says why (e.g. connection refused); also
+/// the parity probe's HTTP errors.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -347,6 +347,27 @@ impl Sim {
         self.status.phase
     }
 
+    /// Analyses every minute, with `metrics(look)` (1 = this step's first), until the step
+    /// advances; fails after `limit` analyses.
+    fn soak_until_next_step(
+        &mut self,
+        limit: u32,
+        mut metrics: impl FnMut(u32) -> MetricsSnapshot,
+    ) {
+        let step = self.status.current_step;
+        let mut look = 0;
+        while self.status.current_step == step {
+            look += 1;
+            assert!(
+                look < limit,
+                "stuck at step {step}: {:?}",
+                self.status.message
+            );
+            let m = metrics(look);
+            self.after(MIN, Some(&m));
+        }
+    }
+
     /// A sim already at step `i` (weight applied) with healthy pods.
     fn at_step(i: usize) -> Self {
         let mut s = Sim::new(spec());
@@ -354,14 +375,8 @@ impl Sim {
         s.after(5, None); // candidate ready -> Progressing, step 0 weight 1
         assert_eq!(s.phase(), Phase::Progressing);
         for _ in 0..i {
-            let step = s.status.current_step;
             // soak the step with passing analyses until it advances
-            let mut guard = 0;
-            while s.status.current_step == step {
-                s.after(MIN, Some(&healthy()));
-                guard += 1;
-                assert!(guard < 40, "stuck at step {step}: {:?}", s.status.message);
-            }
+            s.soak_until_next_step(40, |_| healthy());
             // at a 100 % step the weight comes one tick later (after the scale-up)
             if s.status.step_started_at.is_none() {
                 s.after(5, None);
@@ -932,12 +947,7 @@ fn under_hold_an_undecided_step_starts_its_evidence_over_then_passes_on_fresh_re
     );
     // Fresh, healthy requests decide it (at the restart's smaller budget share): next step, with
     // its own evidence from its start.
-    let mut guard = 0;
-    while s.status.current_step == 0 {
-        s.after(MIN, Some(&healthy()));
-        guard += 1;
-        assert!(guard < 10, "stuck: {:?}", s.status.message);
-    }
+    s.soak_until_next_step(10, |_| healthy());
     assert_eq!(s.status.evidence_restarts, 0);
     assert_eq!(s.status.evidence_started_at, None);
 }
@@ -2813,13 +2823,7 @@ fn parity_below_min_cosine_rolls_back_after_failure_limit_with_the_parity_reason
 fn parity_at_the_threshold_lets_the_rollout_advance() {
     let mut s = Sim::at_step(0);
     s.spec = parity_spec(1);
-    let step = s.status.current_step;
-    let mut guard = 0;
-    while s.status.current_step == step {
-        s.after(MIN, Some(&with_parity(Some(0.9995))));
-        guard += 1;
-        assert!(guard < 30, "stuck: {:?}", s.status.message);
-    }
+    s.soak_until_next_step(30, |_| with_parity(Some(0.9995)));
     assert_eq!(parity_gate_of(&s).verdict, Verdict::Pass);
 }
 
@@ -2857,17 +2861,8 @@ fn looks_between_probes_carry_the_steps_latest_finding() {
 fn a_new_step_does_not_inherit_the_last_steps_parity() {
     let mut s = Sim::at_step(0);
     s.spec = parity_spec(1000);
-    let step = s.status.current_step;
-    let mut guard = 0;
-    let mut first = true;
-    while s.status.current_step == step {
-        // Probed once, at the step's first look; carried after.
-        let p = if first { Some(1.0) } else { None };
-        first = false;
-        s.after(MIN, Some(&with_parity(p)));
-        guard += 1;
-        assert!(guard < 30, "stuck: {:?}", s.status.message);
-    }
+    // Probed once, at the step's first look; carried after.
+    s.soak_until_next_step(30, |look| with_parity((look == 1).then_some(1.0)));
     // The next step's first look is due to probe again.
     assert!(parity_due(&s.spec, &s.status));
     s.after(MIN, Some(&with_parity(None)));

@@ -16,9 +16,6 @@ pub(crate) struct Timing {
     pub progress_deadline: Duration,
     pub decommission_after: Option<Duration>,
     pub evidence_timeout: Duration,
-    /// Per request of the parity probe, when `gates.parity` is set.
-    #[allow(dead_code)] // parsed to reject a bad spec; the edge reads it itself
-    pub parity_timeout: Option<Duration>,
     /// Soak of each step.
     pub steps: Vec<Duration>,
 }
@@ -65,6 +62,11 @@ impl Timing {
         if spec.steps.last().map(|s| s.weight) != Some(100) {
             return Err(SpecError::Steps("the last weight must be 100".into()));
         }
+        // Read by the edge (the probe's request timeout); checked here so a bad one is the
+        // spec's error like every other duration.
+        if let Some(p) = &a.gates.parity {
+            d("analysis.gates.parity.timeout", &p.timeout)?;
+        }
         let interval = d("analysis.interval", &a.interval)?;
         if interval.is_zero() {
             return Err(SpecError::ZeroInterval);
@@ -87,12 +89,6 @@ impl Timing {
                 .map(|g| d("promotion.decommissionAfter", g))
                 .transpose()?,
             evidence_timeout: d("analysis.evidenceTimeout", &a.evidence_timeout)?,
-            parity_timeout: a
-                .gates
-                .parity
-                .as_ref()
-                .map(|p| d("analysis.gates.parity.timeout", &p.timeout))
-                .transpose()?,
             steps,
         })
     }
