@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus: the server and promtool; nginx: the ingress emulator's proxy (the binary only, the system
-# service is never started); openssl/curl/jq: the control-plane scripts.
-packages=(prometheus nginx openssl curl jq ca-certificates python3 python3-pip python3-venv)
+# service is never started); openssl/curl/jq: the control-plane scripts. containerd/runc and the CNI plugins
+# (bridge, host-local, loopback, portmap) run the e2e's real node; iptables is kube-proxy's Service data path.
+packages=(prometheus nginx openssl curl jq ca-certificates python3 python3-pip python3-venv
+  containerd runc containernetworking-plugins iptables conntrack)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -35,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -z "$had_policy" ]; then rm -f "$policy"; trap - EXIT; fi
   # Where systemd runs, also keep the units from starting at boot.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    for unit in nginx prometheus; do
+    for unit in nginx prometheus containerd; do
       systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
   fi

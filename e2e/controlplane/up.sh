@@ -4,7 +4,12 @@
 # signing keys (the TokenRequest API works). Waits for /readyz and writes WORKDIR/kubeconfig with the
 # contexts `admin` and `dev`. TEST HARNESS: there is no scheduler, controller-manager or kubelet.
 #
-#   up.sh [--foreground] [WORKDIR]       (WORKDIR defaults to $W, else a new /tmp/cp.XXXXXX)
+#   up.sh [--foreground] [--node] [WORKDIR]       (WORKDIR defaults to $W, else a new /tmp/cp.XXXXXX)
+#
+# --node: also a real node (node.sh): kube-controller-manager, kube-scheduler, containerd, the kubelet and
+# kube-proxy, pods on a CNI bridge; the API server then listens on the bridge's address (10.244.0.1), so
+# pods reach it through the `kubernetes` Service. Needs root and NODE_IMAGES (the archives of
+# e2e/images/build.sh).
 #
 # Default: the servers keep running after up.sh exits; stop them with `down.sh WORKDIR`.
 # --foreground: up.sh stays in the foreground and stops both servers on SIGTERM/SIGINT or when it exits;
@@ -19,8 +24,14 @@ start_ns=$(date +%s%N)
 CP=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$CP/bin}
 
-foreground=
-if [ "${1:-}" = --foreground ]; then foreground=1; shift; fi
+foreground= node=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --foreground) foreground=1; shift ;;
+    --node) node=1; shift ;;
+    *) break ;;
+  esac
+done
 W=${1:-${W:-}}
 [ -n "$W" ] || W=$(mktemp -d /tmp/cp.XXXXXX)
 mkdir -p "$W"
@@ -33,6 +44,15 @@ done
 for tool in openssl curl; do command -v "$tool" >/dev/null || die "'$tool' not found: run \`make deps\`"; done
 if [ -e "$W/etcd.pid" ] && kill -0 "$(cat "$W/etcd.pid")" 2>/dev/null; then
   die "a control plane already runs in $W (stop it with down.sh $W)"
+fi
+
+if [ -n "$node" ]; then
+  # shellcheck source=node.sh
+  source "$CP/node.sh"
+  node_prepare
+  LISTEN_IP=$NODE_IP
+else
+  LISTEN_IP=127.0.0.1
 fi
 
 # Ports the kernel hands out for an ephemeral bind are free right now; the servers bind them moments later.
@@ -57,7 +77,7 @@ rm -rf etcd pki controlplane.env
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=e2e-ca -keyout ca.key -out ca.crt \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > san.ext
+printf 'subjectAltName=IP:%s,IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$LISTEN_IP" > san.ext
 openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 -extfile san.ext \
   -out apiserver.crt 2>/dev/null
 openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null  # tokens are signed ES256
@@ -68,6 +88,7 @@ DEV_TOKEN=$(openssl rand -hex 24)
   printf '%s,e2e-admin,uid-e2e-admin,"system:masters"\n' "$ADMIN_TOKEN"
   printf '%s,e2e-dev,uid-e2e-dev,"e2e-devs"\n' "$DEV_TOKEN"
   if [ -n "${EXTRA_TOKENS_CSV:-}" ]; then cat "$EXTRA_TOKENS_CSV"; fi
+  if [ -n "$node" ]; then cat "$W/node-tokens.csv"; fi
 } > tokens.csv
 chmod 600 ./*.key tokens.csv
 
@@ -82,7 +103,8 @@ stop_servers() { # the API server first: it would wait for an etcd that is alrea
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
-  rm -f "$W/etcd.pid" "$W/apiserver.pid" "$W/controlplane.env"
+  [ -n "$node" ] && node_stop
+  rm -f "$W"/*.pid "$W/controlplane.env"
 }
 launch() { # launch NAME LOG CMD...: background process, pid in $W/NAME.pid
   local name=$1 log=$2; shift 2
@@ -116,29 +138,43 @@ for _ in $(seq 100); do
 done
 [ -n "$ok" ] || fail "etcd did not become healthy on 127.0.0.1:$ETCD_PORT" "$W/etcd.log"
 
-# ServiceAccount admission is off: without controller-manager no namespace gets a `default` SA, and the
-# plugin would reject every Pod. Service accounts created by hand still authenticate (TokenRequest).
+# Without a node, ServiceAccount admission is off: without controller-manager no namespace gets a
+# `default` SA, and the plugin would reject every Pod. Service accounts created by hand still authenticate
+# (TokenRequest). With one, the kubelet's requests go through the Node authorizer, as in any cluster.
+if [ -n "$node" ]; then
+  mode_flags=(--authorization-mode=Node,RBAC)
+else
+  mode_flags=(--authorization-mode=RBAC --disable-admission-plugins=ServiceAccount)
+fi
 launch apiserver "$W/apiserver.log" "$BIN/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+  --bind-address="$LISTEN_IP" --advertise-address="$LISTEN_IP" --secure-port="$APISERVER_PORT" \
   --cert-dir="$W/pki" --tls-cert-file="$W/apiserver.crt" --tls-private-key-file="$W/apiserver.key" \
-  --token-auth-file="$W/tokens.csv" --authorization-mode=RBAC \
+  --token-auth-file="$W/tokens.csv" "${mode_flags[@]}" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$W/sa.pub" --service-account-signing-key-file="$W/sa.key" \
   --service-cluster-ip-range=10.0.0.0/24 \
-  --disable-admission-plugins=ServiceAccount --allow-privileged=true --profiling=false
+  --allow-privileged=true --profiling=false
 
 ok=
 for _ in $(seq 600); do
   if curl -fsS --cacert "$W/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
-       "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then ok=1; break; fi
+       "https://$LISTEN_IP:$APISERVER_PORT/readyz" >/dev/null 2>&1; then ok=1; break; fi
   kill -0 "${pids[1]}" 2>/dev/null || break
   sleep 0.1
 done
-[ -n "$ok" ] || fail "kube-apiserver did not become ready on 127.0.0.1:$APISERVER_PORT" "$W/apiserver.log"
+[ -n "$ok" ] || fail "kube-apiserver did not become ready on $LISTEN_IP:$APISERVER_PORT" "$W/apiserver.log"
+API_URL="https://$LISTEN_IP:$APISERVER_PORT"
+node_env=
+if [ -n "$node" ]; then
+  node_start
+  node_env="NODE_NAME=$NODE_NAME
+NODE_IP=$NODE_IP
+POD_CIDR=$POD_CIDR
+CONTAINERD_SOCK=$W/containerd/containerd.sock"
+fi
 ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 
-API_URL="https://127.0.0.1:$APISERVER_PORT"
 cat > "$W/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
@@ -168,9 +204,10 @@ CA_FILE=$W/ca.crt
 ADMIN_TOKEN=$ADMIN_TOKEN
 DEV_TOKEN=$DEV_TOKEN
 KUBECONFIG=$W/kubeconfig
+$node_env
 ENV
 mv "$W/controlplane.env.tmp" "$W/controlplane.env"
-echo "up.sh: kube-apiserver ready at $API_URL in ${ready_ms} ms (etcd 127.0.0.1:$ETCD_PORT; logs in $W)" >&2
+echo "up.sh: kube-apiserver${node:+ and node $NODE_NAME} ready at $API_URL in ${ready_ms} ms (etcd 127.0.0.1:$ETCD_PORT; logs in $W)" >&2
 echo "KUBECONFIG=$W/kubeconfig"
 
 if [ -n "$foreground" ]; then
