@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e demo lint fmt bench simulate controlplane helm charts-check images images-check plugin clean
+.PHONY: help deps model build crds test unit e2e node-images demo lint fmt bench simulate controlplane helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -22,7 +22,7 @@ crds: ## regenerate crds/ from the Rust types (and the chart's copy)
 	mv crds/.embeddingrollouts.tmp crds/embeddingrollouts.rollout.akidb.io.yaml
 	bash scripts/sync-chart-crds.sh
 
-controlplane: ## build kube-apiserver + etcd from Go modules into e2e/controlplane/bin (cached)
+controlplane: ## build etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy and crane from Go modules into e2e/controlplane/bin (cached)
 	bash e2e/controlplane/build.sh
 
 helm: ## build helm from Go modules into bin/
@@ -31,7 +31,10 @@ helm: ## build helm from Go modules into bin/
 unit: model ## unit and integration tests (no control plane)
 	$(CARGO) test --workspace --exclude e2e
 
-e2e: model build controlplane ## end-to-end scenarios on a real kube-apiserver, Prometheus and nginx
+node-images: model controlplane ## OCI image archives of the embedder, the operator and pause for the e2e node (release binaries, crane; no engine)
+	bash e2e/images/build.sh
+
+e2e: model build controlplane helm node-images ## end-to-end: scenarios on a real kube-apiserver, Prometheus and nginx; the product on a real node (needs root)
 	bash e2e/run-tests.sh
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks

@@ -5,6 +5,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cargo test -p e2e --test controlplane --test prometheus --test harness --test kubectl_plugin -- --test-threads=1 || exit 1
+# The product on a real node (kubelet, containerd, kube-proxy; the operator from its Helm chart): one
+# node for the whole binary, so its tests run in one process.
+start=$(date +%s)
+cargo test -p e2e --test node -- --test-threads=1 --nocapture || exit 1
+echo "=== node tests: $(( $(date +%s) - start ))s"
 tests=$(cargo test -q -p e2e --test scenarios -- --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 [ -n "$tests" ] || { echo "no scenarios found" >&2; exit 1; }
 failed=()

@@ -54,6 +54,19 @@ node_cleanup() {
     [ ! -d "$d" ] || find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   [ ! -x "$BIN/kube-proxy" ] || "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  # The kubelet's own chains (kube-proxy --cleanup leaves them): KUBE-FIREWALL, hooked into INPUT and
+  # OUTPUT, and the KUBE-KUBELET-CANARY chains it watches to notice a flushed table.
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    while "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$ipt" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY; do
+        { "$ipt" -t "$table" -F "$chain" && "$ipt" -t "$table" -X "$chain"; } 2>/dev/null || true
+      done
+    done
+  done
   ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || ip link del "$NODE_BRIDGE"
 }
 
@@ -62,7 +75,8 @@ node_prepare() {
   node_check
   mkdir -p "$NODE_RUN_DIR"
   exec 9>"$NODE_RUN_DIR/lock"
-  flock -n 9 || die "another node cluster runs on this machine (lock $NODE_RUN_DIR/lock held)"
+  # A node still tearing down (its test binary just exited) holds the lock for a few seconds.
+  flock -w 120 9 || die "another node cluster runs on this machine (lock $NODE_RUN_DIR/lock held for 120 s)"
   node_cleanup "$(cat "$NODE_RUN_DIR/workdir" 2>/dev/null)"
   node_cleanup "$W"
   echo "$W" > "$NODE_RUN_DIR/workdir"

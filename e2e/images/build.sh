@@ -103,7 +103,7 @@ cp -r "$model" "$t/models/all-MiniLM-L6-v2"
 chown -R 0:0 "$t/models"; chmod -R a+rX "$t/models"
 layer "$t" "$work/candle-embedder-2.tar"
 image candle-embedder "$REPO/candle-embedder:$TAG" \
-  --entrypoint=/usr/local/bin/candle-embedder --user=65532:65532 --exposed-ports=8080 \
+  --entrypoint=/usr/local/bin/candle-embedder --user=65532:65532 --exposed-ports=8080/tcp \
   --env=EMBEDDER_HOST=0.0.0.0 --env=EMBEDDER_PORT=8080 \
   --env=EMBEDDER_MODEL_DIR=/models/all-MiniLM-L6-v2 --env=TMPDIR=/tmp
 }
@@ -116,7 +116,7 @@ install -m 0755 "$TARGET/$PROFILE/embedding-rollout-operator" "$t/usr/local/bin/
 layer "$t" "$work/embedding-rollout-operator-2.tar"
 image embedding-rollout-operator "$REPO/embedding-rollout-operator:$TAG" \
   --entrypoint=/usr/local/bin/embedding-rollout-operator --cmd=--metrics-addr,0.0.0.0:8081,--leader-elect \
-  --user=65532:65532 --exposed-ports=8081
+  --user=65532:65532 --exposed-ports=8081/tcp
 }
 
 # --- pause (the sandbox every pod's namespaces hang on) ---

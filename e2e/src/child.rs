@@ -20,11 +20,17 @@ pub struct GroupChild {
 impl GroupChild {
     /// Spawn `cmd` as the leader of a new process group.
     pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
-        cmd.process_group(0).kill_on_drop(true);
+        Self::spawn_with_death_signal(cmd, libc::SIGKILL)
+    }
+
+    /// [`GroupChild::spawn`], but the child gets `signal` when the spawning thread dies: SIGTERM for a
+    /// child that must clean up machine-wide state (the node's pods, bridge and iptables chains).
+    pub fn spawn_with_death_signal(cmd: &mut Command, signal: i32) -> io::Result<Self> {
+        cmd.process_group(0).kill_on_drop(signal == libc::SIGKILL);
         // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid) between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent may have died between fork and prctl: then nobody would kill us.

@@ -78,6 +78,45 @@ pub enum ControlPlaneError {
 
 type Result<T, E = ControlPlaneError> = std::result::Result<T, E>;
 
+/// The node of a control plane started with [`ControlPlane::start_node`].
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The node's address on the pod bridge; the API server listens there.
+    pub ip: String,
+    pub pod_cidr: String,
+    /// containerd's socket (`ctr --address`), namespace `k8s.io`.
+    pub containerd_socket: PathBuf,
+}
+
+/// How the control plane's process tree ends when the [`ControlPlane`] is dropped.
+enum Process {
+    /// Killed with its group (no machine-wide state to undo).
+    Plain { _child: GroupChild },
+    /// up.sh --node: SIGTERM, so its trap removes the pods, the bridge and the chains; waited for.
+    Node(GroupChild),
+    /// Owned elsewhere ([`ControlPlane::attach`]).
+    None,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Process::Node(child) = self {
+            child.signal(libc::SIGTERM);
+            let deadline = std::time::Instant::now() + NODE_STOP_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// How long up.sh --node may take to stop the node's pods and undo its machine-wide state.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A running etcd + kube-apiserver pair with an admin and a restricted client.
 pub struct ControlPlane {
     /// kubeconfig with the contexts `admin` (current; user `e2e-admin` in `system:masters`) and `dev`
@@ -91,10 +130,12 @@ pub struct ControlPlane {
     pub dev: Client,
     pub admin_token: String,
     pub dev_token: String,
+    /// Set when started with [`ControlPlane::start_node`] (or attached to one).
+    pub node: Option<NodeInfo>,
     workdir: PathBuf,
     admin_config: Config,
-    // Held for its Drop: kills up.sh and both servers.
-    _process: GroupChild,
+    // Held for its Drop: stops up.sh and the servers.
+    _process: Process,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -137,6 +178,23 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver with state, certificates, logs and the kubeconfig under `workdir`
     /// (created if missing). Returns once `/readyz` answers.
     pub async fn start(workdir: &Path) -> Result<Self> {
+        Self::launch(workdir, None).await
+    }
+
+    /// [`ControlPlane::start`] plus a real node (up.sh --node: controller-manager, scheduler,
+    /// containerd, kubelet, kube-proxy) whose containerd holds the image archives in `images`
+    /// (e2e/images/build.sh). Needs root. The node's machine-wide state (bridge, iptables chains,
+    /// cgroups) is removed when this is dropped, or when the thread that called this dies.
+    pub async fn start_node(workdir: &Path, images: &Path) -> Result<Self> {
+        Self::launch(workdir, Some(images)).await
+    }
+
+    /// Clients for a control plane another thread started in `workdir` (it keeps the processes).
+    pub async fn attach(workdir: &Path) -> Result<Self> {
+        Self::connect(workdir.to_path_buf(), Process::None).await
+    }
+
+    async fn launch(workdir: &Path, node_images: Option<&Path>) -> Result<Self> {
         let bin = bin_dir();
         check_binaries(&bin)?;
         std::fs::create_dir_all(workdir).map_err(|source| ControlPlaneError::Write {
@@ -164,18 +222,24 @@ impl ControlPlane {
             source,
         })?;
         let mut cmd = Command::new("bash");
-        cmd.arg(&script)
-            .arg("--foreground")
-            .arg(&workdir)
+        cmd.arg(&script).arg("--foreground");
+        if let Some(images) = node_images {
+            cmd.arg("--node").env("NODE_IMAGES", images);
+        }
+        cmd.arg(&workdir)
             .env("BIN", &bin)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
-        let mut process =
-            GroupChild::spawn(&mut cmd).map_err(|source| ControlPlaneError::Spawn {
-                what: script.display().to_string(),
-                source,
-            })?;
+        let spawn_err = |source| ControlPlaneError::Spawn {
+            what: script.display().to_string(),
+            source,
+        };
+        let mut process = if node_images.is_some() {
+            GroupChild::spawn_with_death_signal(&mut cmd, libc::SIGTERM).map_err(spawn_err)?
+        } else {
+            GroupChild::spawn(&mut cmd).map_err(spawn_err)?
+        };
 
         let startup_failed = |reason: String| ControlPlaneError::Startup {
             reason,
@@ -193,7 +257,16 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let process = if node_images.is_some() {
+            Process::Node(process)
+        } else {
+            Process::Plain { _child: process }
+        };
+        Self::connect(workdir, process).await
+    }
 
+    async fn connect(workdir: PathBuf, process: Process) -> Result<Self> {
+        let env_path = workdir.join("controlplane.env");
         let env = read_env_file(&env_path)?;
         let get = |key: &'static str| {
             env.get(key)
@@ -208,6 +281,15 @@ impl ControlPlane {
         let admin_token = get("ADMIN_TOKEN")?;
         let kubeconfig_path = PathBuf::from(get("KUBECONFIG")?);
         let dev_token = get("DEV_TOKEN")?;
+        let node = match env.get("NODE_NAME") {
+            Some(name) => Some(NodeInfo {
+                name: name.clone(),
+                ip: get("NODE_IP")?,
+                pod_cidr: get("POD_CIDR")?,
+                containerd_socket: PathBuf::from(get("CONTAINERD_SOCK")?),
+            }),
+            None => None,
+        };
 
         crate::use_ring_crypto();
         let admin_config = config_for_context(&kubeconfig_path, "admin").await?;
@@ -220,6 +302,7 @@ impl ControlPlane {
             dev: Client::try_from(dev_config)?,
             admin_token,
             dev_token,
+            node,
             workdir,
             admin_config,
             _process: process,

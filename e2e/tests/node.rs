@@ -1,0 +1,611 @@
+//! The product on a real node: kube-controller-manager, kube-scheduler, the kubelet, containerd and
+//! kube-proxy run the image archives of e2e/images/build.sh, and the operator is installed by its own
+//! Helm chart. One node for the whole binary (started by the first test that needs it, stopped when
+//! the binary exits), a namespace per test. Needs root; `make e2e` builds the images first.
+//!
+//!   e2e/images/build.sh && cargo test -p e2e --test node -- --test-threads=1 --nocapture
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use e2e::controlplane::{apply_yaml, ControlPlane};
+use e2e::runner::workspace_root;
+use e2e::scenario::{
+    fast_rollout, in_namespace, phase, rollout_resource, BASELINE, CANDIDATE, OPERATOR_NAMESPACE,
+    OPERATOR_SA, PRIMARY_INGRESS,
+};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use serde_json::{json, Value};
+
+const REPO: &str = "embedding-rollout.local";
+const TAG: &str = "e2e";
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("E2E_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/e2e-images"))
+}
+
+fn image(name: &str) -> String {
+    format!("{REPO}/{name}:{TAG}")
+}
+
+/// The node's work directory; the cluster runs on a thread of its own for the life of the binary
+/// (the kernel tells up.sh when that thread, i.e. the process, is gone: PR_SET_PDEATHSIG).
+fn shared_node() -> &'static Path {
+    static NODE: OnceLock<PathBuf> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let images = images_dir();
+        for archive in ["pause", "candle-embedder", "embedding-rollout-operator"] {
+            let path = images.join(format!("{archive}.tar"));
+            assert!(
+                path.is_file(),
+                "{} is missing: run e2e/images/build.sh (make e2e does)",
+                path.display()
+            );
+        }
+        let workdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node/cluster");
+        let _ = std::fs::remove_dir_all(&workdir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = workdir.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let t = Instant::now();
+                match ControlPlane::start_node(&dir, &images).await {
+                    Ok(cp) => {
+                        println!(
+                            "[node] control plane and node {} up in {:.1}s (API {}, workdir {})",
+                            cp.node.as_ref().map_or("?", |n| n.name.as_str()),
+                            t.elapsed().as_secs_f64(),
+                            cp.api_url,
+                            dir.display()
+                        );
+                        let _ = tx.send(Ok(()));
+                        // Keep `cp` (and this thread) until the process exits.
+                        std::future::pending::<()>().await;
+                        drop(cp);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        match rx.recv() {
+            Ok(Ok(())) => workdir,
+            Ok(Err(e)) => panic!("the node did not start: {e}"),
+            Err(_) => panic!("the node's thread ended before reporting"),
+        }
+    })
+}
+
+async fn cluster() -> ControlPlane {
+    let dir = shared_node();
+    ControlPlane::attach(dir)
+        .await
+        .unwrap_or_else(|e| panic!("attach to {}: {e}", dir.display()))
+}
+
+fn helm() -> PathBuf {
+    std::env::var_os("E2E_HELM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("bin/helm"))
+}
+
+/// `helm upgrade --install` of the operator chart as a user would, with the node's image; waits for
+/// both replicas to be Ready.
+fn install_operator(cp: &ControlPlane) {
+    let t = Instant::now();
+    let out = std::process::Command::new(helm())
+        .args(["upgrade", "--install", "ero"])
+        .arg(workspace_root().join("charts/embedding-rollout-operator"))
+        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig_path)
+        .args([
+            "--set",
+            &format!("fullnameOverride={OPERATOR_SA}"),
+            "--set",
+            &format!("image.repository={REPO}/embedding-rollout-operator"),
+            "--set",
+            &format!("image.tag={TAG}"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .output()
+        .expect("running bin/helm (make helm)");
+    assert!(
+        out.status.success(),
+        "helm install failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "[node] operator chart installed and Ready in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+async fn create_namespace(cp: &ControlPlane, ns: &str) {
+    cp.apply_as_admin(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ))
+    .await
+    .expect("namespace");
+}
+
+/// examples/demo-baseline.yaml with the node's embedder image, applied as a user would.
+async fn apply_baseline(cp: &ControlPlane, ns: &str) {
+    let yaml = std::fs::read_to_string(workspace_root().join("examples/demo-baseline.yaml"))
+        .expect("examples/demo-baseline.yaml");
+    let yaml = yaml.replace(
+        "ghcr.io/akidb/candle-embedder:1.0.0",
+        &image("candle-embedder"),
+    );
+    apply_yaml(&cp.admin, &in_namespace(&yaml, ns).unwrap(), "e2e-user")
+        .await
+        .expect("applying the baseline");
+}
+
+/// Polls `f` every 500 ms until it returns `Some`, or panics after `timeout` with `what`.
+async fn until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn available(cp: &ControlPlane, ns: &str, name: &str) -> i32 {
+    let deps: Api<Deployment> = Api::namespaced(cp.admin.clone(), ns);
+    deps.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.status?.available_replicas)
+        .unwrap_or(0)
+}
+
+/// POST /api/v1/embed on the Service's ClusterIP, from the host (kube-proxy's rules).
+async fn embed_via_service(cp: &ControlPlane, ns: &str, service: &str) -> Result<usize, String> {
+    let services: Api<Service> = Api::namespaced(cp.admin.clone(), ns);
+    let svc = services.get(service).await.map_err(|e| e.to_string())?;
+    let ip = svc.spec.and_then(|s| s.cluster_ip).ok_or("no clusterIP")?;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{ip}:8080/api/v1/embed"))
+        .json(&json!({"texts": ["hello from the node test"]}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+    Ok(body["embeddings"][0].as_array().map_or(0, |v| v.len()))
+}
+
+/// The image archives hold what the Dockerfiles' final stages put in their images: the same
+/// ENTRYPOINT, CMD, ENV, USER and EXPOSE, and the files they COPY at the same paths.
+#[test]
+fn image_archives_match_the_dockerfiles() {
+    let dir = images_dir();
+    for (archive, dockerfile, files) in [
+        (
+            "candle-embedder",
+            "embedder/Dockerfile",
+            &[
+                "usr/local/bin/candle-embedder",
+                "models/all-MiniLM-L6-v2/model.safetensors",
+                "models/all-MiniLM-L6-v2/tokenizer.json",
+                "models/all-MiniLM-L6-v2/config.json",
+            ][..],
+        ),
+        (
+            "embedding-rollout-operator",
+            "operator/Dockerfile",
+            &["usr/local/bin/embedding-rollout-operator"][..],
+        ),
+    ] {
+        let path = dir.join(format!("{archive}.tar"));
+        assert!(
+            path.is_file(),
+            "{} missing: run e2e/images/build.sh",
+            path.display()
+        );
+        let config = image_config(&path);
+        let want = dockerfile_final_stage(&workspace_root().join(dockerfile));
+        let cfg = &config["config"];
+        assert_eq!(
+            cfg["Entrypoint"], want["Entrypoint"],
+            "{archive}: ENTRYPOINT"
+        );
+        assert_eq!(cfg["User"], want["User"], "{archive}: USER");
+        let exposed: Vec<String> = cfg["ExposedPorts"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            serde_json::to_value(exposed).unwrap(),
+            want["ExposedPorts"],
+            "{archive}: EXPOSE"
+        );
+        if !want["Cmd"].is_null() {
+            assert_eq!(cfg["Cmd"], want["Cmd"], "{archive}: CMD");
+        }
+        for env in want["Env"].as_array().unwrap() {
+            assert!(
+                cfg["Env"].as_array().unwrap().contains(env),
+                "{archive}: ENV {env} missing from {}",
+                cfg["Env"]
+            );
+        }
+        let listed = archive_files(&path);
+        for f in files {
+            assert!(
+                listed.iter().any(|l| l == f),
+                "{archive}: {f} missing from the image's layers"
+            );
+        }
+        // The shared libraries the binary loads, as distroless/cc-debian12 ships them.
+        assert!(
+            listed.iter().any(|l| l.ends_with("libc.so.6")),
+            "{archive}: no libc.so.6"
+        );
+        assert!(
+            listed.iter().any(|l| l == "lib64/ld-linux-x86-64.so.2"),
+            "{archive}: no dynamic loader at /lib64"
+        );
+    }
+}
+
+/// The image config JSON inside a `docker save`-format archive.
+fn image_config(archive: &Path) -> Value {
+    let manifest: Value = serde_json::from_slice(&tar_extract(archive, "manifest.json")).unwrap();
+    let config = manifest[0]["Config"].as_str().expect("manifest Config");
+    serde_json::from_slice(&tar_extract(archive, config)).unwrap()
+}
+
+fn tar_extract(archive: &Path, member: &str) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(member)
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "tar -xOf {} {member}",
+        archive.display()
+    );
+    out.stdout
+}
+
+/// Every file path in every layer (without the leading `./`).
+fn archive_files(archive: &Path) -> Vec<String> {
+    let manifest: Value = serde_json::from_slice(&tar_extract(archive, "manifest.json")).unwrap();
+    let mut files = Vec::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let blob = tar_extract(archive, layer.as_str().unwrap());
+        let mut child = std::process::Command::new("tar")
+            .args(["-tz"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&blob).unwrap();
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        files.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string()),
+        );
+    }
+    files
+}
+
+/// ENTRYPOINT, CMD (exec form), ENV, USER and EXPOSE of a Dockerfile's last stage, as an image config.
+fn dockerfile_final_stage(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('#') || l.is_empty() {
+            continue;
+        }
+        cur.push_str(l.trim_end_matches('\\'));
+        cur.push(' ');
+        if !l.ends_with('\\') {
+            lines.push(std::mem::take(&mut cur));
+        }
+    }
+    let last_from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    let mut cfg =
+        json!({"Entrypoint": null, "Cmd": null, "Env": [], "User": "", "ExposedPorts": []});
+    for l in &lines[last_from..] {
+        let (inst, rest) = l.split_once(' ').unwrap();
+        let rest = rest.trim();
+        match inst {
+            "ENTRYPOINT" => cfg["Entrypoint"] = serde_json::from_str(rest).unwrap(),
+            "CMD" => cfg["Cmd"] = serde_json::from_str(rest).unwrap(),
+            "USER" => cfg["User"] = json!(rest),
+            "EXPOSE" => cfg["ExposedPorts"] = json!([format!("{rest}/tcp")]),
+            "ENV" => {
+                for kv in rest.split_whitespace() {
+                    cfg["Env"].as_array_mut().unwrap().push(json!(kv));
+                }
+            }
+            _ => {}
+        }
+    }
+    cfg
+}
+
+/// The operator chart on a real node: two replicas under leader election (read-only root, the
+/// chart's probes and RBAC). A candidate whose container crash-loops (a bad flag) never becomes
+/// available: `progressDeadline` expires and the rollout Fails without ever moving traffic,
+/// while the baseline keeps answering through its Service. Deleting the rollout releases its
+/// finalizer and the controller-manager's garbage collector removes the candidate's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_collects_its_objects() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    let ns = "n1";
+    create_namespace(&cp, ns).await;
+    apply_baseline(&cp, ns).await;
+    let t = Instant::now();
+    until(
+        Duration::from_secs(120),
+        "the baseline's 2 pods Ready",
+        || async { (available(&cp, ns, BASELINE).await == 2).then_some(()) },
+    )
+    .await;
+    println!(
+        "[n1] baseline available (2 pods) in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    // kube-proxy programs the new Service's rules moments after its endpoints turn ready.
+    let t = Instant::now();
+    until(
+        Duration::from_secs(30),
+        "the baseline Service answers",
+        || async { embed_via_service(&cp, ns, BASELINE).await.ok() },
+    )
+    .await;
+    println!(
+        "[n1] baseline answers on its ClusterIP {:.1}s after availability",
+        t.elapsed().as_secs_f64()
+    );
+
+    let node = cp.node.as_ref().expect("a node");
+    // Prometheus is never asked: the candidate never becomes available.
+    let mut rollout = fast_rollout("crash", &format!("http://{}:9", node.ip));
+    rollout["spec"]["candidate"]["image"] = json!(image("candle-embedder"));
+    rollout["spec"]["candidate"]["args"] = json!(["--no-such-flag"]);
+    rollout["spec"]["candidate"]["progressDeadline"] = json!("45s");
+    let rollouts: Api<DynamicObject> =
+        Api::namespaced_with(cp.admin.clone(), ns, &rollout_resource());
+    let obj: DynamicObject = serde_json::from_value(rollout).unwrap();
+    rollouts.create(&PostParams::default(), &obj).await.unwrap();
+    let t = Instant::now();
+
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), ns);
+    let candidate_pods =
+        ListParams::default().labels(&format!("app.kubernetes.io/name={CANDIDATE}"));
+    let mut max_restarts = 0;
+    let mut crash_loop_seen = false;
+    let mut max_weight = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let final_status = loop {
+        for p in pods.list(&candidate_pods).await.unwrap().items {
+            for cs in p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+            {
+                max_restarts = max_restarts.max(cs.restart_count);
+                let waiting = cs.state.and_then(|s| s.waiting).and_then(|w| w.reason);
+                crash_loop_seen |= waiting.as_deref() == Some("CrashLoopBackOff");
+            }
+        }
+        let r = serde_json::to_value(rollouts.get("crash").await.unwrap()).unwrap();
+        max_weight = max_weight.max(r["status"]["currentWeight"].as_i64().unwrap_or(0));
+        if phase(&r) == "Failed" {
+            break r["status"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not Failed after 150 s; status {}",
+            r["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "[n1] Failed {:.1}s after creation; candidate restarts {max_restarts}, CrashLoopBackOff seen {crash_loop_seen}; message: {}",
+        t.elapsed().as_secs_f64(),
+        final_status["message"]
+    );
+    assert!(
+        max_restarts >= 1,
+        "the kubelet restarted the crashing container"
+    );
+    let message = final_status["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("not available after 45s") && message.contains("traffic untouched"),
+        "the status says why: {message}"
+    );
+    assert_eq!(
+        max_weight, 0,
+        "no traffic ever moved to a candidate that never became available"
+    );
+    let ingresses: Api<Ingress> = Api::namespaced(cp.admin.clone(), ns);
+    let primary = ingresses.get(PRIMARY_INGRESS).await.unwrap();
+    let backend = primary.spec.unwrap().rules.unwrap()[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .paths[0]
+        .backend
+        .service
+        .as_ref()
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(
+        backend, BASELINE,
+        "the primary Ingress stays on the baseline"
+    );
+    assert_eq!(available(&cp, ns, BASELINE).await, 2);
+    assert_eq!(embed_via_service(&cp, ns, BASELINE).await, Ok(384));
+
+    // Deletion: the finalizer goes, then the owned candidate Deployment, its ReplicaSets and pods.
+    let deps: Api<Deployment> = Api::namespaced(cp.admin.clone(), ns);
+    assert!(
+        deps.get_opt(CANDIDATE).await.unwrap().is_some(),
+        "the candidate Deployment is still there after the rollback (scaled down, owned by the rollout)"
+    );
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(cp.admin.clone(), ns);
+    let owned_sets = replica_sets
+        .list(&candidate_pods)
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert!(
+        owned_sets >= 1,
+        "the candidate's ReplicaSet exists before the deletion"
+    );
+    let t = Instant::now();
+    rollouts
+        .delete("crash", &DeleteParams::default())
+        .await
+        .unwrap();
+    until(
+        Duration::from_secs(60),
+        "the rollout gone (finalizer released)",
+        || async {
+            rollouts
+                .get_opt("crash")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    until(
+        Duration::from_secs(90),
+        "the candidate Deployment, ReplicaSets and pods garbage-collected",
+        || async {
+            let dep = deps.get_opt(CANDIDATE).await.ok()?;
+            let sets = replica_sets.list(&candidate_pods).await.ok()?.items.len();
+            let left = pods.list(&candidate_pods).await.ok()?.items.len();
+            (dep.is_none() && sets == 0 && left == 0).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "[n1] rollout deleted; candidate Deployment and its {owned_sets} ReplicaSet(s) collected {:.1}s later",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        available(&cp, ns, BASELINE).await,
+        2,
+        "the baseline is untouched"
+    );
+}
+
+/// The leader operator pod deleted: the standby takes the Lease. Prints the handover time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n2_leader_pod_deleted_the_standby_takes_the_lease() {
+    let cp = cluster().await;
+    install_operator(&cp);
+    until(
+        Duration::from_secs(90),
+        "the operator at 2 ready replicas",
+        || async { (available(&cp, OPERATOR_NAMESPACE, OPERATOR_SA).await == 2).then_some(()) },
+    )
+    .await;
+    let leases: Api<Lease> = Api::namespaced(cp.admin.clone(), OPERATOR_NAMESPACE);
+    let holder = |l: Option<Lease>| l.and_then(|l| l.spec?.holder_identity);
+    let leader = until(Duration::from_secs(60), "a Lease holder", || async {
+        holder(leases.get_opt(OPERATOR_SA).await.ok()?)
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), OPERATOR_NAMESPACE);
+    let names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(
+        names.contains(&leader),
+        "the Lease holder {leader} is one of the operator pods {names:?}"
+    );
+    let t = Instant::now();
+    pods.delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap();
+    let next = until(
+        Duration::from_secs(60),
+        "another pod takes the Lease",
+        || async { holder(leases.get_opt(OPERATOR_SA).await.ok()?).filter(|h| *h != leader) },
+    )
+    .await;
+    println!(
+        "[n2] leader {leader} deleted; {next} holds the Lease {:.1}s later",
+        t.elapsed().as_secs_f64()
+    );
+    // The standby, or the replacement pod if it starts first: any live replica but the deleted one.
+    let live: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(
+        live.contains(&next),
+        "the new leader {next} is a live operator pod ({live:?})"
+    );
+    // The Deployment replaces the deleted pod: two replicas again.
+    until(
+        Duration::from_secs(90),
+        "the operator back at 2 ready replicas",
+        || async { (available(&cp, OPERATOR_NAMESPACE, OPERATOR_SA).await == 2).then_some(()) },
+    )
+    .await;
+}
