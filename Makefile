@@ -40,9 +40,9 @@ e2e: model build controlplane helm node-images ## end-to-end: scenarios on a rea
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
 	bash scripts/check-charts.sh
 
-test: unit e2e charts-check ## everything CI runs
+test: deps unit e2e charts-check ## everything CI runs
 
-demo: model build controlplane ## run the whole system locally and watch a rollout live
+demo: deps model build controlplane ## run the whole system locally and watch a rollout live
 	bash e2e/demo.sh
 
 lint: ## rustfmt + clippy, warnings are errors
