@@ -555,22 +555,7 @@ impl Env {
                     .parse()
                     .ok()
             }),
-            primary: primary.and_then(|p| {
-                Some(
-                    p.spec?
-                        .rules?
-                        .first()?
-                        .http
-                        .as_ref()?
-                        .paths
-                        .first()?
-                        .backend
-                        .service
-                        .as_ref()?
-                        .name
-                        .clone(),
-                )
-            }),
+            primary: primary.as_ref().and_then(primary_backend),
         })
     }
 
@@ -645,6 +630,13 @@ impl Env {
             let _ = r.shutdown().await;
         }
     }
+}
+
+/// The Service the first path of an Ingress routes to.
+pub fn primary_backend(ingress: &Ingress) -> Option<String> {
+    let rule = ingress.spec.as_ref()?.rules.as_ref()?.first()?;
+    let path = rule.http.as_ref()?.paths.first()?;
+    Some(path.backend.service.as_ref()?.name.clone())
 }
 
 /// `phase` of a rollout JSON.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use e2e::controlplane::{apply_yaml, ControlPlane};
 use e2e::runner::workspace_root;
 use e2e::scenario::{
-    fast_rollout, in_namespace, phase, rollout_resource, BASELINE, CANDIDATE, OPERATOR_NAMESPACE,
-    OPERATOR_SA, PRIMARY_INGRESS,
+    fast_rollout, in_namespace, phase, primary_backend, rollout_resource, BASELINE, CANDIDATE,
+    OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -468,17 +468,7 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
     );
     let ingresses: Api<Ingress> = Api::namespaced(cp.admin.clone(), ns);
     let primary = ingresses.get(PRIMARY_INGRESS).await.unwrap();
-    let backend = primary.spec.unwrap().rules.unwrap()[0]
-        .http
-        .as_ref()
-        .unwrap()
-        .paths[0]
-        .backend
-        .service
-        .as_ref()
-        .unwrap()
-        .name
-        .clone();
+    let backend = primary_backend(&primary).expect("a backend Service");
     assert_eq!(
         backend, BASELINE,
         "the primary Ingress stays on the baseline"

@@ -143,17 +143,7 @@ async fn ingress(env: &Env, name: &str) -> Option<Ingress> {
 }
 
 fn primary_service(ing: &Ingress) -> String {
-    ing.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
-        .http
-        .as_ref()
-        .unwrap()
-        .paths[0]
-        .backend
-        .service
-        .as_ref()
-        .unwrap()
-        .name
-        .clone()
+    e2e::scenario::primary_backend(ing).expect("an Ingress with a path and a Service backend")
 }
 
 async fn replicas(env: &Env, name: &str) -> i32 {
