@@ -599,3 +599,74 @@ async fn n2_leader_pod_deleted_the_standby_takes_the_lease() {
     )
     .await;
 }
+
+/// A container killed through containerd (as the OOM killer or a crash would end it): the kubelet
+/// restarts it in the same pod, the pod turns Ready again and the Service answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n3_a_killed_container_is_restarted_by_the_kubelet() {
+    let cp = cluster().await;
+    let ns = "n3";
+    create_namespace(&cp, ns).await;
+    apply_baseline(&cp, ns).await;
+    until(
+        Duration::from_secs(120),
+        "the baseline's 2 pods Ready",
+        || async { (available(&cp, ns, BASELINE).await == 2).then_some(()) },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/name={BASELINE}"));
+    let pod = pods.list(&lp).await.unwrap().items.remove(0);
+    let name = pod.metadata.name.clone().unwrap();
+    let status = pod.status.unwrap().container_statuses.unwrap().remove(0);
+    let container_id = status
+        .container_id
+        .clone()
+        .expect("a running container has an id");
+    let id = container_id
+        .strip_prefix("containerd://")
+        .unwrap_or_else(|| panic!("a containerd container id: {container_id}"));
+    let node = cp.node.as_ref().unwrap();
+    let t = Instant::now();
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&node.containerd_socket)
+        .args([
+            "--namespace",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "--signal",
+            "SIGKILL",
+            id,
+        ])
+        .output()
+        .expect("ctr");
+    assert!(
+        out.status.success(),
+        "ctr tasks kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restarted = until(
+        Duration::from_secs(90),
+        "the container restarted and Ready",
+        || async {
+            let p = pods.get(&name).await.ok()?;
+            let cs = p.status?.container_statuses?.remove(0);
+            (cs.restart_count > status.restart_count
+                && cs.ready
+                && cs.container_id.as_deref() != Some(container_id.as_str()))
+            .then_some(cs.restart_count)
+        },
+    )
+    .await;
+    println!(
+        "[n3] container of {name} SIGKILLed through containerd; restarted (restartCount {restarted}) and Ready {:.1}s later",
+        t.elapsed().as_secs_f64()
+    );
+    until(Duration::from_secs(30), "the Service answers", || async {
+        embed_via_service(&cp, ns, BASELINE).await.ok()
+    })
+    .await;
+    assert_eq!(available(&cp, ns, BASELINE).await, 2);
+}
