@@ -46,6 +46,8 @@ if [ -e "$W/etcd.pid" ] && kill -0 "$(cat "$W/etcd.pid")" 2>/dev/null; then
   die "a control plane already runs in $W (stop it with down.sh $W)"
 fi
 
+# The node's teardown (pods, bridge, chains) runs in up.sh's trap; down.sh knows only pids.
+[ -z "$node" ] || [ -n "$foreground" ] || die "--node needs --foreground (stop it with SIGTERM or Ctrl-C)"
 if [ -n "$node" ]; then
   # shellcheck source=node.sh
   source "$CP/node.sh"
