@@ -15,6 +15,7 @@ use e2e::scenario::{
     fast_rollout, in_namespace, phase, primary_backend, rollout_resource, BASELINE, CANDIDATE,
     OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
 };
+use e2e::traffic::{self, TrafficConfig};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -405,6 +406,22 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
         t.elapsed().as_secs_f64()
     );
 
+    // Clients on the baseline's ClusterIP for the whole rollout: none of their requests may fail.
+    let services: Api<Service> = Api::namespaced(cp.admin.clone(), ns);
+    let ip = services
+        .get(BASELINE)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    let mut cfg = TrafficConfig::new(&format!("http://{ip}:8080"), None);
+    cfg.rate_per_sec = 10.0;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let clients = tokio::spawn(traffic::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+
     let node = cp.node.as_ref().expect("a node");
     // Prometheus is never asked: the candidate never becomes available.
     let mut rollout = fast_rollout("crash", &format!("http://{}:9", node.ip));
@@ -474,7 +491,20 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
         "the primary Ingress stays on the baseline"
     );
     assert_eq!(available(&cp, ns, BASELINE).await, 2);
-    assert_eq!(embed_via_service(&cp, ns, BASELINE).await, Ok(384));
+    let _ = stop_tx.send(());
+    let samples = clients.await.unwrap();
+    let failed: Vec<_> = samples.iter().filter(|s| !s.ok()).collect();
+    println!(
+        "[n1] clients on the baseline's ClusterIP: {} requests, {} failed",
+        samples.len(),
+        failed.len()
+    );
+    assert!(samples.len() > 300, "clients ran for the whole rollout");
+    assert!(
+        failed.is_empty(),
+        "no client request fails: {:?}",
+        &failed[..failed.len().min(3)]
+    );
 
     // Deletion: the finalizer goes, then the owned candidate Deployment, its ReplicaSets and pods.
     let deps: Api<Deployment> = Api::namespaced(cp.admin.clone(), ns);
