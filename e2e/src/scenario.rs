@@ -105,14 +105,19 @@ fn on_path(binary: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
 }
 
+/// `E2E_HELM_BIN`, else `<workspace>/bin/helm` (`make helm`).
+pub fn helm_bin() -> PathBuf {
+    std::env::var_os("E2E_HELM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("bin/helm"))
+}
+
 /// The RBAC objects of the Helm chart for an operator in [`OPERATOR_NAMESPACE`] named
 /// [`OPERATOR_SA`]: rendered with `bin/helm` when present, else `operator/rbac/clusterrole.yaml`
 /// plus a binding written here.
 pub fn chart_rbac_yaml() -> anyhow::Result<String> {
     let root = workspace_root();
-    let helm = std::env::var_os("E2E_HELM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("bin/helm"));
+    let helm = helm_bin();
     if helm.is_file() {
         let out = std::process::Command::new(&helm)
             .args(["template", "ero"])

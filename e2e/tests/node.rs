@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use e2e::controlplane::{apply_yaml, ControlPlane};
 use e2e::runner::workspace_root;
 use e2e::scenario::{
-    fast_rollout, in_namespace, phase, primary_backend, rollout_resource, BASELINE, CANDIDATE,
-    OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
+    fast_rollout, helm_bin, in_namespace, phase, primary_backend, rollout_resource, BASELINE,
+    CANDIDATE, OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
 };
 use e2e::traffic::{self, TrafficConfig};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -96,17 +96,11 @@ async fn cluster() -> ControlPlane {
         .unwrap_or_else(|e| panic!("attach to {}: {e}", dir.display()))
 }
 
-fn helm() -> PathBuf {
-    std::env::var_os("E2E_HELM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("bin/helm"))
-}
-
 /// `helm upgrade --install` of the operator chart as a user would, with the node's image; waits for
 /// both replicas to be Ready.
 fn install_operator(cp: &ControlPlane) {
     let t = Instant::now();
-    let out = std::process::Command::new(helm())
+    let out = std::process::Command::new(helm_bin())
         .args(["upgrade", "--install", "ero"])
         .arg(workspace_root().join("charts/embedding-rollout-operator"))
         .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
@@ -187,6 +181,21 @@ async fn available(cp: &ControlPlane, ns: &str, name: &str) -> i32 {
         .flatten()
         .and_then(|d| d.status?.available_replicas)
         .unwrap_or(0)
+}
+
+/// Waits until Deployment `name` has `replicas` available ones, or panics after `timeout`.
+async fn wait_available(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    timeout: Duration,
+    what: &str,
+) {
+    until(timeout, what, || async {
+        (available(cp, ns, name).await == replicas).then_some(())
+    })
+    .await;
 }
 
 /// POST /api/v1/embed on the Service's ClusterIP, from the host (kube-proxy's rules).
@@ -383,10 +392,13 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
     create_namespace(&cp, ns).await;
     apply_baseline(&cp, ns).await;
     let t = Instant::now();
-    until(
+    wait_available(
+        &cp,
+        ns,
+        BASELINE,
+        2,
         Duration::from_secs(120),
         "the baseline's 2 pods Ready",
-        || async { (available(&cp, ns, BASELINE).await == 2).then_some(()) },
     )
     .await;
     println!(
@@ -568,10 +580,13 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
 async fn n2_leader_pod_deleted_the_standby_takes_the_lease() {
     let cp = cluster().await;
     install_operator(&cp);
-    until(
+    wait_available(
+        &cp,
+        OPERATOR_NAMESPACE,
+        OPERATOR_SA,
+        2,
         Duration::from_secs(90),
         "the operator at 2 ready replicas",
-        || async { (available(&cp, OPERATOR_NAMESPACE, OPERATOR_SA).await == 2).then_some(()) },
     )
     .await;
     let leases: Api<Lease> = Api::namespaced(cp.admin.clone(), OPERATOR_NAMESPACE);
@@ -622,10 +637,13 @@ async fn n2_leader_pod_deleted_the_standby_takes_the_lease() {
         "the new leader {next} is a live operator pod ({live:?})"
     );
     // The Deployment replaces the deleted pod: two replicas again.
-    until(
+    wait_available(
+        &cp,
+        OPERATOR_NAMESPACE,
+        OPERATOR_SA,
+        2,
         Duration::from_secs(90),
         "the operator back at 2 ready replicas",
-        || async { (available(&cp, OPERATOR_NAMESPACE, OPERATOR_SA).await == 2).then_some(()) },
     )
     .await;
 }
@@ -638,10 +656,13 @@ async fn n3_a_killed_container_is_restarted_by_the_kubelet() {
     let ns = "n3";
     create_namespace(&cp, ns).await;
     apply_baseline(&cp, ns).await;
-    until(
+    wait_available(
+        &cp,
+        ns,
+        BASELINE,
+        2,
         Duration::from_secs(120),
         "the baseline's 2 pods Ready",
-        || async { (available(&cp, ns, BASELINE).await == 2).then_some(()) },
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), ns);
