@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e node-images demo lint fmt bench simulate controlplane helm charts-check images images-check plugin clean
+.PHONY: help deps model build crds test unit e2e node-images demo lint fmt bench simulate controlplane traefik helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -25,16 +25,19 @@ crds: ## regenerate crds/ from the Rust types (and the chart's copy)
 controlplane: ## build etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy and crane from Go modules into e2e/controlplane/bin (cached)
 	bash e2e/controlplane/build.sh
 
+traefik: ## build Traefik v3.7 from Go modules into e2e/controlplane/bin/traefik and extract the Gateway API v1.6.3 standard CRDs (cached)
+	bash e2e/traefik/build.sh
+
 helm: ## build helm from Go modules into bin/
 	bash scripts/build-helm.sh
 
 unit: model ## unit and integration tests (no control plane)
 	$(CARGO) test --workspace --exclude e2e
 
-node-images: model controlplane ## OCI image archives of the embedder, the operator and pause for the e2e node (release binaries, crane; no engine)
+node-images: model controlplane traefik ## OCI image archives of the embedder, the operator, pause and Traefik for the e2e node (release binaries, crane; no engine)
 	bash e2e/images/build.sh
 
-e2e: model build controlplane helm node-images ## end-to-end: scenarios on a real kube-apiserver, Prometheus and nginx; the product on a real node (needs root)
+e2e: model build controlplane traefik helm node-images ## end-to-end: scenarios on a real kube-apiserver, Prometheus and nginx; the product on a real node (needs root)
 	bash e2e/run-tests.sh
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks

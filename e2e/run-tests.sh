@@ -10,6 +10,10 @@ cargo test -p e2e --test controlplane --test prometheus --test harness --test ku
 start=$(date +%s)
 cargo test -p e2e --test node -- --test-threads=1 --nocapture || exit 1
 echo "=== node tests: $(( $(date +%s) - start ))s"
+# Traefik (make traefik) on its own node: both providers honour the canary and weight primitives.
+start=$(date +%s)
+cargo test -p e2e --test traefik -- --test-threads=1 --nocapture || exit 1
+echo "=== traefik tests: $(( $(date +%s) - start ))s"
 tests=$(cargo test -q -p e2e --test scenarios -- --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 [ -n "$tests" ] || { echo "no scenarios found" >&2; exit 1; }
 failed=()

@@ -122,6 +122,16 @@ for chart in "$OP" "$CE"; do
     done
 done
 
+# The Gateway API provider's RBAC and watch exist only when asked for.
+gateway_rbac() { # gateway_rbac RELEASE yes|no
+    local f="$work/rendered/$1.yaml" n
+    n=$(grep -c -- '- httproutes$' "$f"; true)
+    local flag; flag=$(grep -c -- '- --gateway-api$' "$f"; true)
+    if [[ $2 == yes ]]; then ((n >= 1 && flag == 1)); else ((n == 0 && flag == 0)); fi
+}
+check "operator: httproutes RBAC and --gateway-api only with gatewayAPI.enabled" \
+    bash -c "$(declare -f gateway_rbac); work='$work'; gateway_rbac embedding-rollout-operator no && gateway_rbac embedding-rollout-operator-all-on yes"
+
 # Values that must not render: a chart that silently ignores a typo'd volume type mounts nothing.
 must_fail() { # must_fail CHART --set ...
     local chart=$1; shift
@@ -228,6 +238,18 @@ start_controlplane() {
     grep 'ready at' "$work/up.log" | sed 's/^/          /'
 }
 kdr() { python3 scripts/kube-dry-run.py "$@"; }
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.6.3}
+gateway_crds() {
+    local dir
+    dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" |
+        sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') || return 1
+    [[ -d "$dir/config/crd/standard" ]] || { echo "no CRDs in $dir"; return 1; }
+    local crds=()
+    for k in gatewayclasses gateways httproutes referencegrants; do
+        crds+=("$dir/config/crd/standard/gateway.networking.k8s.io_$k.yaml")
+    done
+    kdr create "${crds[@]}" && kdr wait-crd httproutes.gateway.networking.k8s.io
+}
 
 if ! check "local control plane up (e2e/controlplane/up.sh)" start_controlplane; then
     echo "  (no API server: run \`make controlplane\`; the dry-run checks could not run)"
@@ -239,6 +261,9 @@ else
     if ((${#chart_crds[@]})); then
         check "chart CRDs created" kdr create "${chart_crds[@]}"
         check "CRD embeddingrollouts.rollout.akidb.io established" kdr wait-crd embeddingrollouts.rollout.akidb.io
+        # The Gateway API CRDs (standard channel) the gateway examples need, from the Go module the
+        # e2e's Traefik is tested with (the module proxy serves them; no release download).
+        check "Gateway API $GATEWAY_API_VERSION CRDs created (sigs.k8s.io/gateway-api module)" gateway_crds
     else
         echo "  FAIL    $OP/crds/ is empty (run make crds && scripts/sync-chart-crds.sh)"; failures+=("chart CRD")
     fi
@@ -281,6 +306,40 @@ spec:
   candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
   ingress: {name: akidb-ingress}
   steps: [{weight: 1, duration: 1h}, {weight: 50, duration: 1h}]
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: two-traffic-providers
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "set exactly one traffic provider: ingress (or traffic.nginx) or traffic.gatewayAPI"}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  ingress: {name: akidb-ingress}
+  traffic: {gatewayAPI: {httpRoute: {name: akidb-route}}}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: no-traffic-provider
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "set exactly one traffic provider"}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingRollout
+metadata:
+  name: header-step-without-header
+  namespace: production
+  annotations: {check-charts.akidb.io/expect-error: "a first step of weight 0 sends only header traffic: it needs traffic.canaryHeader"}
+spec:
+  baseline: {deployment: akidb-mlx, service: akidb-mlx}
+  candidate: {image: ghcr.io/akidb/candle-embedder:1.0.0}
+  traffic: {gatewayAPI: {httpRoute: {name: akidb-route}}}
+  steps: [{weight: 0, duration: 1h}, {weight: 100, duration: 1h}]
 ---
 apiVersion: rollout.akidb.io/v1alpha1
 kind: EmbeddingRollout
@@ -360,14 +419,18 @@ YAML
     }
     rbac_only "$work/rendered/embedding-rollout-operator.yaml" > "$work/rbac-cluster.yaml"
     rbac_only "$work/rendered/embedding-rollout-operator-namespaced.yaml" > "$work/rbac-namespaced.yaml"
-    check "operator RBAC created (cluster-wide and single-namespace releases)" \
-        kdr create "$work/rbac-cluster.yaml" "$work/rbac-namespaced.yaml"
+    rbac_only "$work/rendered/embedding-rollout-operator-all-on.yaml" > "$work/rbac-all-on.yaml"
+    check "operator RBAC created (cluster-wide, single-namespace and all-on releases)" \
+        kdr create "$work/rbac-cluster.yaml" "$work/rbac-namespaced.yaml" "$work/rbac-all-on.yaml"
+    check "gatewayAPI.enabled release: may watch HTTPRoutes and patch their weights" kdr access \
+        --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --allow \
+        "watch httproutes.gateway.networking.k8s.io" "patch httproutes.gateway.networking.k8s.io production akidb-route"
     sa=system:serviceaccount:embedding-rollout-system:embedding-rollout-operator
     # What the operator does (docs/interfaces.md: "Objects the operator writes"), in any namespace.
     # What the operator does (operator/rbac/clusterrole.yaml documents each call), in any namespace.
     needs=(
         "watch embeddingrollouts.rollout.akidb.io" "list embeddingrollouts.rollout.akidb.io"
-        "patch embeddingrollouts.rollout.akidb.io production candle-v1"
+        "get embeddingrollouts.rollout.akidb.io production candle-v1" "patch embeddingrollouts.rollout.akidb.io production candle-v1"
         "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
         "update embeddingrollouts.rollout.akidb.io/finalizers production candle-v1"
         "get deployments.apps production akidb-mlx" "patch deployments.apps production akidb-mlx"
@@ -389,6 +452,8 @@ YAML
     )
     # What it must not be able to do.
     forbidden=(
+        # Without gatewayAPI.enabled the operator has no access to HTTPRoutes at all.
+        "patch httproutes.gateway.networking.k8s.io production akidb-route" "list httproutes.gateway.networking.k8s.io"
         "get secrets production" "list secrets" "list pods" "create pods/exec production"
         "delete namespaces - production" "create clusterrolebindings.rbac.authorization.k8s.io"
         "create customresourcedefinitions.apiextensions.k8s.io"
@@ -402,7 +467,7 @@ YAML
     nsa=system:serviceaccount:embedding-rollout-system:rollout-operator
     check "single-namespace release: allowed in production" kdr access --user "$nsa" --allow \
         "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1" \
-        "get secrets production prometheus-auth"
+        "get secrets production prometheus-auth" "get secrets production rollout-webhooks"
     check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
         "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io" \
         "get secrets production other-secret" "list secrets production"

@@ -5,10 +5,11 @@
 # verifies distroless/cc-debian12 ships) and the dynamic loader, /etc/passwd and /etc/group with
 # `nonroot` (65532), CA certificates, a world-writable /tmp, for the embedder the model at
 # /models/all-MiniLM-L6-v2; the same ENTRYPOINT, CMD, ENV, USER and EXPOSE. Also the pause image the
-# node's sandboxes run (build/pause/linux/pause.c of the Kubernetes module the cluster is built from).
+# node's sandboxes run (build/pause/linux/pause.c of the Kubernetes module the cluster is built from),
+# and Traefik (the static binary `make traefik` builds) for e2e/tests/traefik.rs.
 #
 #   e2e/images/build.sh [OUT_DIR]     (default target/e2e-images; PROFILE=release|debug;
-#                                      IMAGES="candle-embedder embedding-rollout-operator pause" by default)
+#                                      IMAGES="candle-embedder embedding-rollout-operator pause traefik" by default)
 #
 # Layers are GNU tar archives of a staging tree; go-containerregistry's crane (built by `make
 # controlplane`) turns them into images. crane sets an image's config only on an image in a registry,
@@ -32,7 +33,7 @@ die() { echo "images: $*" >&2; exit 1; }
 command -v gcc >/dev/null || die "gcc not found (builds the pause binary)"
 model=$ROOT/models/all-MiniLM-L6-v2
 [ -f "$model/model.safetensors" ] || die "no model in $model: run \`make model\`"
-IMAGES=${IMAGES:-candle-embedder embedding-rollout-operator pause}
+IMAGES=${IMAGES:-candle-embedder embedding-rollout-operator pause traefik}
 start=$(date +%s)
 
 bins=()
@@ -128,8 +129,19 @@ layer "$t" "$work/pause-1.tar"
 image pause "$PAUSE_REF" --entrypoint=/pause --user=65535:65535
 }
 
+# --- traefik (e2e/traefik/build.sh: static, CGO_ENABLED=0, so no libraries and no loader) ---
+build_traefik() {
+[ -x "$BIN/traefik" ] || die "$BIN/traefik is missing: run \`make traefik\`"
+t=$work/traefik-base; base "$t"; layer "$t" "$work/traefik-1.tar"
+t=$work/traefik-app; mkdir -p "$t/usr/local/bin"
+install -m 0755 "$BIN/traefik" "$t/usr/local/bin/traefik"
+layer "$t" "$work/traefik-2.tar"
+image traefik "$REPO/traefik:$TAG" \
+  --entrypoint=/usr/local/bin/traefik --user=65532:65532 --exposed-ports=8000/tcp,8080/tcp
+}
+
 for i in $IMAGES; do
-  declare -F "build_$i" >/dev/null || die "unknown image '$i' (known: candle-embedder embedding-rollout-operator pause)"
+  declare -F "build_$i" >/dev/null || die "unknown image '$i' (known: candle-embedder embedding-rollout-operator pause traefik)"
   "build_$i"
 done
 

@@ -10,10 +10,14 @@ pub mod traffic;
 
 // Real components the scenarios run against: kube-apiserver + etcd, Prometheus.
 pub mod controlplane;
+pub mod node_env;
+pub mod pod_sd;
 pub mod prometheus;
 
 // The end-to-end environment the scenarios and `make demo` share.
 pub mod scenario;
+pub mod traefik;
+pub mod webhook;
 
 /// Picks rustls' crypto provider for the process. Built together with the operator (as `make demo`
 /// and `cargo build --workspace` do), rustls gets both ring (kube) and aws-lc-rs (reqwest 0.13 via

@@ -82,9 +82,10 @@ pub fn render_config(file_sd_path: &Path, interval: Duration) -> String {
     )
 }
 
-/// A Prometheus server on 127.0.0.1, stopped on drop.
+/// A Prometheus server on 127.0.0.1 (or the node's bridge address), stopped on drop.
 #[derive(Debug)]
 pub struct Prometheus {
+    host: String,
     port: u16,
     config_path: PathBuf,
     data_dir: PathBuf,
@@ -106,6 +107,12 @@ impl Prometheus {
         file_sd_path: &Path,
         scrape_interval: Duration,
     ) -> Result<Self> {
+        let mut p = Self::configure(workdir, file_sd_path, scrape_interval)?;
+        p.start_again().await?;
+        Ok(p)
+    }
+
+    fn configure(workdir: &Path, file_sd_path: &Path, scrape_interval: Duration) -> Result<Self> {
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| PrometheusError::Write { path, source }
@@ -118,24 +125,34 @@ impl Prometheus {
             write_file_sd(file_sd_path, &[])?;
         }
         let port = free_port().map_err(PrometheusError::Port)?;
-        let mut prometheus = Self {
+        let prometheus = Self {
+            host: "127.0.0.1".into(),
             port,
             config_path,
             data_dir: workdir.join("prometheus-data"),
             log_path: workdir.join("prometheus.log"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                .no_proxy()
                 .build()
                 .expect("a default reqwest client builds"),
             child: None,
         };
-        prometheus.start_again().await?;
         Ok(prometheus)
     }
 
-    /// `http://127.0.0.1:<port>`, also while stopped (the port is kept for [`Self::start_again`]).
+    /// Like [`Self::start`], listening on `host` instead of loopback (the node's bridge address,
+    /// so pods such as the operator reach it too).
+    pub async fn start_on(workdir: &Path, file_sd_path: &Path, host: &str) -> Result<Self> {
+        let mut p = Self::configure(workdir, file_sd_path, Duration::from_secs(1))?;
+        p.host = host.to_string();
+        p.start_again().await?;
+        Ok(p)
+    }
+
+    /// `http://<host>:<port>`, also while stopped (the port is kept for [`Self::start_again`]).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -177,7 +194,7 @@ impl Prometheus {
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", self.config_path.display()))
             .arg(format!("--storage.tsdb.path={}", self.data_dir.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .arg(format!("--web.listen-address={}:{}", self.host, self.port))
             .arg("--storage.tsdb.retention.time=1d")
             .stdin(Stdio::null())
             .stdout(log)

@@ -127,6 +127,9 @@ pub fn chart_rbac_yaml() -> anyhow::Result<String> {
                 OPERATOR_NAMESPACE,
                 "--set",
                 &format!("fullnameOverride={OPERATOR_SA}"),
+                // The one Secret the scenarios' webhooks name, as a user lists theirs.
+                "--set",
+                &format!("rbac.notificationSecrets={{{}}}", crate::webhook::SECRET),
                 "--show-only",
                 "templates/rbac.yaml",
             ])

@@ -25,6 +25,8 @@ pub struct TrafficConfig {
     pub max_in_flight: usize,
     pub texts: Vec<String>,
     pub model: Option<String>,
+    /// Extra request headers (e.g. the canary header `X-Canary: always`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl TrafficConfig {
@@ -42,6 +44,7 @@ impl TrafficConfig {
                 "Natural language processing with transformers".into(),
             ],
             model: Some("all-MiniLM-L6-v2".into()),
+            headers: Vec::new(),
         }
     }
 }
@@ -126,6 +129,9 @@ pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Samp
             .body((*body).clone());
         if let Some(h) = &cfg.host {
             req = req.header("host", h);
+        }
+        for (k, v) in &cfg.headers {
+            req = req.header(k, v);
         }
         let samples = samples.clone();
         tasks.spawn(async move {

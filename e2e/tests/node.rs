@@ -5,15 +5,17 @@
 //!
 //!   e2e/images/build.sh && cargo test -p e2e --test node -- --test-threads=1 --nocapture
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::controlplane::{apply_yaml, ControlPlane};
+use e2e::node_env::{
+    apply_baseline, available, cluster, create_namespace, embed_via_service, image, images_dir,
+    install_operator, until, wait_available,
+};
 use e2e::runner::workspace_root;
 use e2e::scenario::{
-    fast_rollout, helm_bin, in_namespace, phase, primary_backend, rollout_resource, BASELINE,
-    CANDIDATE, OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
+    fast_rollout, phase, primary_backend, rollout_resource, BASELINE, CANDIDATE,
+    OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
 };
 use e2e::traffic::{self, TrafficConfig};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -22,200 +24,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::{json, Value};
-
-const REPO: &str = "embedding-rollout.local";
-const TAG: &str = "e2e";
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("E2E_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/e2e-images"))
-}
-
-fn image(name: &str) -> String {
-    format!("{REPO}/{name}:{TAG}")
-}
-
-/// The node's work directory; the cluster runs on a thread of its own for the life of the binary
-/// (the kernel tells up.sh when that thread, i.e. the process, is gone: PR_SET_PDEATHSIG).
-fn shared_node() -> &'static Path {
-    static NODE: OnceLock<PathBuf> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let images = images_dir();
-        for archive in ["pause", "candle-embedder", "embedding-rollout-operator"] {
-            let path = images.join(format!("{archive}.tar"));
-            assert!(
-                path.is_file(),
-                "{} is missing: run e2e/images/build.sh (make e2e does)",
-                path.display()
-            );
-        }
-        let workdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node/cluster");
-        let _ = std::fs::remove_dir_all(&workdir);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let dir = workdir.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let t = Instant::now();
-                match ControlPlane::start_node(&dir, &images).await {
-                    Ok(cp) => {
-                        println!(
-                            "[node] control plane and node {} up in {:.1}s (API {}, workdir {})",
-                            cp.node.as_ref().map_or("?", |n| n.name.as_str()),
-                            t.elapsed().as_secs_f64(),
-                            cp.api_url,
-                            dir.display()
-                        );
-                        let _ = tx.send(Ok(()));
-                        // Keep `cp` (and this thread) until the process exits.
-                        std::future::pending::<()>().await;
-                        drop(cp);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                    }
-                }
-            });
-        });
-        match rx.recv() {
-            Ok(Ok(())) => workdir,
-            Ok(Err(e)) => panic!("the node did not start: {e}"),
-            Err(_) => panic!("the node's thread ended before reporting"),
-        }
-    })
-}
-
-async fn cluster() -> ControlPlane {
-    let dir = shared_node();
-    ControlPlane::attach(dir)
-        .await
-        .unwrap_or_else(|e| panic!("attach to {}: {e}", dir.display()))
-}
-
-/// `helm upgrade --install` of the operator chart as a user would, with the node's image; waits for
-/// both replicas to be Ready.
-fn install_operator(cp: &ControlPlane) {
-    let t = Instant::now();
-    let out = std::process::Command::new(helm_bin())
-        .args(["upgrade", "--install", "ero"])
-        .arg(workspace_root().join("charts/embedding-rollout-operator"))
-        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
-        .arg("--kubeconfig")
-        .arg(&cp.kubeconfig_path)
-        .args([
-            "--set",
-            &format!("fullnameOverride={OPERATOR_SA}"),
-            "--set",
-            &format!("image.repository={REPO}/embedding-rollout-operator"),
-            "--set",
-            &format!("image.tag={TAG}"),
-            "--set",
-            "image.pullPolicy=Never",
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
-        .output()
-        .expect("running bin/helm (make helm)");
-    assert!(
-        out.status.success(),
-        "helm install failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!(
-        "[node] operator chart installed and Ready in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-}
-
-async fn create_namespace(cp: &ControlPlane, ns: &str) {
-    cp.apply_as_admin(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-    ))
-    .await
-    .expect("namespace");
-}
-
-/// examples/demo-baseline.yaml with the node's embedder image, applied as a user would.
-async fn apply_baseline(cp: &ControlPlane, ns: &str) {
-    let yaml = std::fs::read_to_string(workspace_root().join("examples/demo-baseline.yaml"))
-        .expect("examples/demo-baseline.yaml");
-    let yaml = yaml.replace(
-        "ghcr.io/akidb/candle-embedder:1.0.0",
-        &image("candle-embedder"),
-    );
-    apply_yaml(&cp.admin, &in_namespace(&yaml, ns).unwrap(), "e2e-user")
-        .await
-        .expect("applying the baseline");
-}
-
-/// Polls `f` every 500 ms until it returns `Some`, or panics after `timeout` with `what`.
-async fn until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn available(cp: &ControlPlane, ns: &str, name: &str) -> i32 {
-    let deps: Api<Deployment> = Api::namespaced(cp.admin.clone(), ns);
-    deps.get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|d| d.status?.available_replicas)
-        .unwrap_or(0)
-}
-
-/// Waits until Deployment `name` has `replicas` available ones, or panics after `timeout`.
-async fn wait_available(
-    cp: &ControlPlane,
-    ns: &str,
-    name: &str,
-    replicas: i32,
-    timeout: Duration,
-    what: &str,
-) {
-    until(timeout, what, || async {
-        (available(cp, ns, name).await == replicas).then_some(())
-    })
-    .await;
-}
-
-/// POST /api/v1/embed on the Service's ClusterIP, from the host (kube-proxy's rules).
-async fn embed_via_service(cp: &ControlPlane, ns: &str, service: &str) -> Result<usize, String> {
-    let services: Api<Service> = Api::namespaced(cp.admin.clone(), ns);
-    let svc = services.get(service).await.map_err(|e| e.to_string())?;
-    let ip = svc.spec.and_then(|s| s.cluster_ip).ok_or("no clusterIP")?;
-    let resp = reqwest::Client::new()
-        .post(format!("http://{ip}:8080/api/v1/embed"))
-        .json(&json!({"texts": ["hello from the node test"]}))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
-    }
-    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
-    Ok(body["embeddings"][0].as_array().map_or(0, |v| v.len()))
-}
 
 /// The image archives hold what the Dockerfiles' final stages put in their images: the same
 /// ENTRYPOINT, CMD, ENV, USER and EXPOSE, and the files they COPY at the same paths.
@@ -387,7 +195,7 @@ fn dockerfile_final_stage(path: &Path) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_collects_its_objects() {
     let cp = cluster().await;
-    install_operator(&cp);
+    install_operator(&cp, &[]);
     let ns = "n1";
     create_namespace(&cp, ns).await;
     apply_baseline(&cp, ns).await;
@@ -579,7 +387,7 @@ async fn n1_crash_looping_candidate_fails_on_progress_deadline_and_deletion_coll
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n2_leader_pod_deleted_the_standby_takes_the_lease() {
     let cp = cluster().await;
-    install_operator(&cp);
+    install_operator(&cp, &[]);
     wait_available(
         &cp,
         OPERATOR_NAMESPACE,

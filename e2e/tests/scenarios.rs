@@ -173,6 +173,21 @@ fn assert_no_failed_requests(samples: &[Sample]) {
     );
 }
 
+/// A webhook receiver on loopback, its URL in the Secret the rollout's notifications name.
+async fn webhook(env: &Env, rollout: &mut Value) -> e2e::webhook::Receiver {
+    let hook = ok(e2e::webhook::Receiver::start().await);
+    ok(hook.create_secret(&env.cp.admin, &env.ns).await);
+    rollout["spec"]["notifications"] = e2e::webhook::Receiver::spec();
+    hook
+}
+
+/// `kind step: message` per notification, for the log.
+fn summary(got: &[Value]) -> String {
+    got.iter()
+        .map(|b| format!("\n  {} {}: {}", b["kind"], b["step"], b["message"]))
+        .collect()
+}
+
 /// Runs a rollout to its end with traffic and returns (final rollout, samples, observations).
 async fn run_to_end(
     env: &mut Env,
@@ -217,6 +232,7 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
         .expect("create the parity texts");
     rollout["spec"]["analysis"]["gates"]["parity"] =
         json!({"texts": {"name": "parity-texts", "key": "texts"}, "every": 3});
+    let hook = webhook(&env, &mut rollout).await;
     let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
         "[happy] final phase {} after {:.1}s; {} requests",
@@ -296,6 +312,24 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
             .all(|s| s.served_by.as_deref() == Some("candle")),
         "after promotion every request is served by candle"
     );
+    // One message per milestone, in order, none twice: two steps, then the promotion.
+    let got = ok(hook.wait_for("Promoted", Duration::from_secs(20)).await);
+    println!("[happy] notifications: {}", summary(&got));
+    assert_eq!(
+        got.iter()
+            .map(|b| format!(
+                "{} {}",
+                b["kind"].as_str().unwrap(),
+                b["step"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        ["StepStarted 1/2", "StepStarted 2/2", "Promoted 2/2"],
+        "{got:#?}"
+    );
+    assert!(got
+        .iter()
+        .all(|b| b["rollout"] == "happy" && b["namespace"] == env.ns.as_str()));
+    assert_eq!(got[0]["weight"], 50);
     env.shutdown().await;
     println!("[happy] wall time {:.1}s", t.elapsed().as_secs_f64());
 }
@@ -307,6 +341,7 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
     let mut env = env(test).await;
     let mut rollout = fast_rollout(test, &env.prometheus.url());
     rollout["spec"]["candidate"]["args"] = json!(chaos);
+    let hook = webhook(&env, &mut rollout).await;
     let (fin, samples, _log) = run_to_end(&mut env, rollout, Duration::from_secs(300)).await;
     let status = &fin["status"];
     println!("[{test}] last analyses: {}", status["history"]);
@@ -374,6 +409,29 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
         );
     }
     assert_eq!(replicas(&env, BASELINE).await, 2, "baseline restored");
+    // Told when the rollback starts and when it is done (why and how fast), once each, last.
+    let got = ok(hook.wait_for("RolledBack", Duration::from_secs(20)).await);
+    println!("[{test}] notifications: {}", summary(&got));
+    let kinds: Vec<&str> = got.iter().map(|b| b["kind"].as_str().unwrap()).collect();
+    let n = kinds.len();
+    assert!(n >= 3, "{got:#?}");
+    assert_eq!(
+        kinds[n - 2..],
+        ["RollbackStarted", "RolledBack"],
+        "{got:#?}"
+    );
+    assert!(
+        kinds[..n - 2].iter().all(|k| *k == "StepStarted"),
+        "{got:#?}"
+    );
+    let last = &got[n - 1];
+    let text = last["message"].as_str().unwrap();
+    assert!(text.contains("rolled back in"), "timing in {text:?}");
+    assert!(
+        text.contains(rb["reason"].as_str().unwrap()),
+        "reason {:?} in {text:?}",
+        rb["reason"]
+    );
     let failed = failures(&samples);
     println!(
         "[{test}] client requests {}, failed {} (all served by {:?})",

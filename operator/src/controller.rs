@@ -4,6 +4,13 @@
 //! call the pure decision, apply its actions in order (stopping at the first error), publish its
 //! events, then write the status in one server-side-apply patch (only when it changed, so our own
 //! write does not wake us up forever). Errors requeue; 409 conflicts requeue within a second.
+//!
+//! The rollout a reconcile starts from comes from the watch cache, which can lag our own last
+//! status write by a few milliseconds (an owned object's event, caused by our own action, often
+//! arrives first). Deciding from that older status repeats the last transition: a step started
+//! twice, a primary Ingress switched to the candidate, back, and again. So the shell remembers the
+//! status it last wrote per rollout and, when the cached one differs, reads the rollout afresh
+//! from the API server before deciding.
 
 use std::{
     collections::HashMap,
@@ -16,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, ObjectReference, Service},
     networking::v1::Ingress,
 };
 use kube::{
@@ -34,16 +41,22 @@ use serde_json::json;
 use crate::{
     cluster::{self, ClusterError},
     crd::{
-        EmbeddingRollout, EmbeddingRolloutStatus, Phase, Verdict, COMMAND_ANNOTATION, FINALIZER,
-        ROLLOUT_LABEL,
+        EmbeddingRollout, EmbeddingRolloutStatus, GatewayApiSpec, Phase, Provider, Verdict,
+        COMMAND_ANNOTATION, FINALIZER, ROLLOUT_LABEL,
     },
     decision::{self, parity::ParityProbe, Action, Backend, Decision, EventType, MetricsSnapshot},
     metrics::Metrics,
+    notification,
+    notifier::{self, Notifier},
     observe, parity_probe,
     prometheus::{AnalysisQueries, Prometheus, QueryError},
     prometheus_access::{self, Access},
     server::Readiness,
-    traffic::nginx::{self, ServiceTarget, TrafficError},
+    traffic::{
+        gateway,
+        httproute::HttpRoute,
+        nginx::{self, ServiceTarget, TrafficError},
+    },
     workload::{self, CandidateWorkload, WorkloadError, MANAGER},
 };
 
@@ -52,6 +65,8 @@ pub struct ControllerConfig {
     /// Watch one namespace, or all when `None`.
     pub namespace: Option<String>,
     pub prometheus_timeout: Duration,
+    /// Watch HTTPRoutes (the Gateway API provider); needs their CRD and RBAC.
+    pub gateway_api: bool,
 }
 
 /// Distinct tenants or credentials one Prometheus address keeps clients for.
@@ -66,6 +81,10 @@ pub struct Context {
     prometheus_timeout: Duration,
     /// The parity probe's client (no proxy: it talks to pods).
     http: reqwest::Client,
+    /// The status this process last wrote, by rollout uid (see the module docs).
+    written: Mutex<HashMap<String, EmbeddingRolloutStatus>>,
+    /// The rollouts' webhooks (never awaited by a reconcile).
+    notifier: Notifier,
 }
 
 impl Context {
@@ -77,6 +96,7 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
             },
         );
+        let notifier = notifier(client.clone(), recorder.clone());
         Self {
             client,
             recorder,
@@ -87,6 +107,34 @@ impl Context {
                 .no_proxy()
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
+            written: Mutex::new(HashMap::new()),
+            notifier,
+        }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, EmbeddingRolloutStatus>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the cached rollout predates the status this process last wrote for it.
+    fn cache_behind(&self, rollout: &EmbeddingRollout) -> bool {
+        let Some(uid) = rollout.meta().uid.as_deref() else {
+            return false;
+        };
+        self.written()
+            .get(uid)
+            .is_some_and(|w| rollout.status.as_ref() != Some(w))
+    }
+
+    fn remember(&self, rollout: &EmbeddingRollout, status: &EmbeddingRolloutStatus) {
+        if let Some(uid) = rollout.meta().uid.clone() {
+            self.written().insert(uid, status.clone());
+        }
+    }
+
+    fn forget_written(&self, rollout: &EmbeddingRollout) {
+        if let Some(uid) = rollout.meta().uid.as_deref() {
+            self.written().remove(uid);
         }
     }
 
@@ -194,8 +242,21 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, rea
         .watches(
             scoped::<Ingress>(&client, ns),
             watcher::Config::default(),
-            referencing(store.clone(), |r, name| r.spec.ingress.name == name),
+            referencing(store.clone(), |r, name| {
+                r.spec.nginx().is_some_and(|i| i.name == name)
+            }),
         );
+    // The user's HTTPRoutes (Gateway API provider), only when enabled: without the CRD or the
+    // RBAC, a watch would fail forever. Weight edits and status (Accepted) changes wake us.
+    let controller = if config.gateway_api {
+        controller.watches(
+            scoped::<HttpRoute>(&client, ns),
+            watcher::Config::default(),
+            routes_to_rollouts(store.clone()),
+        )
+    } else {
+        controller
+    };
 
     let ready_store = store.clone();
     tokio::spawn(async move {
@@ -260,6 +321,29 @@ where
     }
 }
 
+/// Map an HTTPRoute to the rollouts naming it (it may live in another namespace than they do).
+fn routes_to_rollouts(
+    store: Store<EmbeddingRollout>,
+) -> impl Fn(HttpRoute) -> Vec<ObjectRef<EmbeddingRollout>> + Send + Sync + Clone + 'static {
+    move |route: HttpRoute| {
+        let name = route.metadata.name.clone().unwrap_or_default();
+        let ns = route.metadata.namespace.clone().unwrap_or_default();
+        store
+            .state()
+            .iter()
+            .filter(|r| match r.spec.provider() {
+                Some(Provider::GatewayApi(g)) => {
+                    let rollout_ns = r.metadata.namespace.as_deref().unwrap_or_default();
+                    g.http_route.name == name
+                        && g.http_route.namespace.as_deref().unwrap_or(rollout_ns) == ns
+                }
+                _ => false,
+            })
+            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .collect()
+    }
+}
+
 fn error_policy(rollout: Arc<EmbeddingRollout>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.count_error(error.kind());
     let retry = error.retry_after();
@@ -277,6 +361,9 @@ fn error_policy(rollout: Arc<EmbeddingRollout>, error: &Error, ctx: Arc<Context>
 /// the rollout, where it stands and what it decided, and one trace id to find them all by.
 async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     use tracing::Instrument;
+    let Some(rollout) = current(&ctx, rollout).await? else {
+        return Ok(Requeue::await_change());
+    };
     let status = rollout.status.clone().unwrap_or_default();
     let span = tracing::info_span!(
         "reconcile",
@@ -293,6 +380,42 @@ async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<
     ctx.metrics
         .observe_reconcile(started.elapsed().as_secs_f64());
     result
+}
+
+/// The rollout to decide from: the cached one, or a fresh read when the cache has not yet seen
+/// our last status write. `None` when it is gone.
+async fn current(
+    ctx: &Context,
+    rollout: Arc<EmbeddingRollout>,
+) -> Result<Option<Arc<EmbeddingRollout>>, Error> {
+    if !ctx.cache_behind(&rollout) {
+        return Ok(Some(rollout));
+    }
+    let name = rollout.name_any();
+    let api: Api<EmbeddingRollout> =
+        Api::namespaced(ctx.client.clone(), &rollout.namespace().unwrap_or_default());
+    let fresh = api.get_opt(&name).await.map_err(|e| {
+        Error::Cluster(ClusterError::from_kube(
+            format!("EmbeddingRollout {name}"),
+            e,
+        ))
+    })?;
+    match fresh {
+        Some(fresh) => {
+            tracing::debug!(rollout = %name, cached = ?rollout.metadata.resource_version,
+                fresh = ?fresh.metadata.resource_version, "watch cache behind our status write; read afresh");
+            if ctx.cache_behind(&fresh) {
+                // Someone else wrote the status since (or a former leader did): theirs stands,
+                // and there is nothing of ours left to wait for.
+                ctx.forget_written(&fresh);
+            }
+            Ok(Some(Arc::new(fresh)))
+        }
+        None => {
+            ctx.forget_written(&rollout);
+            Ok(None)
+        }
+    }
 }
 
 /// A W3C trace id (32 hex digits, random, never all zeros).
@@ -324,6 +447,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     if deleting && !rollout.finalizers().iter().any(|f| f == FINALIZER) {
         // Our cleanup already ran (or never had to): nothing to do but forget the metrics.
         forget(ctx, &ns, &name);
+        ctx.forget_written(rollout);
         return Ok(Requeue::await_change());
     }
     if !deleting && !rollout.finalizers().iter().any(|f| f == FINALIZER) {
@@ -373,13 +497,17 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     if finalizer_removed {
         // The object is (about to be) gone; a status write would 404.
         forget(ctx, &ns, &name);
+        ctx.forget_written(rollout);
         return Ok(Requeue::await_change());
     }
     let apply_time = t2.elapsed();
     let t3 = Instant::now();
     if rollout.status.as_ref() != Some(&decided.status) {
         write_status(&api, &name, &decided.status).await?;
+        ctx.remember(rollout, &decided.status);
     }
+    // Only now: a failed status write repeats the decision, and its events, next time.
+    notify(ctx, rollout, &decided);
     tracing::debug!(
         rollout = %name,
         ?observe_time,
@@ -474,7 +602,6 @@ async fn apply_action(
     let candidate = rollout.candidate_name();
     let client = &ctx.client;
     let deployments: Api<Deployment> = cluster::api(client, &ns);
-    let ingresses: Api<Ingress> = cluster::api(client, &ns);
     match action {
         Action::EnsureCandidate { replicas, hash } => {
             let mut w = CandidateWorkload::for_rollout(rollout, &candidate, *replicas)?;
@@ -516,46 +643,18 @@ async fn apply_action(
             )
             .await?;
         }
-        Action::SetCanaryWeight(weight) => {
-            let primary = cluster::get_opt(&ingresses, &spec.ingress.name)
-                .await?
-                .ok_or_else(|| ClusterError::Missing(format!("Ingress {}", spec.ingress.name)))?;
-            let target = ServiceTarget {
-                name: candidate.clone(),
-                port: spec.candidate.port,
-            };
-            let params = nginx::CanaryParams {
-                baseline_service: &spec.baseline.service,
-                candidate: &target,
-                weight: i32::from(*weight),
-                owner: owner_ref(rollout)?,
-                labels: owned_labels(rollout),
-            };
-            let canary = nginx::build_canary(&primary, &params)?;
-            cluster::apply(&ingresses, &canary).await?;
-        }
-        Action::DeleteCanaryIngress => {
-            cluster::delete_if_exists(&ingresses, &spec.ingress.canary_name()).await?;
-        }
-        Action::PointPrimaryIngressAt(backend) => {
-            let baseline = ServiceTarget {
-                name: spec.baseline.service.clone(),
-                port: spec.baseline.port,
-            };
-            let cand = ServiceTarget {
-                name: candidate.clone(),
-                port: spec.candidate.port,
-            };
-            let (from, to) = match backend {
-                Backend::Candidate => (&baseline, &cand),
-                Backend::Baseline => (&cand, &baseline),
-            };
-            let changes =
-                cluster::retarget_primary(&ingresses, &spec.ingress.name, &from.name, to).await?;
-            for c in &changes {
-                tracing::info!(ingress = %spec.ingress.name, route = %c.route, from = %c.from, to = %c.to, "primary Ingress retargeted");
+        Action::SetCanaryWeight(_)
+        | Action::DeleteCanaryIngress
+        | Action::PointPrimaryIngressAt(_) => match spec.provider() {
+            Some(Provider::Nginx(ingress)) => {
+                nginx_action(client, rollout, ingress, &candidate, action).await?;
             }
-        }
+            Some(Provider::GatewayApi(g)) => {
+                gateway_action(client, rollout, g, &candidate, action).await?;
+            }
+            // The decision holds on such a spec before any action; nothing to move here.
+            None => return Err(Error::Traffic(TrafficError::NoProvider)),
+        },
         Action::ScaleBaseline(replicas) => {
             cluster::scale_deployment(&deployments, &spec.baseline.deployment, *replicas).await?;
         }
@@ -568,6 +667,97 @@ async fn apply_action(
             remove_finalizer(&api, rollout).await?;
         }
     }
+    Ok(())
+}
+
+async fn nginx_action(
+    client: &Client,
+    rollout: &EmbeddingRollout,
+    ingress: &crate::crd::IngressSpec,
+    candidate: &str,
+    action: &Action,
+) -> Result<(), Error> {
+    let spec = &rollout.spec;
+    let ns = rollout.namespace().unwrap_or_default();
+    let ingresses = cluster::api::<Ingress>(client, &ns);
+    match action {
+        Action::SetCanaryWeight(weight) => {
+            let primary = cluster::get_opt(&ingresses, &ingress.name)
+                .await?
+                .ok_or_else(|| ClusterError::Missing(format!("Ingress {}", ingress.name)))?;
+            let target = ServiceTarget {
+                name: candidate.to_string(),
+                port: spec.candidate.port,
+            };
+            let params = nginx::CanaryParams {
+                baseline_service: &spec.baseline.service,
+                candidate: &target,
+                weight: i32::from(*weight),
+                header: spec.canary_header(),
+                owner: owner_ref(rollout)?,
+                labels: owned_labels(rollout),
+            };
+            let canary = nginx::build_canary(&primary, &params)?;
+            cluster::apply(&ingresses, &canary).await?;
+        }
+        Action::DeleteCanaryIngress => {
+            cluster::delete_if_exists(&ingresses, &ingress.canary_name()).await?;
+        }
+        Action::PointPrimaryIngressAt(backend) => {
+            let baseline = ServiceTarget {
+                name: spec.baseline.service.clone(),
+                port: spec.baseline.port,
+            };
+            let cand = ServiceTarget {
+                name: candidate.to_string(),
+                port: spec.candidate.port,
+            };
+            let (from, to) = match backend {
+                Backend::Candidate => (&baseline, &cand),
+                Backend::Baseline => (&cand, &baseline),
+            };
+            let changes =
+                cluster::retarget_primary(&ingresses, &ingress.name, &from.name, to).await?;
+            for c in &changes {
+                tracing::info!(ingress = %ingress.name, route = %c.route, from = %c.from, to = %c.to, "primary Ingress retargeted");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One traffic action on the HTTPRoute: read it as stored, patch only what the action changes.
+async fn gateway_action(
+    client: &Client,
+    rollout: &EmbeddingRollout,
+    g: &GatewayApiSpec,
+    candidate: &str,
+    action: &Action,
+) -> Result<(), Error> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let route_ns = g.http_route.namespace.as_deref().unwrap_or(&ns);
+    let name = &g.http_route.name;
+    let what = format!("HTTPRoute {route_ns}/{name}");
+    let resource = kube::api::ApiResource::erase::<HttpRoute>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), route_ns, &resource);
+    let raw = api
+        .get_opt(name)
+        .await
+        .map_err(|e| ClusterError::from_kube(format!("reading {what}"), e))?
+        .ok_or_else(|| ClusterError::Missing(what.clone()))?;
+    let raw = serde_json::to_value(&raw).map_err(|e| TrafficError::Route(e.to_string()))?;
+    let names = gateway::names(rollout, g, candidate);
+    let Some(patch) =
+        gateway::patch_for(&raw, &names, action).map_err(|e| TrafficError::Route(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+        .map_err(|e| ClusterError::from_kube_guarded(format!("patching {what}"), e))?;
+    tracing::info!(route = %what, ?action, "HTTPRoute weights changed");
     Ok(())
 }
 
@@ -673,21 +863,41 @@ async fn clear_command(
     Ok(())
 }
 
-/// Best effort: an event that cannot be written must not fail the reconcile.
-async fn publish(ctx: &Context, rollout: &EmbeddingRollout, event: &decision::Event) {
+/// Best effort: an event that cannot be written must not fail the reconcile or a delivery.
+async fn record(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    type_: KubeEventType,
+    reason: &str,
+    action: &str,
+    message: String,
+) {
     let ev = KubeEvent {
-        type_: match event.type_ {
-            EventType::Normal => KubeEventType::Normal,
-            EventType::Warning => KubeEventType::Warning,
-        },
-        reason: truncate(event.reason.clone(), 128),
-        note: Some(truncate(event.message.clone(), 1000)),
-        action: truncate(event.reason.clone(), 128),
+        type_,
+        reason: truncate(reason.to_string(), 128),
+        note: Some(truncate(message, 1000)),
+        action: truncate(action.to_string(), 128),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &rollout.object_ref(&())).await {
-        tracing::warn!(error = %e, reason = %event.reason, "could not publish event");
+    if let Err(e) = recorder.publish(&ev, regarding).await {
+        tracing::warn!(error = %e, %reason, "could not publish event");
     }
+}
+
+async fn publish(ctx: &Context, rollout: &EmbeddingRollout, event: &decision::Event) {
+    let type_ = match event.type_ {
+        EventType::Normal => KubeEventType::Normal,
+        EventType::Warning => KubeEventType::Warning,
+    };
+    record(
+        &ctx.recorder,
+        &rollout.object_ref(&()),
+        type_,
+        &event.reason,
+        &event.reason,
+        event.message.clone(),
+    )
+    .await;
     tracing::info!(
         rollout = %rollout.name_any(),
         namespace = rollout.namespace().unwrap_or_default(),
@@ -695,6 +905,64 @@ async fn publish(ctx: &Context, rollout: &EmbeddingRollout, event: &decision::Ev
         "{}",
         event.message
     );
+}
+
+/// The webhooks' notifications of this decision, queued (see [`crate::notifier`]).
+fn notify(ctx: &Context, rollout: &EmbeddingRollout, decided: &Decision) {
+    let Some(hooks) = rollout.spec.notifications.as_ref() else {
+        return;
+    };
+    let notes = notification::from_decision(
+        &rollout.namespace().unwrap_or_default(),
+        &rollout.name_any(),
+        rollout.metadata.uid.as_deref(),
+        &rollout.spec,
+        &decided.status,
+        &decided.events,
+        Utc::now(),
+    );
+    for n in notes {
+        for w in hooks
+            .webhooks
+            .iter()
+            .filter(|w| notification::wants(w, n.kind))
+        {
+            ctx.notifier.send(w, n.clone());
+        }
+    }
+}
+
+/// Webhook URLs from the rollouts' Secrets; each outcome an event on its rollout.
+fn notifier(client: Client, recorder: Recorder) -> Notifier {
+    let urls: notifier::UrlSource =
+        Arc::new(move |ns, key| Box::pin(notifier::url_from_secret(client.clone(), ns, key)));
+    let report: notifier::Report = Arc::new(move |d: notifier::Delivery| {
+        let recorder = recorder.clone();
+        Box::pin(async move {
+            let ok = matches!(d.outcome, notifier::Outcome::Delivered { .. });
+            let (type_, reason) = if ok {
+                (KubeEventType::Normal, "NotificationSent")
+            } else {
+                (KubeEventType::Warning, "NotificationFailed")
+            };
+            let message = d.describe();
+            if ok {
+                tracing::debug!(rollout = %d.notification.rollout, namespace = %d.notification.namespace, "{message}");
+            } else {
+                tracing::warn!(rollout = %d.notification.rollout, namespace = %d.notification.namespace, "{message}");
+            }
+            let reference = ObjectReference {
+                api_version: Some(EmbeddingRollout::api_version(&()).into_owned()),
+                kind: Some(EmbeddingRollout::kind(&()).into_owned()),
+                name: Some(d.notification.rollout.clone()),
+                namespace: Some(d.notification.namespace.clone()),
+                uid: d.notification.uid.clone(),
+                ..Default::default()
+            };
+            record(&recorder, &reference, type_, reason, "Notify", message).await;
+        })
+    });
+    Notifier::new(urls, report)
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -737,6 +1005,7 @@ fn record_metrics(
 }
 
 fn forget(ctx: &Context, ns: &str, name: &str) {
+    ctx.notifier.forget(ns, name);
     ctx.metrics.forget(
         ns,
         name,

@@ -41,16 +41,21 @@ impl Route {
 
 #[derive(Clone, Default)]
 struct MockApi {
-    routes: Arc<Vec<Route>>,
+    routes: Arc<Mutex<Vec<Route>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl MockApi {
     fn new(routes: Vec<Route>) -> Self {
         Self {
-            routes: Arc::new(routes),
+            routes: Arc::new(Mutex::new(routes)),
             seen: Arc::default(),
         }
+    }
+
+    /// Answer one more request from now on (what the API server holds changed).
+    fn add(&self, route: Route) {
+        self.routes.lock().unwrap().insert(0, route);
     }
 
     fn client(&self) -> Client {
@@ -76,6 +81,8 @@ impl MockApi {
                 me.seen.lock().unwrap().push(seen);
                 let (status, body) = me
                     .routes
+                    .lock()
+                    .unwrap()
                     .iter()
                     .find(|r| r.matches(&parts.method, &path, &query))
                     .map(|r| (r.status, r.body.clone()))
@@ -118,6 +125,8 @@ impl MockApi {
             .filter(|s| {
                 !self
                     .routes
+                    .lock()
+                    .unwrap()
                     .iter()
                     .any(|r| r.matches(&s.method, &s.path, &s.query))
             })
@@ -821,4 +830,140 @@ async fn a_parity_probe_without_an_answer_says_which_side_and_why() {
         j.result.evidence,
         "parity probe incomplete: ConfigMap prod/texts (parity.texts) not found"
     );
+}
+
+/// The watch cache can hand the next reconcile the rollout from before our own status write
+/// (an owned object's event arrives first). Deciding from it would repeat the transition; the
+/// shell reads the rollout afresh instead.
+#[tokio::test]
+async fn a_cached_rollout_older_than_our_status_write_is_read_afresh_before_deciding() {
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        200,
+        echo_ok(),
+    ));
+    let api = MockApi::new(routes);
+    let c = Arc::new(ctx(&api));
+    let stale = Arc::new(rollout(Value::Null, json!({}), json!([FINALIZER])));
+    let rollout_reads = |api: &MockApi| {
+        api.seen()
+            .iter()
+            .filter(|s| s.method == Method::GET && s.path == format!("{ROLLOUTS}/r1"))
+            .count()
+    };
+    let transitions = |api: &MockApi| {
+        api.writes()
+            .iter()
+            .filter(|w| w.path.ends_with("/status") || w.body["reason"] == "Deploying")
+            .count()
+    };
+
+    // Nothing written yet: the cached object is all there is, and it starts the rollout.
+    reconcile(stale.clone(), c.clone()).await.unwrap();
+    assert_eq!(
+        transitions(&api),
+        2,
+        "a Deploying event and status: {:?}",
+        api.writes()
+    );
+    assert_eq!(rollout_reads(&api), 0);
+    let written = api
+        .writes()
+        .into_iter()
+        .find(|w| w.path.ends_with("/status"))
+        .unwrap()
+        .body["status"]
+        .clone();
+    assert_eq!(written["phase"], "Deploying");
+
+    // The API server has the status we wrote; the cache still hands us the object without it.
+    api.add(route(
+        Method::GET,
+        &format!("{ROLLOUTS}/r1"),
+        200,
+        serde_json::to_value(rollout(written, json!({}), json!([FINALIZER]))).unwrap(),
+    ));
+    reconcile(stale, c.clone()).await.unwrap();
+    assert_eq!(rollout_reads(&api), 1, "read afresh: {:?}", api.seen());
+    assert_eq!(
+        transitions(&api),
+        2,
+        "the transition is not repeated: {:?}",
+        api.writes()
+    );
+    assert!(api.unrouted().is_empty(), "{:?}", api.unrouted());
+}
+
+/// The Gateway API provider reads the HTTPRoute as stored and sends one JSON patch of only the
+/// managed rule's backendRefs, guarded by its resourceVersion; a concurrent edit (the API
+/// server's 422 for a failed `test`) is a conflict, retried within a second.
+#[tokio::test]
+async fn a_gateway_weight_is_one_guarded_json_patch_of_the_routes_backend_refs() {
+    const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/gateways/httproutes/embed";
+    let mut r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    r.spec.ingress = None;
+    r.spec.traffic = Some(crate::crd::TrafficSpec {
+        gateway_api: Some(crate::crd::GatewayApiSpec {
+            http_route: crate::crd::HttpRouteRef {
+                name: "embed".into(),
+                namespace: Some("gateways".into()),
+            },
+            remove_baseline_on_promotion: false,
+        }),
+        ..Default::default()
+    });
+    let stored = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "embed", "namespace": "gateways", "resourceVersion": "77"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+             "backendRefs": [{"name": "akidb-mlx", "namespace": "prod", "port": 8080}]}]},
+        "status": {"parents": []}
+    });
+    let api = MockApi::new(vec![
+        route(Method::GET, ROUTE, 200, stored.clone()),
+        route(Method::PATCH, ROUTE, 200, stored.clone()),
+    ]);
+    apply_action(&ctx(&api), &r, &Action::SetCanaryWeight(10))
+        .await
+        .unwrap();
+    let writes = api.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        writes[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "77"},
+            {"op": "replace", "path": "/spec/rules/0/backendRefs", "value": [
+                {"name": "akidb-mlx", "namespace": "prod", "port": 8080, "weight": 90},
+                {"name": "akidb-candle", "namespace": "prod", "port": 8080, "weight": 10}]}
+        ])
+    );
+
+    let conflict = MockApi::new(vec![
+        route(Method::GET, ROUTE, 200, stored),
+        route(
+            Method::PATCH,
+            ROUTE,
+            422,
+            status_body(422, "the server rejected our request due to an error in our request: testing value /metadata/resourceVersion failed"),
+        ),
+    ]);
+    let e = apply_action(&ctx(&conflict), &r, &Action::SetCanaryWeight(10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "Conflict", "{e}");
+
+    let missing = MockApi::new(vec![route(
+        Method::GET,
+        ROUTE,
+        404,
+        not_found("httproutes \"embed\""),
+    )]);
+    let e = apply_action(&ctx(&missing), &r, &Action::SetCanaryWeight(10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "Missing", "{e}");
+    assert!(missing.writes().is_empty());
 }

@@ -70,18 +70,30 @@ pub const HISTORY_LIMIT: usize = 10;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.ingress) ? 1 : 0) + (has(self.traffic) && has(self.traffic.nginx) ? 1 : 0) + (has(self.traffic) && has(self.traffic.gatewayAPI) ? 1 : 0) == 1", "message": "set exactly one traffic provider: ingress (or traffic.nginx) or traffic.gatewayAPI"},
+    {"rule": "!has(self.steps) || size(self.steps) == 0 || self.steps[0].weight >= 1 || (has(self.traffic) && has(self.traffic.canaryHeader))", "message": "a first step of weight 0 sends only header traffic: it needs traffic.canaryHeader"},
+    {"rule": "!has(self.steps) || self.steps.all(s, s.weight >= 1 || s == self.steps[0])", "message": "only the first step may have weight 0"}
+]))]
 pub struct EmbeddingRolloutSpec {
     /// The existing service traffic moves away from.
     pub baseline: BaselineSpec,
     /// What the operator deploys and moves traffic to.
     pub candidate: CandidateSpec,
-    /// The primary Ingress (routes to the baseline Service).
-    pub ingress: IngressSpec,
-    /// Traffic steps. Weights strictly increasing, each 1..100, the last one 100.
+    /// The primary Ingress (routes to the baseline Service): the nginx canary provider. The
+    /// same as `traffic.nginx`; kept so existing rollouts work unchanged. Set this or `traffic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// How traffic moves: exactly one provider (nginx canary Ingress or Gateway API HTTPRoute),
+    /// and optionally a header that always reaches the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSpec>,
+    /// Traffic steps. Weights strictly increasing, each 1..100, the last one 100; the first may be
+    /// 0 when `traffic.canaryHeader` is set (only requests with that header reach the candidate).
     #[serde(default = "default_steps")]
     #[schemars(length(min = 1, max = 20))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(s, s.weight >= 1 && s.weight <= 100)", "message": "every step weight must be between 1 and 100"},
+        {"rule": "self.all(s, s.weight <= 100)", "message": "every step weight must be between 1 and 100 (0 only for a header-only first step)"},
         {"rule": "self.map(s, s.weight).isSorted() && self.all(a, self.exists_one(b, b.weight == a.weight))", "message": "step weights must be strictly increasing"},
         {"rule": "size(self) == 0 || self[size(self) - 1].weight == 100", "message": "the last step must have weight 100"}
     ]))]
@@ -96,9 +108,89 @@ pub struct EmbeddingRolloutSpec {
     /// `RollbackDeadlineExceeded` condition.
     #[serde(default = "default_rollback_deadline")]
     pub rollback_deadline: GoDuration,
+    /// After a rollback, how long the candidate keeps its pods once all traffic is back on the
+    /// baseline. Ingress controllers apply a route change a moment after the API server has it
+    /// (Traefik batches provider changes for 2 s, nginx at its next reload); until then requests
+    /// still reach the candidate, and a stopped pod would fail them. `0s`: at once. The default
+    /// is Argo Rollouts' `abortScaleDownDelaySeconds`.
+    #[serde(default = "default_rollback_scale_down_delay")]
+    pub rollback_scale_down_delay: GoDuration,
     /// Holds the rollout at its current weight (analysis and rollback triggers keep running).
     #[serde(default)]
     pub paused: bool,
+    /// Webhooks told of the rollout's milestones (step started, approval needed, promoted,
+    /// rollback started and done, failed, manual commands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsSpec>,
+}
+
+/// Where the rollout's notifications go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsSpec {
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// One receiver. Its URL comes from a Secret (it usually carries a token, as Slack's do), read at
+/// each delivery, so a rotated URL is used at the next one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Names the receiver in events and logs.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The key of a Secret in the rollout's namespace holding the URL (http or https).
+    pub url_secret_ref: SecretKeyRef,
+    /// `Generic` JSON (every field, for programs) or `Slack` (an incoming-webhook message).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// What to send; empty: everything but `Warning`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub events: Vec<NotificationKind>,
+    /// Per attempt.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: GoDuration,
+    /// Attempts per notification (retried on timeouts, connection errors, 429 and 5xx, with
+    /// backoff doubling from 1 s).
+    #[serde(default = "default_webhook_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum WebhookFormat {
+    /// `{"kind", "rollout", "namespace", "message", "phase", "step", ...}`.
+    #[default]
+    Generic,
+    /// `{"text", "attachments": [...]}`, what Slack's (and Mattermost's, Rocket.Chat's) incoming
+    /// webhooks take.
+    Slack,
+}
+
+/// What a notification is about.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum NotificationKind {
+    /// A step began (its weight applied).
+    StepStarted,
+    /// A step waits for a person's `promote`.
+    ApprovalNeeded,
+    Promoted,
+    /// A rollback began, with its reason: sent at once, before the baseline is ready.
+    RollbackStarted,
+    /// The rollback is complete: the reason and how long traffic took to go back.
+    RolledBack,
+    Failed,
+    /// A manual command was acted on (who sent it, as far as the API server tells).
+    Command,
+    /// Operator warnings: failing analyses, blocked traffic, invalid spec, evidence timeouts, a
+    /// missed rollback deadline. They repeat while their cause lasts, so they are opt-in.
+    Warning,
 }
 
 /// The existing service.
@@ -277,12 +369,77 @@ pub struct IngressSpec {
     pub name: String,
 }
 
+/// How traffic moves from the baseline to the candidate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSpec {
+    /// ingress-nginx canary annotations on `<name>-canary` (Traefik's kubernetesIngressNGINX
+    /// provider honours them too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<IngressSpec>,
+    /// Gateway API: the backendRefs weights of the user's HTTPRoute.
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiSpec>,
+    /// Requests carrying this header always reach the candidate while it takes traffic (testers,
+    /// synthetic checks). A first step of weight 0 then sends only these requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_header: Option<CanaryHeader>,
+}
+
+/// The HTTPRoute whose rules send traffic to the baseline Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiSpec {
+    pub http_route: HttpRouteRef,
+    /// After promotion, remove the baseline's backendRef from the rules (default: keep it at
+    /// weight 0, so a rollback is one weight change).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_baseline_on_promotion: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Default: the rollout's namespace. Another namespace needs a ReferenceGrant there for the
+    /// Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// An exact header match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryHeader {
+    /// Header name, e.g. `X-Canary`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
+    pub name: String,
+    /// Exact value, e.g. `always`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: String,
+}
+
+/// The traffic provider of a rollout, resolved from `ingress` / `traffic`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Provider<'a> {
+    Nginx(&'a IngressSpec),
+    GatewayApi(&'a GatewayApiSpec),
+}
+
 /// One traffic step.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
-    /// Percent of traffic on the candidate, 1..100.
-    #[schemars(range(min = 1, max = 100))]
+    /// Percent of traffic on the candidate, 1..100 (0: only `traffic.canaryHeader` requests).
+    #[schemars(range(max = 100))]
     pub weight: u8,
     /// Minimum soak at this weight before the next step (needs a passing analysis too).
     pub duration: GoDuration,
@@ -1030,6 +1187,45 @@ impl IngressSpec {
     }
 }
 
+impl EmbeddingRolloutSpec {
+    /// The traffic provider; `None` when the spec names none or two (the schema rejects both).
+    pub fn provider(&self) -> Option<Provider<'_>> {
+        let traffic = self.traffic.as_ref();
+        let nginx = traffic.and_then(|t| t.nginx.as_ref());
+        let gateway = traffic.and_then(|t| t.gateway_api.as_ref());
+        match (&self.ingress, nginx, gateway) {
+            (Some(i), None, None) | (None, Some(i), None) => Some(Provider::Nginx(i)),
+            (None, None, Some(g)) => Some(Provider::GatewayApi(g)),
+            _ => None,
+        }
+    }
+
+    /// The nginx provider's primary Ingress, when that is the provider.
+    pub fn nginx(&self) -> Option<&IngressSpec> {
+        match self.provider() {
+            Some(Provider::Nginx(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    pub fn canary_header(&self) -> Option<&CanaryHeader> {
+        self.traffic.as_ref().and_then(|t| t.canary_header.as_ref())
+    }
+
+    /// What carries the traffic, as people name it: `primary Ingress akidb-ingress`, `HTTPRoute embed`,
+    /// `HTTPRoute gateways/embed` (in another namespace).
+    pub fn traffic_object(&self) -> String {
+        match self.provider() {
+            Some(Provider::Nginx(i)) => format!("primary Ingress {}", i.name),
+            Some(Provider::GatewayApi(g)) => match &g.http_route.namespace {
+                Some(ns) => format!("HTTPRoute {ns}/{}", g.http_route.name),
+                None => format!("HTTPRoute {}", g.http_route.name),
+            },
+            None => "no traffic provider".to_string(),
+        }
+    }
+}
+
 impl CandidateSpec {
     /// Replicas at 100 % and after promotion.
     pub fn full_replicas(&self) -> i32 {
@@ -1121,8 +1317,17 @@ pub fn default_steps() -> Vec<Step> {
         })
         .collect()
 }
+fn default_webhook_timeout() -> GoDuration {
+    "5s".into()
+}
+fn default_webhook_attempts() -> u32 {
+    4
+}
 fn default_rollback_deadline() -> GoDuration {
     "5m".into()
+}
+fn default_rollback_scale_down_delay() -> GoDuration {
+    "30s".into()
 }
 fn default_port() -> i32 {
     8080

@@ -6,6 +6,8 @@ pub mod decision;
 pub mod duration;
 pub mod leader;
 pub mod metrics;
+pub mod notification;
+pub mod notifier;
 pub mod observe;
 pub mod parity_probe;
 pub mod prometheus;

@@ -47,6 +47,11 @@ struct Cli {
     /// Per-query Prometheus timeout (Go duration).
     #[arg(long, env = "OPERATOR_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     prometheus_timeout: Duration,
+    /// Watch Gateway API HTTPRoutes (rollouts with `traffic.gatewayAPI`); needs the Gateway API
+    /// CRDs installed and RBAC on httproutes. Without it such rollouts still work, re-read on a
+    /// timer instead of on every route change.
+    #[arg(long, env = "OPERATOR_GATEWAY_API")]
+    gateway_api: bool,
     /// Log as JSON lines.
     #[arg(long, env = "OPERATOR_LOG_JSON")]
     log_json: bool,
@@ -130,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ControllerConfig {
         namespace: cli.namespace.clone(),
         prometheus_timeout: cli.prometheus_timeout,
+        gateway_api: cli.gateway_api,
     };
     let controller = controller::run(client, config, metrics, readiness.clone());
 

@@ -95,10 +95,21 @@ fn schema_carries_validations_with_messages() {
         .collect();
     assert!(messages.contains(&"step weights must be strictly increasing"));
     assert!(messages.contains(&"the last step must have weight 100"));
+    // 0 is for a header-only first step; the spec-level rules below keep it there.
     assert_eq!(
         spec["steps"]["items"]["properties"]["weight"]["minimum"],
-        1.0
+        0.0
     );
+    let spec_rules: Vec<_> = s["properties"]["spec"]["x-kubernetes-validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert!(spec_rules.contains(
+        &"set exactly one traffic provider: ingress (or traffic.nginx) or traffic.gatewayAPI"
+    ));
+    assert!(spec_rules.contains(&"only the first step may have weight 0"));
     assert_eq!(
         spec["steps"]["items"]["properties"]["weight"]["maximum"],
         100.0
@@ -158,5 +169,40 @@ fn candidate_name_defaults_to_rollout_name() {
     .unwrap();
     let r = EmbeddingRollout::new("emb", spec);
     assert_eq!(r.candidate_name(), "emb-candle");
-    assert_eq!(r.spec.ingress.canary_name(), "ing-canary");
+    assert_eq!(r.spec.nginx().unwrap().canary_name(), "ing-canary");
+}
+
+#[test]
+fn the_traffic_provider_is_the_legacy_ingress_traffic_nginx_or_gateway_api_and_never_two() {
+    use embedding_rollout_operator::crd::Provider;
+    let spec = |extra: serde_json::Value| -> EmbeddingRolloutSpec {
+        let mut v = serde_json::json!({
+            "baseline": {"deployment": "a", "service": "a"},
+            "candidate": {"image": "img"},
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    };
+    let legacy = spec(serde_json::json!({"ingress": {"name": "ing"}}));
+    assert!(matches!(legacy.provider(), Some(Provider::Nginx(i)) if i.name == "ing"));
+    let nginx = spec(serde_json::json!({"traffic": {"nginx": {"name": "ing"}}}));
+    assert_eq!(nginx.provider(), legacy.provider());
+    let gw = spec(serde_json::json!({"traffic": {
+        "gatewayAPI": {"httpRoute": {"name": "embed", "namespace": "gateways"}},
+        "canaryHeader": {"name": "X-Canary", "value": "always"}}}));
+    assert!(
+        matches!(gw.provider(), Some(Provider::GatewayApi(g)) if g.http_route.name == "embed" && !g.remove_baseline_on_promotion)
+    );
+    assert_eq!(gw.traffic_object(), "HTTPRoute gateways/embed");
+    assert_eq!(gw.canary_header().unwrap().value, "always");
+    let both = spec(serde_json::json!({"ingress": {"name": "ing"},
+        "traffic": {"gatewayAPI": {"httpRoute": {"name": "embed"}}}}));
+    assert_eq!(both.provider(), None);
+    assert_eq!(spec(serde_json::json!({})).provider(), None);
+    // Round trip keeps the field names users write.
+    let v = serde_json::to_value(&gw).unwrap();
+    assert_eq!(v["traffic"]["gatewayAPI"]["httpRoute"]["name"], "embed");
+    assert!(v.get("ingress").is_none());
 }

@@ -124,6 +124,7 @@ pub fn with_core(spec: &EmbeddingRolloutSpec, world: &mut World, clock: Clock) -
         baseline: Some(ready(3, None)),
         canary_weight: None,
         primary_backend: PrimaryBackend::Baseline,
+        traffic_blocked: None,
         candidate_autoscaler: None,
         baseline_autoscaler: None,
     };

@@ -62,5 +62,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $rules = append $rules . -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.gatewayAPI.enabled -}}
+{{- /* The Gateway API provider: read and watch the users' HTTPRoutes, patch only their weights. */ -}}
+{{- $rules = append $rules (dict "apiGroups" (list "gateway.networking.k8s.io") "resources" (list "httproutes") "verbs" (list "get" "list" "watch" "patch")) -}}
+{{- end -}}
 {{- toYaml $rules -}}
 {{- end -}}

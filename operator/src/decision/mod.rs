@@ -105,6 +105,9 @@ pub struct Observed {
     /// Weight of the canary Ingress; `None` = it does not exist.
     pub canary_weight: Option<u8>,
     pub primary_backend: PrimaryBackend,
+    /// Why the traffic object cannot be changed safely (an HTTPRoute its Gateway did not accept,
+    /// a rule that also routes to other Services); `None` when it can.
+    pub traffic_blocked: Option<String>,
     /// The candidate's HorizontalPodAutoscaler (ours, from `candidate.autoscaling`).
     pub candidate_autoscaler: Option<AutoscalerObs>,
     /// A HorizontalPodAutoscaler of the user's that scales the baseline Deployment.
@@ -237,7 +240,7 @@ fn in_analysed_phase(status: &EmbeddingRolloutStatus) -> bool {
     matches!(
         status.phase,
         Phase::Progressing | Phase::Paused | Phase::Promoting
-    ) && status.current_weight > 0
+    ) && status.step_started_at.is_some()
 }
 
 /// One interval after the later of the last analysis and the start of the step: the first
@@ -310,6 +313,17 @@ impl Reconciler<'_> {
             self.finalize();
             return;
         }
+        if let Some(why) = &self.obs.traffic_blocked {
+            // Changing weights on a route nobody serves, or one whose other backends we would
+            // shift, is worse than waiting: hold everything, traffic untouched, and say why.
+            let msg = format!("{why}; holding, traffic untouched");
+            if self.st.message.as_deref() != Some(msg.as_str()) {
+                self.warn("TrafficBlocked", &msg);
+            }
+            self.st.message = Some(msg);
+            self.requeue.push(Duration::from_secs(10));
+            return;
+        }
         let t = match Timing::from_spec(self.spec) {
             Ok(t) => t,
             Err(e) => {
@@ -340,7 +354,7 @@ impl Reconciler<'_> {
                 Phase::Promoting => self.promoting(t),
                 Phase::Promoted | Phase::Decommissioned => self.promoted(t),
                 Phase::RollingBack => self.rolling_back(t),
-                Phase::RolledBack | Phase::Failed => self.finished(),
+                Phase::RolledBack | Phase::Failed => self.finished(t),
             }
             if self.st.phase == before {
                 break;
@@ -742,10 +756,7 @@ impl Reconciler<'_> {
             return;
         }
         if self.obs.primary_backend == PrimaryBackend::Missing {
-            self.st.message = Some(format!(
-                "waiting for the primary Ingress {}",
-                self.spec.ingress.name
-            ));
+            self.st.message = Some(format!("waiting for the {}", self.spec.traffic_object()));
             self.requeue.push(Duration::from_secs(10));
             return;
         }
@@ -913,7 +924,8 @@ impl Reconciler<'_> {
         if self.restart_if_candidate_changed() {
             return;
         }
-        if self.st.current_weight > 0 {
+        // A step is running once its weight is applied; 0 too (header traffic only).
+        if self.st.step_started_at.is_some() {
             self.ensure_canary_weight(self.st.current_weight);
         }
         self.ensure_primary(Backend::Baseline);
@@ -1267,8 +1279,9 @@ impl Reconciler<'_> {
         self.st.waiting_since = Some(self.now);
         self.set_phase(Phase::Promoting);
         let msg = format!(
-            "promoting: scaling the candidate to {} replicas, then switching the primary Ingress",
-            self.spec.candidate.full_replicas()
+            "promoting: scaling the candidate to {} replicas, then switching the {}",
+            self.spec.candidate.full_replicas(),
+            self.spec.traffic_object()
         );
         self.st.message = Some(msg.clone());
         self.normal("Promoting", &msg);
@@ -1288,13 +1301,16 @@ impl Reconciler<'_> {
         let full = self.spec.candidate.full_replicas();
         self.ensure_candidate(full);
         if !switched {
-            if self.st.current_weight > 0 {
+            if self.st.step_started_at.is_some() {
                 self.ensure_canary_weight(self.st.current_weight);
             }
             if self.candidate_ready(full) {
                 // currentWeight becomes 100 once the switch is observed.
                 self.act(Action::PointPrimaryIngressAt(Backend::Candidate));
-                self.st.message = Some("switching the primary Ingress to the candidate".into());
+                self.st.message = Some(format!(
+                    "switching the {} to the candidate",
+                    self.spec.traffic_object()
+                ));
                 self.requeue.push(TRANSITION_REQUEUE);
                 return;
             }
@@ -1346,9 +1362,8 @@ impl Reconciler<'_> {
             }
             return;
         }
-        self.st.message = Some(
-            "promoting: removing the canary Ingress and scaling the baseline to standby".into(),
-        );
+        self.st.message =
+            Some("promoting: removing the canary and scaling the baseline to standby".into());
         self.requeue.push(WAIT_REQUEUE);
     }
 
@@ -1468,7 +1483,7 @@ impl Reconciler<'_> {
                 rb.baseline_ready_seconds.unwrap_or_default(),
                 rb.reason
             );
-            self.retire_candidate();
+            self.retire_candidate_when_drained(t);
             self.set_phase(Phase::RolledBack);
             self.st.message = Some(msg.clone());
             self.normal("RolledBack", &msg);
@@ -1505,13 +1520,29 @@ impl Reconciler<'_> {
             PrimaryBackend::Baseline => "primary on baseline".to_string(),
             PrimaryBackend::Candidate => "primary on candidate".into(),
             PrimaryBackend::Other(s) => format!("primary on {s}"),
-            PrimaryBackend::Missing => "primary Ingress missing".into(),
+            PrimaryBackend::Missing => format!("{} missing", self.spec.traffic_object()),
         };
         format!("{canary}, {primary}, {baseline}")
     }
 
+    /// After a rollback, the candidate's pods go once `rollbackScaleDownDelay` has passed since
+    /// all traffic was back on the baseline (the ingress controller may still route to them).
+    fn retire_candidate_when_drained(&mut self, t: &Timing) {
+        let Some(done) = self.st.rollback.as_ref().and_then(|rb| rb.completed_at) else {
+            // No record of when traffic came back (hand-edited status): nothing to wait for.
+            self.retire_candidate();
+            return;
+        };
+        match elapsed(done, self.now) {
+            Some(e) if e >= t.rollback_scale_down_delay => self.retire_candidate(),
+            Some(e) => self.requeue.push(t.rollback_scale_down_delay - e),
+            // The clock is behind the record: wait the whole delay from now.
+            None => self.requeue.push(t.rollback_scale_down_delay),
+        }
+    }
+
     /// RolledBack and Failed: keep traffic off the candidate; a new candidate spec starts over.
-    fn finished(&mut self) {
+    fn finished(&mut self, t: &Timing) {
         let changed = self
             .st
             .candidate_hash
@@ -1530,6 +1561,7 @@ impl Reconciler<'_> {
             if self.obs.primary_backend != PrimaryBackend::Baseline && self.baseline_alive() {
                 self.act(Action::PointPrimaryIngressAt(Backend::Baseline));
             }
+            self.retire_candidate_when_drained(t);
         }
     }
 
@@ -1595,14 +1627,17 @@ impl Reconciler<'_> {
         );
         if primary_safe && self.obs.canary_weight.is_none() {
             self.act(Action::RemoveFinalizer);
-            self.st.message =
-                Some("deleted: primary Ingress on the baseline, canary removed".into());
+            self.st.message = Some(format!(
+                "deleted: {} on the baseline, canary removed",
+                self.spec.traffic_object()
+            ));
             return;
         }
         self.st.message = Some(if self.obs.baseline.is_none() {
             format!(
-                "deleting: waiting for the baseline Deployment {} so the primary Ingress has a live backend",
-                self.spec.baseline.deployment
+                "deleting: waiting for the baseline Deployment {} so the {} has a live backend",
+                self.spec.baseline.deployment,
+                self.spec.traffic_object()
             )
         } else {
             "deleting: returning traffic to the baseline before removing the finalizer".into()

@@ -59,8 +59,7 @@ pub fn update(
     let running = matches!(
         st.phase,
         Phase::Progressing | Phase::Paused | Phase::Promoting
-    ) && st.step_started_at.is_some()
-        && st.current_weight > 0;
+    ) && st.step_started_at.is_some();
     let key = (st.current_step, st.step_started_at);
     if let Some(open) = st.step_summaries.iter().position(|s| s.ended_at.is_none()) {
         let s = &st.step_summaries[open];

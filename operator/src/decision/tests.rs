@@ -46,9 +46,10 @@ fn spec() -> EmbeddingRolloutSpec {
             template: None,
             autoscaling: None,
         },
-        ingress: IngressSpec {
+        ingress: Some(IngressSpec {
             name: "akidb-ingress".into(),
-        },
+        }),
+        traffic: None,
         steps: [1u8, 10, 50, 100]
             .into_iter()
             .map(|weight| Step {
@@ -63,7 +64,10 @@ fn spec() -> EmbeddingRolloutSpec {
             decommission_after: Some("1h".into()),
         },
         rollback_deadline: "5m".into(),
+        // The candidate goes at once after a rollback in these tests; the delay has its own.
+        rollback_scale_down_delay: "0s".into(),
         paused: false,
+        notifications: None,
     }
 }
 
@@ -96,6 +100,7 @@ fn obs() -> Observed {
         baseline: Some(dep(3, 3)),
         canary_weight: None,
         primary_backend: PrimaryBackend::Baseline,
+        traffic_blocked: None,
         candidate_autoscaler: None,
         baseline_autoscaler: None,
     }
@@ -1269,6 +1274,44 @@ fn rolling_back() -> Sim {
     }
     assert_eq!(s.phase(), Phase::RollingBack);
     s
+}
+
+#[test]
+fn after_a_rollback_the_candidate_keeps_its_pods_for_the_scale_down_delay() {
+    let mut s = rolling_back();
+    s.spec.rollback_scale_down_delay = "30s".into();
+    let d = s.after(3, None);
+    assert_eq!(s.phase(), Phase::RolledBack);
+    assert!(has_event(&d, "RolledBack"));
+    assert!(
+        d.actions.is_empty(),
+        "the ingress controller may still route to the candidate: {:?}",
+        d.actions
+    );
+    assert!(d.requeue_after <= Duration::from_secs(30));
+    let d = s.after(29, None);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(
+        d.requeue_after <= Duration::from_secs(1),
+        "{:?}",
+        d.requeue_after
+    );
+    let d = s.after(1, None);
+    assert_eq!(d.actions, [Action::ScaleCandidate(0)]);
+    assert_eq!(s.phase(), Phase::RolledBack);
+    let d = s.after(60, None);
+    assert!(d.actions.is_empty(), "scaled down once: {:?}", d.actions);
+}
+
+#[test]
+fn a_clock_behind_the_rollback_record_waits_the_whole_scale_down_delay() {
+    let mut s = rolling_back();
+    s.spec.rollback_scale_down_delay = "30s".into();
+    s.after(3, None);
+    assert_eq!(s.phase(), Phase::RolledBack);
+    let d = s.after(-120, None);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.requeue_after <= Duration::from_secs(30));
 }
 
 #[test]
@@ -2870,4 +2913,127 @@ fn a_new_step_does_not_inherit_the_last_steps_parity() {
         parity_gate_of(&s).evidence,
         "no parity probe in this step yet"
     );
+}
+
+// ----- traffic providers -----------------------------------------------------------------------
+
+fn header_first_spec() -> EmbeddingRolloutSpec {
+    let mut sp = spec();
+    sp.traffic = Some(crate::crd::TrafficSpec {
+        canary_header: Some(crate::crd::CanaryHeader {
+            name: "X-Canary".into(),
+            value: "always".into(),
+        }),
+        ..Default::default()
+    });
+    sp.steps.insert(
+        0,
+        Step {
+            weight: 0,
+            duration: "10m".into(),
+            approval: false,
+        },
+    );
+    sp
+}
+
+#[test]
+fn a_header_only_first_step_is_judged_at_weight_0_before_any_weight() {
+    let mut s = Sim::new(header_first_spec());
+    s.run(30, 3 * 3600, &healthy());
+    assert_eq!(s.phase(), Phase::Decommissioned, "{:?}", s.status.message);
+    assert_eq!(
+        s.weights,
+        [0, 1, 10, 50, 100],
+        "the canary exists at weight 0 first (header traffic only)"
+    );
+    let started: Vec<_> = s
+        .log
+        .iter()
+        .flat_map(|d| d.events.iter())
+        .filter(|e| e.reason == "StepStarted")
+        .map(|e| e.message.clone())
+        .collect();
+    assert_eq!(started.len(), 5, "{started:?}");
+    assert!(started[0].starts_with("step 1/5: 0%"), "{started:?}");
+}
+
+#[test]
+fn a_header_only_step_that_fails_rolls_back() {
+    let mut s = Sim::new(header_first_spec());
+    s.run(30, 3600, &erroring());
+    assert_eq!(s.phase(), Phase::RolledBack, "{:?}", s.status.message);
+    assert_eq!(s.weights.iter().max(), Some(&0), "no weighted traffic ever");
+    assert_eq!(s.obs.canary_weight, None);
+    assert_eq!(s.obs.primary_backend, PrimaryBackend::Baseline);
+}
+
+#[test]
+fn weight_0_needs_the_header_and_only_as_the_first_step() {
+    let mut sp = header_first_spec();
+    sp.traffic = None;
+    let d = reconcile(&sp, &Default::default(), &obs(), None, t0());
+    assert!(d.actions.is_empty());
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("needs traffic.canaryHeader"),
+        "{:?}",
+        d.status.message
+    );
+    let mut sp = header_first_spec();
+    sp.steps.swap(0, 1);
+    let d = reconcile(&sp, &Default::default(), &obs(), None, t0());
+    assert!(d.actions.is_empty());
+    assert!(
+        d.status.message.as_deref().unwrap().contains("steps:"),
+        "{:?}",
+        d.status.message
+    );
+}
+
+#[test]
+fn no_provider_or_two_holds_with_the_spec_error() {
+    let mut sp = spec();
+    sp.ingress = None;
+    let d = reconcile(&sp, &Default::default(), &obs(), None, t0());
+    assert!(d.actions.is_empty());
+    assert!(d
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("exactly one traffic provider"));
+}
+
+#[test]
+fn a_blocked_route_holds_everything_mid_rollout_and_resumes_when_fixed() {
+    let mut s = Sim::new(spec());
+    s.run(30, 25 * MIN, &healthy());
+    assert_eq!(s.phase(), Phase::Progressing);
+    let weight = s.obs.canary_weight;
+    let step = s.status.current_step;
+    s.obs.traffic_blocked = Some("HTTPRoute embed is not accepted by Gateway gw: x: y".into());
+    // Even a failing candidate does not move traffic on a route nobody serves as written.
+    let d = s.tick(Some(&erroring()));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(has_event(&d, "TrafficBlocked"));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("HTTPRoute embed is not accepted by Gateway gw: x: y; holding, traffic untouched")
+    );
+    s.run(30, 30 * MIN, &healthy());
+    assert_eq!(s.obs.canary_weight, weight);
+    assert_eq!(s.status.current_step, step);
+    let warnings = s
+        .log
+        .iter()
+        .filter(|d| has_event(d, "TrafficBlocked"))
+        .count();
+    assert_eq!(warnings, 1, "one warning, not one per reconcile");
+    s.obs.traffic_blocked = None;
+    s.run(30, 3 * 3600, &healthy());
+    assert_eq!(s.phase(), Phase::Decommissioned, "{:?}", s.status.message);
 }

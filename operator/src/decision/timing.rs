@@ -13,6 +13,7 @@ pub(crate) struct Timing {
     pub interval: Duration,
     pub p95_sustained_for: Duration,
     pub rollback_deadline: Duration,
+    pub rollback_scale_down_delay: Duration,
     pub progress_deadline: Duration,
     pub decommission_after: Option<Duration>,
     pub evidence_timeout: Duration,
@@ -32,6 +33,8 @@ pub enum SpecError {
     Steps(String),
     #[error("analysis.interval must be positive")]
     ZeroInterval,
+    #[error("set exactly one traffic provider: ingress (or traffic.nginx) or traffic.gatewayAPI")]
+    Provider,
 }
 
 impl Timing {
@@ -51,8 +54,22 @@ impl Timing {
         if spec.steps.is_empty() {
             return Err(SpecError::Steps("at least one step is required".into()));
         }
-        if spec.steps.iter().any(|s| s.weight == 0 || s.weight > 100) {
+        if spec.steps.iter().any(|s| s.weight > 100) {
             return Err(SpecError::Steps("every weight must be 1..100".into()));
+        }
+        if spec.steps.iter().skip(1).any(|s| s.weight == 0) {
+            return Err(SpecError::Steps(
+                "only the first step may have weight 0".into(),
+            ));
+        }
+        if spec.steps[0].weight == 0 && spec.canary_header().is_none() {
+            return Err(SpecError::Steps(
+                "a first step of weight 0 sends only header traffic: it needs traffic.canaryHeader"
+                    .into(),
+            ));
+        }
+        if spec.provider().is_none() {
+            return Err(SpecError::Provider);
         }
         if spec.steps.windows(2).any(|w| w[0].weight >= w[1].weight) {
             return Err(SpecError::Steps(
@@ -78,6 +95,10 @@ impl Timing {
                 &a.rollback_triggers.p95_sustained_for,
             )?,
             rollback_deadline: d("rollbackDeadline", &spec.rollback_deadline)?,
+            rollback_scale_down_delay: d(
+                "rollbackScaleDownDelay",
+                &spec.rollback_scale_down_delay,
+            )?,
             progress_deadline: d(
                 "candidate.progressDeadline",
                 &spec.candidate.progress_deadline,

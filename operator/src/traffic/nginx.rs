@@ -17,6 +17,9 @@ use k8s_openapi::{
 
 pub const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
 pub const CANARY_WEIGHT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-weight";
+pub const CANARY_HEADER_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary-by-header";
+pub const CANARY_HEADER_VALUE_ANNOTATION: &str =
+    "nginx.ingress.kubernetes.io/canary-by-header-value";
 /// Pre-`ingressClassName` way of choosing the controller; copied when the primary uses it.
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
@@ -48,6 +51,10 @@ pub enum TrafficError {
     NoBaselineBackend { ingress: String, service: String },
     #[error("canary weight {0} is outside 0..=100")]
     WeightOutOfRange(i32),
+    #[error("the spec names no traffic provider (or two)")]
+    NoProvider,
+    #[error("{0}")]
+    Route(String),
 }
 
 /// Everything the canary Ingress needs besides the primary itself.
@@ -56,6 +63,8 @@ pub struct CanaryParams<'a> {
     pub baseline_service: &'a str,
     pub candidate: &'a ServiceTarget,
     pub weight: i32,
+    /// Requests with this header (exact value) always go to the canary, whatever the weight.
+    pub header: Option<&'a crate::crd::CanaryHeader>,
     pub owner: OwnerReference,
     pub labels: BTreeMap<String, String>,
 }
@@ -125,6 +134,10 @@ pub fn build_canary(primary: &Ingress, p: &CanaryParams<'_>) -> Result<Ingress, 
     }
     annotations.insert(CANARY_ANNOTATION.to_string(), "true".to_string());
     annotations.insert(CANARY_WEIGHT_ANNOTATION.to_string(), p.weight.to_string());
+    if let Some(h) = p.header {
+        annotations.insert(CANARY_HEADER_ANNOTATION.to_string(), h.name.clone());
+        annotations.insert(CANARY_HEADER_VALUE_ANNOTATION.to_string(), h.value.clone());
+    }
 
     Ok(Ingress {
         metadata: ObjectMeta {
@@ -331,6 +344,7 @@ mod tests {
             baseline_service: "akidb-mlx",
             candidate: c,
             weight,
+            header: None,
             owner: OwnerReference {
                 api_version: "rollout.akidb.io/v1alpha1".into(),
                 kind: "EmbeddingRollout".into(),
@@ -364,6 +378,26 @@ mod tests {
             canary.spec.unwrap().ingress_class_name.as_deref(),
             Some("nginx")
         );
+    }
+
+    #[test]
+    fn the_canary_header_is_the_by_header_annotation_pair_and_absent_without_it() {
+        let c = candle();
+        let h = crate::crd::CanaryHeader {
+            name: "X-Canary".into(),
+            value: "always".into(),
+        };
+        let mut p = params(&c, 0);
+        p.header = Some(&h);
+        let canary = build_canary(&primary(), &p).unwrap();
+        let a = canary.metadata.annotations.unwrap();
+        assert_eq!(a[CANARY_HEADER_ANNOTATION], "X-Canary");
+        assert_eq!(a[CANARY_HEADER_VALUE_ANNOTATION], "always");
+        assert_eq!(a[CANARY_WEIGHT_ANNOTATION], "0");
+        let plain = build_canary(&primary(), &params(&c, 0)).unwrap();
+        let a = plain.metadata.annotations.unwrap();
+        assert!(!a.contains_key(CANARY_HEADER_ANNOTATION));
+        assert!(!a.contains_key(CANARY_HEADER_VALUE_ANNOTATION));
     }
 
     #[test]
