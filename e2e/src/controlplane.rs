@@ -72,7 +72,7 @@ pub enum ControlPlaneError {
     NoToken { namespace: String, name: String },
     #[error("manifest document {index}: {reason}")]
     Manifest { index: usize, reason: String },
-    #[error("CRD {name} not Established within {timeout:?}")]
+    #[error("CRD {name} not Established and served by discovery within {timeout:?}")]
     CrdNotEstablished { name: String, timeout: Duration },
 }
 
@@ -441,16 +441,45 @@ pub async fn apply_yaml(
     Ok(applied)
 }
 
-/// Waits until the CRD `name` is Established (its resources are served).
+/// Waits until the CRD `name` is Established and discovery lists its kind in every served version.
+///
+/// Established alone is not enough for a client that resolves kinds through discovery (as kubectl and
+/// `apply_yaml` do): the API server's discovery controller publishes `/apis/<group>/<version>` on its
+/// own queue, so for a moment after Established that path can still answer 404 (seen in CI:
+/// "404 page not found" for the document right after its CRD). kubectl hides this by refreshing its
+/// discovery cache and retrying; here we wait for the condition itself, bounded by the same timeout.
 pub async fn wait_crd_established(client: &Client, name: &str) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let established = await_condition(crds, name, conditions::is_crd_established());
-    match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ControlPlaneError::Manifest {
-            index: 0,
-            reason: format!("watching CRD {name}: {e}"),
-        }),
+    let served = async {
+        let crd = await_condition(crds, name, conditions::is_crd_established())
+            .await
+            .map_err(|e| ControlPlaneError::Manifest {
+                index: 0,
+                reason: format!("watching CRD {name}: {e}"),
+            })?
+            .ok_or_else(|| ControlPlaneError::Manifest {
+                index: 0,
+                reason: format!("CRD {name} was deleted while waiting for it"),
+            })?;
+        let group = &crd.spec.group;
+        let plural = &crd.spec.names.plural;
+        for version in crd.spec.versions.iter().filter(|v| v.served) {
+            let api_version = format!("{group}/{}", version.name);
+            loop {
+                match client.list_api_group_resources(&api_version).await {
+                    Ok(list) if list.resources.iter().any(|r| &r.name == plural) => break,
+                    // Not published yet (404, or the group listed without this kind): poll again.
+                    Ok(_) | Err(kube::Error::Api(_)) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, served).await {
+        Ok(result) => result,
         Err(_) => Err(ControlPlaneError::CrdNotEstablished {
             name: name.to_string(),
             timeout: CRD_ESTABLISHED_TIMEOUT,
