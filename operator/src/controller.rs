@@ -41,10 +41,11 @@ use serde_json::json;
 use crate::{
     cluster::{self, ClusterError},
     crd::{
-        EmbeddingRollout, EmbeddingRolloutStatus, GatewayApiSpec, Phase, Provider, Verdict,
-        COMMAND_ANNOTATION, FINALIZER, ROLLOUT_LABEL,
+        EmbeddingRollout, EmbeddingRolloutSpec, EmbeddingRolloutStatus, GatewayApiSpec, Phase,
+        Provider, Verdict, COMMAND_ANNOTATION, FINALIZER, ROLLOUT_LABEL,
     },
     decision::{self, parity::ParityProbe, Action, Backend, Decision, EventType, MetricsSnapshot},
+    gate_template_reader,
     metrics::Metrics,
     notification,
     notifier::{self, Notifier},
@@ -461,13 +462,18 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     let status = rollout.status.clone().unwrap_or_default();
     let now = Utc::now();
     let t1 = Instant::now();
-    let snapshot = if decision::analysis_due(&rollout.spec, &status, now) {
-        Some(query_metrics(ctx, rollout, &status, now).await)
+    // An analysis judges the gates of the templates too: the decision and the queries see the
+    // spec with them merged into `gates.custom`.
+    let (spec, snapshot) = if decision::analysis_due(&rollout.spec, &status, now) {
+        let (spec, problems) = with_gate_templates(ctx, rollout).await;
+        let mut snapshot = query_metrics(ctx, rollout, &spec, &status, now).await;
+        snapshot.gate_problems = problems;
+        (std::borrow::Cow::Owned(spec), Some(snapshot))
     } else {
-        None
+        (std::borrow::Cow::Borrowed(&rollout.spec), None)
     };
     let query_time = t1.elapsed();
-    let decided = decision::reconcile(&rollout.spec, &status, &observed, snapshot.as_ref(), now);
+    let decided = decision::reconcile(&spec, &status, &observed, snapshot.as_ref(), now);
     tracing::Span::current().record("decided", tracing::field::display(decided.status.phase));
     tracing::debug!(rollout = %name, namespace = %ns, phase = %decided.status.phase, actions = ?decided.actions, "decided");
 
@@ -519,13 +525,31 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     Ok(Requeue::requeue(decided.requeue_after))
 }
 
+/// The rollout's spec with its gate templates' gates in `analysis.gates.custom`, and what kept
+/// any of them out.
+async fn with_gate_templates(
+    ctx: &Context,
+    rollout: &EmbeddingRollout,
+) -> (EmbeddingRolloutSpec, Vec<String>) {
+    let mut spec = rollout.spec.clone();
+    let refs = &spec.analysis.gates.templates;
+    if refs.is_empty() {
+        return (spec, Vec::new());
+    }
+    let ns = rollout.namespace().unwrap_or_default();
+    let fetched = gate_template_reader::read(&ctx.client, &ns, refs).await;
+    let resolved = decision::gate_templates::resolve(&spec.analysis.gates, &fetched);
+    spec.analysis.gates = resolved.gates;
+    (spec, resolved.problems)
+}
+
 async fn query_metrics(
     ctx: &Context,
     rollout: &EmbeddingRollout,
+    spec: &EmbeddingRolloutSpec,
     status: &EmbeddingRolloutStatus,
     now: chrono::DateTime<Utc>,
 ) -> MetricsSnapshot {
-    let spec = &rollout.spec;
     let queries = AnalysisQueries {
         candidate_service: &spec.candidate.metrics_service,
         baseline_service: &spec.baseline.metrics_service,

@@ -641,6 +641,95 @@ async fn prometheus_credentials_are_read_from_the_rollouts_namespace_and_a_403_i
     );
 }
 
+#[tokio::test]
+async fn gate_templates_are_read_by_name_in_their_scope_and_a_missing_or_forbidden_one_is_named() {
+    use crate::crd::GateTemplateRef;
+    use crate::decision::gate_templates::resolve;
+    let template = |kind: &str, name: &str, gate: &str| {
+        json!({"apiVersion": "rollout.akidb.io/v1alpha1", "kind": kind,
+               "metadata": {"name": name, "namespace": if kind == "EmbeddingGateTemplate" { "prod" } else { "" }},
+               "spec": {"gates": [{"name": gate, "query": "up{service=\"{{service}}\"}", "min": 1.0}]}})
+    };
+    let ours = "/apis/rollout.akidb.io/v1alpha1/namespaces/prod/embeddinggatetemplates";
+    let cluster = "/apis/rollout.akidb.io/v1alpha1/clusterembeddinggatetemplates";
+    let api = MockApi::new(vec![
+        route(
+            Method::GET,
+            &format!("{ours}/team"),
+            200,
+            template("EmbeddingGateTemplate", "team", "up"),
+        ),
+        route(
+            Method::GET,
+            &format!("{cluster}/org"),
+            200,
+            template("ClusterEmbeddingGateTemplate", "org", "alerts"),
+        ),
+        route(
+            Method::GET,
+            &format!("{ours}/gone"),
+            404,
+            not_found("embeddinggatetemplates.rollout.akidb.io \"gone\""),
+        ),
+        route(
+            Method::GET,
+            &format!("{cluster}/secret"),
+            403,
+            status_body(
+                403,
+                "clusterembeddinggatetemplates.rollout.akidb.io \"secret\" is forbidden",
+            ),
+        ),
+    ]);
+    let refs = [
+        ("team", false),
+        ("org", true),
+        ("gone", false),
+        ("secret", true),
+    ]
+    .map(|(name, cluster_scope)| GateTemplateRef {
+        name: name.into(),
+        cluster_scope,
+    });
+    let fetched = gate_template_reader::read(&api.client(), "prod", &refs).await;
+
+    let mut paths: Vec<_> = api
+        .seen()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            format!("GET {cluster}/org"),
+            format!("GET {cluster}/secret"),
+            format!("GET {ours}/gone"),
+            format!("GET {ours}/team"),
+        ],
+        "one GET per reference, nothing listed or watched"
+    );
+    let gates = crate::crd::Gates {
+        templates: refs.to_vec(),
+        ..Default::default()
+    };
+    let resolved = resolve(&gates, &fetched);
+    let names: Vec<_> = resolved
+        .gates
+        .custom
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    assert_eq!(names, ["up", "alerts"]);
+    assert_eq!(
+        resolved.problems,
+        [
+            "gate template EmbeddingGateTemplate gone: not found in namespace prod".to_string(),
+            "gate template ClusterEmbeddingGateTemplate secret: the operator may not read it (403 clusterembeddinggatetemplates.rollout.akidb.io \"secret\" is forbidden); the chart's ClusterRole grants get on gate templates".to_string(),
+        ]
+    );
+}
+
 // ----- the parity probe's edge -------------------------------------------------------------------
 
 /// A stand-in embedding server on loopback answering `/api/v1/embed` with `vector` for every text

@@ -629,6 +629,92 @@ pub struct Gates {
     /// (docs/analysis.md). Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parity: Option<ParitySpec>,
+    /// Gate templates whose `gates` are judged with `custom`, read afresh at every analysis (an
+    /// edit reaches running rollouts at their next look). A template that cannot be read, or a
+    /// gate name used twice across `custom` and the templates, makes the analysis Inconclusive
+    /// with the reason: it never passes without the gates it names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub templates: Vec<GateTemplateRef>,
+}
+
+/// A reference to an `EmbeddingGateTemplate` in the rollout's namespace, or with
+/// `clusterScope` to a `ClusterEmbeddingGateTemplate`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateTemplateRef {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_scope: bool,
+}
+
+impl GateTemplateRef {
+    /// `EmbeddingGateTemplate team-gates` / `ClusterEmbeddingGateTemplate org-gates`.
+    pub fn describe(&self) -> String {
+        let kind = if self.cluster_scope {
+            "ClusterEmbeddingGateTemplate"
+        } else {
+            "EmbeddingGateTemplate"
+        };
+        format!("{kind} {}", self.name)
+    }
+}
+
+/// Gates a team writes once and many rollouts refer to (`analysis.gates.templates`), as Argo
+/// Rollouts' AnalysisTemplate and Flagger's MetricTemplate. Each gate is a custom gate, with the
+/// same placeholders (`{{service}}`, `{{baseline}}`, `{{window}}`, `{{step}}`), filled in for the
+/// rollout that refers to it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "rollout.akidb.io",
+    version = "v1alpha1",
+    kind = "EmbeddingGateTemplate",
+    namespaced,
+    shortname = "egt",
+    derive = "PartialEq",
+    doc = "Custom go/no-go gates that EmbeddingRollouts in this namespace refer to by name (analysis.gates.templates).",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingGateTemplateSpec {
+    #[schemars(length(min = 1, max = 20))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(a, self.exists_one(b, b.name == a.name))", "message": "gate names must be unique"}
+    ]))]
+    pub gates: Vec<CustomGate>,
+}
+
+/// The cluster-wide `EmbeddingGateTemplate`: one set of gates for rollouts in every namespace
+/// (`clusterScope: true` in the reference).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "rollout.akidb.io",
+    version = "v1alpha1",
+    kind = "ClusterEmbeddingGateTemplate",
+    shortname = "cegt",
+    derive = "PartialEq",
+    doc = "Custom go/no-go gates that EmbeddingRollouts in any namespace refer to by name (analysis.gates.templates with clusterScope).",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterEmbeddingGateTemplateSpec {
+    #[schemars(length(min = 1, max = 20))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(a, self.exists_one(b, b.name == a.name))", "message": "gate names must be unique"}
+    ]))]
+    pub gates: Vec<CustomGate>,
 }
 
 /// The embedding parity gate: at each analysis (or every `every`-th) the operator sends the same
@@ -1273,6 +1359,7 @@ impl Default for Gates {
             min_baseline_requests: default_min_requests(),
             custom: Vec::new(),
             parity: None,
+            templates: Vec::new(),
         }
     }
 }
@@ -1415,4 +1502,18 @@ fn default_trigger_error_rate() -> f64 {
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&EmbeddingRollout::crd()).expect("the CRD serialises to YAML")
+}
+
+/// Every CRD of the project as (file name under `crds/`, YAML), as `make crds` writes them.
+pub fn crd_files() -> Vec<(String, String)> {
+    use kube::CustomResourceExt;
+    let yaml = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+        let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
+        (file, serde_yaml::to_string(&crd).expect("the CRD serialises to YAML"))
+    };
+    vec![
+        yaml(EmbeddingRollout::crd()),
+        yaml(EmbeddingGateTemplate::crd()),
+        yaml(ClusterEmbeddingGateTemplate::crd()),
+    ]
 }

@@ -4,6 +4,7 @@ pub mod controller;
 pub mod crd;
 pub mod decision;
 pub mod duration;
+pub mod gate_template_reader;
 pub mod leader;
 pub mod metrics;
 pub mod notification;

@@ -457,6 +457,7 @@ impl Prometheus {
             custom,
             // The parity probe is not Prometheus's: the controller adds it.
             parity: None,
+            gate_problems: Vec::new(),
         }
     }
 

@@ -14,6 +14,65 @@ fn committed_crd_is_up_to_date() {
     );
 }
 
+#[test]
+fn every_committed_crd_is_up_to_date_and_none_is_left_over() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let files = crd::crd_files();
+    for (file, yaml) in &files {
+        let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(committed == *yaml, "crds/{file} is stale: run make crds");
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    on_disk.sort();
+    let mut generated: Vec<String> = files.into_iter().map(|(f, _)| f).collect();
+    generated.sort();
+    assert_eq!(on_disk, generated, "crds/ holds exactly the generated CRDs");
+}
+
+#[test]
+fn gate_templates_come_in_a_namespaced_and_a_cluster_kind() {
+    use embedding_rollout_operator::crd::{ClusterEmbeddingGateTemplate, EmbeddingGateTemplate};
+    let ns = EmbeddingGateTemplate::crd();
+    assert_eq!(ns.spec.scope, "Namespaced");
+    assert_eq!(ns.spec.names.short_names, Some(vec!["egt".to_string()]));
+    let cluster = ClusterEmbeddingGateTemplate::crd();
+    assert_eq!(cluster.spec.scope, "Cluster");
+    assert_eq!(
+        cluster.spec.names.short_names,
+        Some(vec!["cegt".to_string()])
+    );
+    for crd in [ns, cluster] {
+        let v = &crd.spec.versions[0];
+        let schema = serde_json::to_value(
+            v.schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let gates = &schema["properties"]["spec"]["properties"]["gates"];
+        assert_eq!(gates["minItems"], 1, "{gates}");
+        assert_eq!(gates["maxItems"], 20, "{gates}");
+        assert_eq!(
+            gates["x-kubernetes-validations"][0]["message"],
+            "gate names must be unique"
+        );
+        // The same gate as analysis.gates.custom, with its max-or-min rule.
+        assert!(
+            gates["items"]["x-kubernetes-validations"]
+                .to_string()
+                .contains("exactly one"),
+            "{gates}"
+        );
+    }
+}
+
 fn schema() -> serde_json::Value {
     let crd = EmbeddingRollout::crd();
     let v = &crd.spec.versions[0];

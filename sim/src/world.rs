@@ -66,6 +66,7 @@ impl World {
             // The simulated candidate serves the baseline's model: every parity probe finds the
             // same vectors (the simulator measures the latency and error gates, not parity).
             parity: Some(same_embeddings()),
+            gate_problems: Vec::new(),
         }
     }
 

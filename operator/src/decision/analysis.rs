@@ -109,6 +109,9 @@ pub struct MetricsSnapshot {
     pub custom: Vec<CustomReading>,
     /// The embedding parity probe, when `gates.parity` is set and a probe was due.
     pub parity: Option<ParityProbe>,
+    /// Why the gates of `gates.templates` are not all there (decision::gate_templates): each
+    /// makes the analysis Inconclusive.
+    pub gate_problems: Vec<String>,
 }
 
 impl MetricsSnapshot {
@@ -126,6 +129,7 @@ impl MetricsSnapshot {
                 })
                 .collect(),
             parity: None,
+            gate_problems: Vec::new(),
         }
     }
 }
@@ -900,6 +904,27 @@ pub fn evaluate(
         judged.push(custom_gate(g, m.custom.iter().find(|r| r.name == g.name)));
     }
 
+    // Gate templates that are missing or clash: the gates they name cannot be judged, so
+    // neither can the analysis.
+    for why in &m.gate_problems {
+        judged.push(Judged {
+            blocking: true,
+            verdict: Verdict::Inconclusive,
+            reason: Some(why.clone()),
+            missing: false,
+            result: GateResult {
+                gate: "gateTemplates".into(),
+                verdict: Verdict::Inconclusive,
+                evidence: why.clone(),
+                value: None,
+                low: None,
+                high: None,
+                threshold: None,
+                samples: None,
+            },
+        });
+    }
+
     // Embedding parity: probed, or the step's latest probe carried.
     if let Some(p) = &gates.parity {
         judged.push(parity_gate(
@@ -1078,6 +1103,7 @@ mod tests {
             baseline: service(base.clone(), base, 0.03),
             custom: Vec::new(),
             parity: None,
+            gate_problems: Vec::new(),
         }
     }
 
@@ -1104,6 +1130,24 @@ mod tests {
 
     fn gate<'a>(e: &'a Evaluation, name: &str) -> &'a GateResult {
         e.gates.iter().find(|g| g.gate == name).unwrap()
+    }
+
+    #[test]
+    fn a_gate_template_problem_keeps_a_healthy_analysis_from_passing() {
+        assert_eq!(eval(&healthy()).verdict, Verdict::Pass);
+        let mut m = healthy();
+        m.gate_problems =
+            vec!["gate template EmbeddingGateTemplate team: not found in namespace prod".into()];
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            e.reasons,
+            ["gate template EmbeddingGateTemplate team: not found in namespace prod"]
+        );
+        assert_eq!(gate(&e, "gateTemplates").verdict, Verdict::Inconclusive);
+        // Not missing data: a configuration problem holds the step until the user fixes it;
+        // noDataPolicy: Fail does not roll a candidate back for it.
+        assert!(!e.missing_data);
     }
 
     #[test]
@@ -1372,6 +1416,7 @@ mod tests {
             baseline: ServiceMetrics::failed("connection refused"),
             custom: Vec::new(),
             parity: None,
+            gate_problems: Vec::new(),
         };
         let e = eval(&down);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1393,6 +1438,7 @@ mod tests {
             baseline: ServiceMetrics::no_data(),
             custom: Vec::new(),
             parity: None,
+            gate_problems: Vec::new(),
         };
         let e = eval(&empty);
         assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -1471,6 +1517,7 @@ mod tests {
             baseline: ServiceMetrics::failed("connection refused"),
             custom: Vec::new(),
             parity: None,
+            gate_problems: Vec::new(),
         };
         let e = evaluate(
             &AnalysisSpec::default(),

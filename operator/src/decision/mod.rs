@@ -8,6 +8,7 @@
 
 pub mod analysis;
 mod command;
+pub mod gate_templates;
 pub mod parity;
 pub mod stats;
 mod summary;

@@ -144,6 +144,7 @@ fn healthy() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -154,6 +155,7 @@ fn slow() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -164,6 +166,7 @@ fn very_slow() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -175,6 +178,7 @@ fn breaker_open() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -184,6 +188,7 @@ fn erroring() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -193,6 +198,7 @@ fn no_data() -> MetricsSnapshot {
         baseline: ServiceMetrics::no_data(),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -202,6 +208,7 @@ fn prom_down() -> MetricsSnapshot {
         baseline: ServiceMetrics::failed("connection refused"),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
@@ -671,6 +678,7 @@ fn never_advances_on_inconclusive_or_failing_analyses() {
                 baseline: sm(0.030, 0.0, 50_000.0, 0.0),
                 custom: Vec::new(),
                 parity: None,
+                gate_problems: Vec::new(),
             },
         ),
     ] {
@@ -797,6 +805,7 @@ fn thin() -> MetricsSnapshot {
         baseline: sm(0.030, 0.0, 50_000.0, 0.0),
         custom: Vec::new(),
         parity: None,
+        gate_problems: Vec::new(),
     }
 }
 
