@@ -694,6 +694,8 @@ pub struct EmbeddingGateTemplateSpec {
 
 /// The cluster-wide `EmbeddingGateTemplate`: one set of gates for rollouts in every namespace
 /// (`clusterScope: true` in the reference).
+// The same fields as `EmbeddingGateTemplateSpec`, twice: kube's `CustomResource` derive makes one
+// kind per spec struct.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "rollout.akidb.io",
