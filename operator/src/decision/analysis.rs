@@ -351,6 +351,16 @@ struct Judged {
     result: GateResult,
 }
 
+/// A blocking gate that cannot pass for a reason other than missing data (too few requests, a
+/// gate template problem): Inconclusive, and `noDataPolicy` does not apply to it.
+fn not_judgeable(gate: &str, why: String) -> Judged {
+    Judged {
+        missing: false,
+        reason: Some(why.clone()),
+        ..missing(gate, why)
+    }
+}
+
 fn missing(gate: &str, why: String) -> Judged {
     Judged {
         blocking: true,
@@ -880,22 +890,11 @@ pub fn evaluate(
                 "only {n} candidate requests in this step, minRequests is {}",
                 gates.min_requests
             );
-            judged.push(Judged {
-                blocking: true,
-                verdict: Verdict::Inconclusive,
-                reason: Some(why.clone()),
-                missing: false,
-                result: GateResult {
-                    gate: "minRequests".into(),
-                    verdict: Verdict::Inconclusive,
-                    evidence: why,
-                    value: Some(n as f64),
-                    low: None,
-                    high: None,
-                    threshold: Some(gates.min_requests as f64),
-                    samples: Some(n),
-                },
-            });
+            let mut j = not_judgeable("minRequests", why);
+            j.result.value = Some(n as f64);
+            j.result.threshold = Some(gates.min_requests as f64);
+            j.result.samples = Some(n);
+            judged.push(j);
         }
     }
 
@@ -907,22 +906,7 @@ pub fn evaluate(
     // Gate templates that are missing or clash: the gates they name cannot be judged, so
     // neither can the analysis.
     for why in &m.gate_problems {
-        judged.push(Judged {
-            blocking: true,
-            verdict: Verdict::Inconclusive,
-            reason: Some(why.clone()),
-            missing: false,
-            result: GateResult {
-                gate: "gateTemplates".into(),
-                verdict: Verdict::Inconclusive,
-                evidence: why.clone(),
-                value: None,
-                low: None,
-                high: None,
-                threshold: None,
-                samples: None,
-            },
-        });
+        judged.push(not_judgeable("gateTemplates", why.clone()));
     }
 
     // Embedding parity: probed, or the step's latest probe carried.
