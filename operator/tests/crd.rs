@@ -46,16 +46,7 @@ fn gate_templates_come_in_a_namespaced_and_a_cluster_kind() {
         Some(vec!["cegt".to_string()])
     );
     for crd in [ns, cluster] {
-        let v = &crd.spec.versions[0];
-        let schema = serde_json::to_value(
-            v.schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap();
+        let schema = schema_of(&crd);
         let gates = &schema["properties"]["spec"]["properties"]["gates"];
         assert_eq!(gates["minItems"], 1, "{gates}");
         assert_eq!(gates["maxItems"], 20, "{gates}");
@@ -74,7 +65,12 @@ fn gate_templates_come_in_a_namespaced_and_a_cluster_kind() {
 }
 
 fn schema() -> serde_json::Value {
-    let crd = EmbeddingRollout::crd();
+    schema_of(&EmbeddingRollout::crd())
+}
+
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> serde_json::Value {
     let v = &crd.spec.versions[0];
     serde_json::to_value(
         v.schema
