@@ -899,9 +899,15 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
     let mut rollout = fast_rollout(ns, &prometheus.url());
     let spec = &mut rollout["spec"];
     spec["candidate"]["image"] = json!(image("candle-embedder"));
+    // Both services share two cores with the whole cluster, Traefik and the clients, and their
+    // latency has a long shoulder past P95: CI once measured, for a healthy candidate, baseline
+    // P92 27 ms, P95 33 ms and 3.5 % of the candidate's requests above 42 ms. Against 15 ms a
+    // healthy candidate is then near the threshold, where the gate rightly waits (minutes); 25 ms
+    // keeps it clear, and the slow candidate's +80 ms far beyond.
+    spec["analysis"]["gates"]["maxP95OverBaselineMs"] = json!(25);
     if slow_candidate {
-        // 40 ms more than the baseline: beyond maxP95OverBaselineMs 15, no request fails.
-        spec["candidate"]["args"] = json!(["--chaos-latency-ms=40"]);
+        // 80 ms more than the baseline: beyond maxP95OverBaselineMs 25, no request fails.
+        spec["candidate"]["args"] = json!(["--chaos-latency-ms=80"]);
     }
     spec.as_object_mut().unwrap().remove("ingress");
     spec["traffic"] = match provider {
@@ -1149,7 +1155,7 @@ async fn delete_leader(cp: &ControlPlane) -> String {
     leader
 }
 
-/// A candidate 40 ms slower than the baseline, judged on the header traffic of the first step:
+/// A candidate 80 ms slower than the baseline, judged on the header traffic of the first step:
 /// rolled back there, so no request without the header ever reaches it; after the rollback the
 /// header requests are the baseline's again, and the route is the user's own once more.
 async fn assert_rolled_back(

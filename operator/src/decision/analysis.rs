@@ -189,7 +189,7 @@ pub struct Evaluation {
 pub struct Levels {
     /// Each gate's sequential test, valid over every look of the step.
     pub gate: f64,
-    /// The baseline's P95 bounds of the comparison gate, spent per look.
+    /// The baseline's P95 bounds of the comparison gate: sequential too, at the gates' level.
     pub baseline: f64,
     /// Each trigger's fixed-sample test on the window, spent per look, ten times stronger.
     pub trigger: f64,
@@ -200,7 +200,7 @@ pub fn levels(a: &AnalysisSpec, look: &Look) -> Levels {
     let share = stats::restart_share(look.restarts);
     Levels {
         gate: stats::step_alpha(a.confidence, look.steps) * share,
-        baseline: per_look * share,
+        baseline: stats::step_alpha(a.confidence, look.steps) * share,
         trigger: per_look / stats::TRIGGER_EVIDENCE_FACTOR,
     }
 }
