@@ -19,10 +19,10 @@ pub mod scenario;
 pub mod traefik;
 pub mod webhook;
 
-/// Picks rustls' crypto provider for the process. Built together with the operator (as `make demo`
-/// and `cargo build --workspace` do), rustls gets both ring (kube) and aws-lc-rs (reqwest 0.13 via
-/// prometheus-http-query) and refuses to guess, panicking at the first TLS connection. Call before
-/// creating a client; repeated calls are harmless.
+/// Installs rustls' process-wide crypto provider (ring, the only one linked): the operator's
+/// library code that the harness calls builds reqwest 0.13 clients, which have no provider of
+/// their own (operator/src/http_client.rs). Call before creating a client; repeated calls are
+/// harmless.
 pub fn use_ring_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -104,10 +104,10 @@ impl Context {
             metrics,
             prometheus: Mutex::new(HashMap::new()),
             prometheus_timeout,
-            http: reqwest::Client::builder()
+            http: crate::http_client::builder()
                 .no_proxy()
                 .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
+                .expect("a plain HTTP client with a TLS provider"),
             written: Mutex::new(HashMap::new()),
             notifier,
         }

@@ -845,7 +845,8 @@ async fn run_probe(
         round: 0,
         timeout: Duration::from_secs(5),
     };
-    parity_probe::probe(&api.client(), &reqwest::Client::new(), &request).await
+    let http = crate::http_client::builder().build().unwrap();
+    parity_probe::probe(&api.client(), &http, &request).await
 }
 
 #[tokio::test]

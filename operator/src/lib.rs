@@ -5,6 +5,7 @@ pub mod crd;
 pub mod decision;
 pub mod duration;
 pub mod gate_template_reader;
+pub mod http_client;
 pub mod leader;
 pub mod metrics;
 pub mod notification;

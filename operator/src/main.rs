@@ -87,8 +87,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Both ring (kube) and aws-lc-rs (reqwest, via prometheus-http-query) are linked; rustls
-    // refuses to guess, so choose once for the process. Err only means one is already set.
+    // kube's TLS and every reqwest client (http_client.rs) use the process-wide rustls provider.
+    // Err only means one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let metrics = Metrics::new();

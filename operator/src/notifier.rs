@@ -90,10 +90,10 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(urls: UrlSource, report: Report) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: crate::http_client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
+                .expect("a plain HTTP client with a TLS provider"),
             urls,
             report,
             queues: Arc::default(),

@@ -333,7 +333,7 @@ impl Access {
             v.set_sensitive(true);
             headers.append(n, v);
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::http_client::builder()
             .default_headers(headers)
             .connect_timeout(timeout);
         if let Some(pem) = &self.ca_pem {
