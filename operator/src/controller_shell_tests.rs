@@ -918,7 +918,7 @@ async fn a_parity_probe_without_an_answer_says_which_side_and_why() {
     let j = crate::decision::parity::judge(&run_probe(&api, &spec).await, &spec);
     assert_eq!(
         j.result.evidence,
-        "parity probe incomplete: ConfigMap prod/texts (parity.texts) not found"
+        "parity probe incomplete: ConfigMap prod/texts (for parity.texts) not found"
     );
 }
 

@@ -7,7 +7,13 @@
 
 /// A client builder with the process-wide rustls provider (ring) in place.
 pub fn builder() -> reqwest::ClientBuilder {
+    install_provider();
+    reqwest::Client::builder()
+}
+
+/// Installs the process-wide rustls provider (ring), before anything builds a reqwest client:
+/// without one, reqwest panics at `Client::new()` and `build()`.
+pub fn install_provider() {
     // Err only means a provider is already installed (main installs the same one for kube).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
 }

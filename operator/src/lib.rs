@@ -10,6 +10,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notification;
 pub mod notifier;
+pub mod object_keys;
 pub mod observe;
 pub mod parity_probe;
 pub mod prometheus;

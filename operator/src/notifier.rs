@@ -209,25 +209,17 @@ pub async fn url_from_secret(
     namespace: String,
     key: SecretKeyRef,
 ) -> Result<String, String> {
-    use k8s_openapi::api::core::v1::Secret;
-    let api: kube::Api<Secret> = kube::Api::namespaced(client, &namespace);
-    let secret = api
-        .get_opt(&key.name)
+    let r = crate::object_keys::KeyRef {
+        kind: "Secret",
+        namespace: &namespace,
+        name: &key.name,
+        key: &key.key,
+        field: "notifications.webhooks[].urlSecretRef",
+    };
+    let value = crate::object_keys::read(&client, r)
         .await
-        .map_err(|e| {
-            format!(
-                "Secret {namespace}/{}: {}",
-                key.name,
-                crate::cluster::describe_kube_error(&e)
-            )
-        })?
-        .ok_or_else(|| format!("Secret {namespace}/{} not found", key.name))?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&key.key))
-        .ok_or_else(|| format!("Secret {namespace}/{} has no key {}", key.name, key.key))?;
-    parse_url(&value.0)
+        .map_err(|e| e.to_string())?;
+    parse_url(&value)
         .map_err(|why| format!("Secret {namespace}/{} key {}: {why}", key.name, key.key))
 }
 

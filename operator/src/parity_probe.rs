@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -79,37 +79,27 @@ async fn texts(client: &Client, ns: &str, spec: &ParitySpec) -> Result<Vec<Strin
     let Some(r) = &spec.texts else {
         return Ok(parity::builtin_texts());
     };
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let cm = api
-        .get_opt(&r.name)
+    let key = crate::object_keys::KeyRef {
+        kind: "ConfigMap",
+        namespace: ns,
+        name: &r.name,
+        key: &r.key,
+        field: "parity.texts",
+    };
+    let bytes = crate::object_keys::read(client, key)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot read ConfigMap {ns}/{} (parity.texts): {}",
-                r.name,
-                crate::cluster::describe_kube_error(&e)
-            )
-        })?
-        .ok_or_else(|| format!("ConfigMap {ns}/{} (parity.texts) not found", r.name))?;
-    let value = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| {
-            format!(
-                "ConfigMap {ns}/{} (parity.texts) has no key {:?}",
-                r.name, r.key
-            )
-        })?;
-    let texts = parity::parse_texts(value).map_err(|e| {
+        .map_err(|e| e.to_string())?;
+    // ConfigMap data is text: the API server only stores UTF-8 there.
+    let value = String::from_utf8_lossy(&bytes);
+    let texts = parity::parse_texts(&value).map_err(|e| {
         format!(
-            "ConfigMap {ns}/{} key {:?} (parity.texts): {e}",
+            "ConfigMap {ns}/{} key {:?} (for parity.texts): {e}",
             r.name, r.key
         )
     })?;
     if texts.is_empty() {
         return Err(format!(
-            "ConfigMap {ns}/{} key {:?} (parity.texts) holds no texts",
+            "ConfigMap {ns}/{} key {:?} (for parity.texts) holds no texts",
             r.name, r.key
         ));
     }

@@ -152,7 +152,9 @@ impl Prometheus {
             address: address.to_string(),
             message,
         };
-        // Parsed on its own first: the address must be a URL whatever the access says.
+        // Parsed on its own first: the address must be a URL whatever the access says. (Parsing
+        // builds a plain reqwest client, which needs the TLS provider.)
+        crate::http_client::install_provider();
         address
             .parse::<Client>()
             .map_err(|e| bad(error_chain(&e)))?;

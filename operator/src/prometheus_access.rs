@@ -16,11 +16,11 @@ use std::{
 };
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client};
+use kube::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::crd::PrometheusSpec;
+use crate::object_keys::{self, KeyError, KeyRef};
 
 /// The resolved credentials and trust of one Prometheus, ready to build a client from.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -52,29 +52,9 @@ impl std::fmt::Debug for Access {
 /// Why the access could not be resolved or used. Names objects, keys and fields, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
-    #[error("{kind} {namespace}/{name} (for prometheus.{field}) not found")]
-    MissingObject {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        field: &'static str,
-    },
-    #[error("{kind} {namespace}/{name} (for prometheus.{field}) has no key {key:?}")]
-    MissingKey {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        key: String,
-        field: &'static str,
-    },
-    #[error("cannot read {kind} {namespace}/{name} (for prometheus.{field}): {message}")]
-    Read {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        field: &'static str,
-        message: String,
-    },
+    /// A Secret or ConfigMap, or its key, that the spec names is missing or unreadable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("prometheus.{field}: the value of {kind} {namespace}/{name} key {key:?} is not usable in an HTTP header (UTF-8 without line breaks)")]
     BadValue {
         kind: &'static str,
@@ -91,8 +71,7 @@ pub enum AccessError {
     Client(String),
 }
 
-/// One referenced object as the API server returned it: its data, not found, or a read error.
-pub type Fetched = Result<Option<BTreeMap<String, Vec<u8>>>, String>;
+pub use crate::object_keys::Fetched;
 
 /// The Secrets and ConfigMaps `spec` refers to, by name.
 #[derive(Debug, Default)]
@@ -140,54 +119,16 @@ pub async fn resolve(
     spec: &PrometheusSpec,
 ) -> Result<Access, AccessError> {
     let (secret_names, config_map_names) = referenced(spec);
-    let objects = Objects {
-        secrets: fetch(
-            &Api::<Secret>::namespaced(client.clone(), namespace),
-            secret_names,
-            |s| {
-                s.data
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k, v.0))
-                    .collect()
-            },
-        )
-        .await,
-        config_maps: fetch(
-            &Api::<ConfigMap>::namespaced(client.clone(), namespace),
-            config_map_names,
-            |c| {
-                c.data
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect()
-            },
-        )
-        .await,
-    };
-    assemble(spec, namespace, &objects)
-}
-
-/// One GET per name; each object's data by key, absent, or the read error.
-async fn fetch<K>(
-    api: &Api<K>,
-    names: Vec<String>,
-    data: impl Fn(K) -> BTreeMap<String, Vec<u8>>,
-) -> BTreeMap<String, Fetched>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut out = BTreeMap::new();
-    for name in names {
-        let got = api
-            .get_opt(&name)
-            .await
-            .map(|o| o.map(&data))
-            .map_err(|e| crate::cluster::describe_kube_error(&e));
-        out.insert(name, got);
+    let mut objects = Objects::default();
+    for name in secret_names {
+        let got = object_keys::fetch_secret(client, namespace, &name).await;
+        objects.secrets.insert(name, got);
     }
-    out
+    for name in config_map_names {
+        let got = object_keys::fetch_config_map(client, namespace, &name).await;
+        objects.config_maps.insert(name, got);
+    }
+    assemble(spec, namespace, &objects)
 }
 
 /// What `spec` means given the objects it refers to. Pure.
@@ -202,35 +143,14 @@ pub fn assemble(
                   key: &str,
                   field: &'static str|
      -> Result<Vec<u8>, AccessError> {
-        let data = match map.get(name) {
-            Some(Ok(Some(data))) => data,
-            Some(Err(message)) => {
-                return Err(AccessError::Read {
-                    kind,
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    field,
-                    message: message.clone(),
-                })
-            }
-            Some(Ok(None)) | None => {
-                return Err(AccessError::MissingObject {
-                    kind,
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    field,
-                })
-            }
+        let r = KeyRef {
+            kind,
+            namespace,
+            name,
+            key,
+            field: &format!("prometheus.{field}"),
         };
-        data.get(key)
-            .cloned()
-            .ok_or_else(|| AccessError::MissingKey {
-                kind,
-                namespace: namespace.into(),
-                name: name.into(),
-                key: key.into(),
-                field,
-            })
+        Ok(r.read(map.get(name))?)
     };
     let header_text = |kind: &'static str,
                        bytes: Vec<u8>,
