@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -68,6 +68,24 @@ pub struct ControllerConfig {
     pub prometheus_timeout: Duration,
     /// Watch HTTPRoutes (the Gateway API provider); needs their CRD and RBAC.
     pub gateway_api: bool,
+    /// Where the controller publishes its rollout cache once synced (read by the dashboard).
+    pub rollout_cache: RolloutCache,
+}
+
+/// The controller's EmbeddingRollout cache, published once it has synced, for readers outside the
+/// controller (the web dashboard). Empty on a replica that does not lead (its controller does not run).
+#[derive(Clone, Debug, Default)]
+pub struct RolloutCache(Arc<OnceLock<Store<EmbeddingRollout>>>);
+
+impl RolloutCache {
+    pub fn publish(&self, store: Store<EmbeddingRollout>) {
+        let _ = self.0.set(store);
+    }
+
+    /// The synced cache, or `None` before it is.
+    pub fn get(&self) -> Option<&Store<EmbeddingRollout>> {
+        self.0.get()
+    }
 }
 
 /// Distinct tenants or credentials one Prometheus address keeps clients for.
@@ -260,6 +278,7 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, rea
     };
 
     let ready_store = store.clone();
+    let rollout_cache = config.rollout_cache.clone();
     tokio::spawn(async move {
         // Re-poll with a timeout: the store's readiness future keeps only the most recent
         // waker, and the controller polls it too, so a single long wait here may never wake.
@@ -269,6 +288,7 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, rea
             match wait.await {
                 Ok(Ok(())) => {
                     tracing::info!("EmbeddingRollout cache synced; ready");
+                    rollout_cache.publish(ready_store);
                     readiness.set_ready(true);
                     return;
                 }

@@ -2,6 +2,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod crd;
+pub mod dashboard;
 pub mod decision;
 pub mod duration;
 pub mod gate_template_reader;

@@ -7,8 +7,8 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use embedding_rollout_operator::{
-    controller::{self, ControllerConfig},
-    duration,
+    controller::{self, ControllerConfig, RolloutCache},
+    dashboard, duration,
     leader::{self, Elector, LeaseConfig},
     metrics::Metrics,
     server::{self, Readiness},
@@ -55,6 +55,8 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, env = "OPERATOR_LOG_JSON")]
     log_json: bool,
+    #[command(flatten)]
+    dashboard: dashboard::Args,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -102,6 +104,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster)")?;
 
+    // Before leader election: a standby replica serves the dashboard too (from the API server).
+    let rollout_cache = RolloutCache::default();
+    let dashboard_task = dashboard::start(
+        &cli.dashboard,
+        client.clone(),
+        cli.namespace.clone(),
+        rollout_cache.clone(),
+    )
+    .await?;
+
     let elector = if cli.leader_elect {
         let namespace = cli
             .lease_namespace
@@ -136,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         namespace: cli.namespace.clone(),
         prometheus_timeout: cli.prometheus_timeout,
         gateway_api: cli.gateway_api,
+        rollout_cache,
     };
     let controller = controller::run(client, config, metrics, readiness.clone());
 
@@ -161,6 +174,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     server_task.abort();
+    if let Some(task) = dashboard_task {
+        task.abort();
+    }
     outcome
 }
 
