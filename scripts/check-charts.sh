@@ -132,6 +132,32 @@ gateway_rbac() { # gateway_rbac RELEASE yes|no
 check "operator: httproutes RBAC and --gateway-api only with gatewayAPI.enabled" \
     bash -c "$(declare -f gateway_rbac); work='$work'; gateway_rbac embedding-rollout-operator no && gateway_rbac embedding-rollout-operator-all-on yes"
 
+# The web dashboard (--dashboard-addr) and its Events RBAC only when asked for; exposed beyond the
+# pod only with a token, and then through the Service.
+web_dashboard() { # web_dashboard RELEASE yes|no
+    python3 - "$work/rendered/$1.yaml" "$2" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+flag = [a for a in args if a.startswith("--dashboard-addr=")]
+events_list = any("events" in r["resources"] and "list" in r["verbs"]
+                  for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d.get("rules", []))
+ports = [p["name"] for d in docs if d["kind"] == "Service" for p in d["spec"]["ports"]]
+if sys.argv[2] == "yes":
+    ok = (flag == ["--dashboard-addr=0.0.0.0:8082"] and events_list and "dashboard" in ports
+          and any(a.startswith("--dashboard-token-file=") for a in args))
+else:
+    ok = not flag and not events_list and "dashboard" not in ports
+print(f"          {flag} events list: {events_list} service ports: {ports}")
+sys.exit(0 if ok else 1)
+PY
+}
+check "operator: web dashboard flag, Events list RBAC and Service port only with webDashboard.enabled (token when exposed)" \
+    bash -c "$(declare -f web_dashboard); work='$work'; web_dashboard embedding-rollout-operator no && web_dashboard embedding-rollout-operator-all-on yes"
+check "operator rejects webDashboard.address=0.0.0.0 without tokenSecret" \
+    bash -c '! "$1" template x "$2" --set webDashboard.enabled=true --set webDashboard.address=0.0.0.0 >/dev/null 2>"$3" && grep -q "set webDashboard.tokenSecret" "$3"' _ "$HELM" "$OP" "$work/dashboard-mustfail.err"
+
 # Values that must not render: a chart that silently ignores a typo'd volume type mounts nothing.
 must_fail() { # must_fail CHART --set ...
     local chart=$1; shift
@@ -424,6 +450,9 @@ YAML
     rbac_only "$work/rendered/embedding-rollout-operator-all-on.yaml" > "$work/rbac-all-on.yaml"
     check "operator RBAC created (cluster-wide, single-namespace and all-on releases)" \
         kdr create "$work/rbac-cluster.yaml" "$work/rbac-namespaced.yaml" "$work/rbac-all-on.yaml"
+    check "webDashboard.enabled release: may list Events (one rollout's page)" kdr access \
+        --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --allow \
+        "list events.events.k8s.io production"
     check "gatewayAPI.enabled release: may watch HTTPRoutes and patch their weights" kdr access \
         --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --allow \
         "watch httproutes.gateway.networking.k8s.io" "patch httproutes.gateway.networking.k8s.io production akidb-route"
@@ -458,6 +487,8 @@ YAML
     forbidden=(
         # Without gatewayAPI.enabled the operator has no access to HTTPRoutes at all.
         "patch httproutes.gateway.networking.k8s.io production akidb-route" "list httproutes.gateway.networking.k8s.io"
+        # Without webDashboard.enabled it reads no Events.
+        "list events.events.k8s.io production"
         "get secrets production" "list secrets" "list pods" "create pods/exec production"
         "delete namespaces - production" "create clusterrolebindings.rbac.authorization.k8s.io"
         "create customresourcedefinitions.apiextensions.k8s.io"

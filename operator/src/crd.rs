@@ -35,7 +35,8 @@ pub const FINALIZER: &str = "rollout.akidb.io/finalizer";
 pub const CANDIDATE_HASH_ANNOTATION: &str = "rollout.akidb.io/candidate-hash";
 /// Label on every object the operator creates, value = rollout name.
 pub const ROLLOUT_LABEL: &str = "rollout.akidb.io/rollout";
-/// How many analyses `status.history` keeps (newest last).
+/// How many analyses `status.history` keeps (newest last); all of them are kept in
+/// `EmbeddingRolloutAnalysis` objects ([`crate::history`]).
 pub const HISTORY_LIMIT: usize = 10;
 
 /// Moves embedding traffic from a baseline service to a candidate, step by step, behind go/no-go gates.
@@ -929,7 +930,9 @@ pub struct EmbeddingRolloutStatus {
     pub waiting_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisRecord>,
-    /// The last analyses, newest last (bounded).
+    /// The last analyses, newest last (bounded). Every analysis of the rollout is kept in its
+    /// `EmbeddingRolloutAnalysis` objects (`kubectl get eranalysis -l rollout.akidb.io/rollout=NAME`),
+    /// appended from here after each status write.
     #[serde(default)]
     pub history: Vec<AnalysisRecord>,
     /// Analyses taken since the current step's weight was applied (the look index that spends
@@ -1254,6 +1257,161 @@ pub struct RolloutCondition {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The evidence kept: every analysis of a rollout, outside the rollout object.
+// ---------------------------------------------------------------------------------------------
+
+/// The most analyses one `EmbeddingRolloutAnalysis` holds (its schema's `maxItems`); the operator
+/// also starts a new object before one passes [`crate::history::OBJECT_BYTES`].
+pub const ANALYSES_PER_OBJECT: usize = 200;
+/// Label on every `EmbeddingRolloutAnalysis`: the step index (0-based, as `status.currentStep`).
+pub const STEP_LABEL: &str = "rollout.akidb.io/step";
+/// Label on every `EmbeddingRolloutAnalysis`: when its step began (`20250301T100000Z`). With the
+/// step index it tells two runs of one step apart (a retry, a new candidate).
+pub const STEP_STARTED_LABEL: &str = "rollout.akidb.io/step-started-at";
+/// Label on every `EmbeddingRolloutAnalysis`: its position among the objects of its step (0, 1, ...).
+pub const CHUNK_LABEL: &str = "rollout.akidb.io/chunk";
+
+/// The analyses of one run of a step of an EmbeddingRollout, in order. A step holds as many of
+/// these as its analyses need (at most 200 analyses or 256 KiB each), so the rollout object
+/// never grows with them. Owned by the rollout: deleted with it. Written only by the operator,
+/// one append per analysis (as Argo Rollouts keeps AnalysisRuns). docs/runbook.md: reading them
+/// at a go/no-go meeting.
+// Clippy reads the repeated `type_ = ...` of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "rollout.akidb.io",
+    version = "v1alpha1",
+    kind = "EmbeddingRolloutAnalysis",
+    plural = "embeddingrolloutanalyses",
+    namespaced,
+    shortname = "eranalysis",
+    derive = "PartialEq",
+    doc = "Every analysis of one step of an EmbeddingRollout (a step of many analyses spans several of these), kept for the rollout's life and deleted with it.",
+    printcolumn(name = "Rollout", type_ = "string", json_path = ".spec.rollout"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".spec.stepOf"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".spec.weight"),
+    printcolumn(name = "Analyses", type_ = "integer", json_path = ".spec.count"),
+    printcolumn(name = "Pass", type_ = "integer", json_path = ".spec.passed"),
+    printcolumn(name = "Fail", type_ = "integer", json_path = ".spec.failed"),
+    printcolumn(
+        name = "Inconclusive",
+        type_ = "integer",
+        json_path = ".spec.inconclusive"
+    ),
+    printcolumn(name = "Latest", type_ = "string", json_path = ".spec.lastVerdict"),
+    printcolumn(name = "Last-Analysis", type_ = "date", json_path = ".spec.lastTime"),
+    printcolumn(
+        name = "Step-Started",
+        type_ = "string",
+        json_path = ".spec.stepStartedAt",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingRolloutAnalysisSpec {
+    /// The EmbeddingRollout (its name; also the owner reference and the `rollout.akidb.io/rollout` label).
+    #[schemars(length(min = 1, max = 253))]
+    pub rollout: String,
+    /// Step index (0-based, as `status.currentStep`).
+    pub step: u32,
+    /// The step as people count it, `2/4` (what `kubectl get` shows).
+    pub step_of: String,
+    /// The canary weight of the step, percent.
+    #[schemars(range(max = 100))]
+    pub weight: u8,
+    /// When the step's weight was applied (as `stepSummaries[].startedAt`).
+    pub step_started_at: DateTime<Utc>,
+    /// This object's position among those of its step (0, 1, ...): read them in this order.
+    pub chunk: u32,
+    /// Analyses held, and how many of them passed, failed, were inconclusive.
+    pub count: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub inconclusive: u32,
+    /// The first and the latest analysis held, and the latest one's verdict.
+    pub first_time: DateTime<Utc>,
+    pub last_time: DateTime<Utc>,
+    pub last_verdict: Verdict,
+    /// The analyses, oldest first.
+    #[schemars(length(max = ANALYSES_PER_OBJECT))]
+    pub analyses: Vec<StoredAnalysis>,
+}
+
+/// One analysis as kept in an `EmbeddingRolloutAnalysis`: the numbers of `status.lastAnalysis`
+/// under short keys (twenty thousand of them make a two-week step). The step and weight are the
+/// object's; each gate's evidence sentence is left out (its numbers are kept, and `r` holds the
+/// reason of every gate that did not pass); measurements keep six significant digits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct StoredAnalysis {
+    /// When it was taken: unique within a rollout, the key an append is checked against.
+    pub t: DateTime<Utc>,
+    /// Verdict.
+    pub v: Verdict,
+    /// The look within the step (1 = its first analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// Candidate P95 over the window, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c95: Option<f64>,
+    /// Baseline P95 over the window, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b95: Option<f64>,
+    /// Candidate error rate over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce: Option<f64>,
+    /// Baseline error rate over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub be: Option<f64>,
+    /// Worst candidate breaker state over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub br: Option<BreakerState>,
+    /// Candidate requests over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rq: Option<f64>,
+    /// Candidate requests since the step began (the gates' evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cs: Option<u64>,
+    /// Baseline requests since the step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bs: Option<u64>,
+    /// Each gate's finding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub g: Vec<StoredGate>,
+    /// Why each gate that did not pass did not, and notes (as `reasons`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub r: Vec<String>,
+}
+
+/// One gate of a kept analysis (as `status.lastAnalysis.gates[]`, without the evidence sentence).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct StoredGate {
+    /// Gate name (`maxP95Ms`, a custom gate's name, ...).
+    pub n: String,
+    /// Verdict.
+    pub v: Verdict,
+    /// The measured value or fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<f64>,
+    /// Its confidence bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lo: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hi: Option<f64>,
+    /// The threshold (same unit as `x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub th: Option<f64>,
+    /// Requests the finding rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers on the spec.
 // ---------------------------------------------------------------------------------------------
 
@@ -1517,5 +1675,6 @@ pub fn crd_files() -> Vec<(String, String)> {
         yaml(EmbeddingRollout::crd()),
         yaml(EmbeddingGateTemplate::crd()),
         yaml(ClusterEmbeddingGateTemplate::crd()),
+        yaml(EmbeddingRolloutAnalysis::crd()),
     ]
 }

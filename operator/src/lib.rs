@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod decision;
 pub mod duration;
 pub mod gate_template_reader;
+pub mod history;
 pub mod http_client;
 pub mod leader;
 pub mod metrics;

@@ -64,6 +64,83 @@ fn gate_templates_come_in_a_namespaced_and_a_cluster_kind() {
     }
 }
 
+#[test]
+fn kept_analyses_are_a_namespaced_kind_of_their_own_with_a_bounded_list_and_useful_columns() {
+    use embedding_rollout_operator::crd::{EmbeddingRolloutAnalysis, ANALYSES_PER_OBJECT};
+    use embedding_rollout_operator::history::OBJECT_BYTES;
+    let crd = EmbeddingRolloutAnalysis::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("embeddingrolloutanalyses.rollout.akidb.io")
+    );
+    assert_eq!(crd.spec.group, "rollout.akidb.io");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.kind, "EmbeddingRolloutAnalysis");
+    assert_eq!(crd.spec.names.plural, "embeddingrolloutanalyses");
+    assert_eq!(
+        crd.spec.names.short_names,
+        Some(vec!["eranalysis".to_string()])
+    );
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, "v1alpha1");
+    // Written whole by its one writer: no status subresource to patch separately.
+    assert!(v.subresources.is_none());
+    let columns: Vec<(&str, &str, i32)> = v
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.json_path.as_str(),
+                c.priority.unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Rollout", ".spec.rollout", 0),
+            ("Step", ".spec.stepOf", 0),
+            ("Weight", ".spec.weight", 0),
+            ("Analyses", ".spec.count", 0),
+            ("Pass", ".spec.passed", 0),
+            ("Fail", ".spec.failed", 0),
+            ("Inconclusive", ".spec.inconclusive", 0),
+            ("Latest", ".spec.lastVerdict", 0),
+            ("Last-Analysis", ".spec.lastTime", 0),
+            ("Step-Started", ".spec.stepStartedAt", 1),
+            ("Age", ".metadata.creationTimestamp", 0),
+        ]
+    );
+    let schema = schema_of(&crd);
+    let spec = &schema["properties"]["spec"];
+    let analyses = &spec["properties"]["analyses"];
+    assert_eq!(analyses["maxItems"], ANALYSES_PER_OBJECT);
+    assert_eq!(analyses["items"]["required"], serde_json::json!(["t", "v"]));
+    assert_eq!(spec["properties"]["weight"]["maximum"], 100.0);
+    // What `kubectl explain` says matches the bounds the operator keeps.
+    let about = spec["description"].as_str().unwrap();
+    assert!(
+        about.contains(&format!(
+            "at most {ANALYSES_PER_OBJECT} analyses or {} KiB each",
+            OBJECT_BYTES / 1024
+        )),
+        "{about}"
+    );
+    // And the rollout's status points at them.
+    let history = &schema_of(&EmbeddingRollout::crd())["properties"]["status"]["properties"]
+        ["history"]["description"];
+    assert!(
+        history
+            .as_str()
+            .unwrap()
+            .contains("EmbeddingRolloutAnalysis"),
+        "{history}"
+    );
+}
+
 fn schema() -> serde_json::Value {
     schema_of(&EmbeddingRollout::crd())
 }

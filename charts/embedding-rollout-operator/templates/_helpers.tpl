@@ -66,5 +66,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- /* The Gateway API provider: read and watch the users' HTTPRoutes, patch only their weights. */ -}}
 {{- $rules = append $rules (dict "apiGroups" (list "gateway.networking.k8s.io") "resources" (list "httproutes") "verbs" (list "get" "list" "watch" "patch")) -}}
 {{- end -}}
+{{- if .Values.webDashboard.enabled -}}
+{{- /* The web dashboard: one rollout's page lists its Events. */ -}}
+{{- $rules = append $rules (dict "apiGroups" (list "events.k8s.io") "resources" (list "events") "verbs" (list "list")) -}}
+{{- end -}}
 {{- toYaml $rules -}}
+{{- end -}}
+
+{{/* The web dashboard's listen address (IPv6 in brackets); fails when it leaves the pod's
+     loopback without a token. */}}
+{{- define "ero.dashboardAddr" -}}
+{{- $d := .Values.webDashboard -}}
+{{- $loopback := has $d.address (list "127.0.0.1" "localhost" "::1") -}}
+{{- if and (not $loopback) (not $d.tokenSecret) -}}
+{{- fail (printf "webDashboard.address %s exposes the dashboard beyond the pod: set webDashboard.tokenSecret" $d.address) -}}
+{{- end -}}
+{{- if contains ":" $d.address -}}
+{{- printf "[%s]:%v" $d.address $d.port -}}
+{{- else -}}
+{{- printf "%s:%v" $d.address $d.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the Service carries the dashboard's port. */}}
+{{- define "ero.dashboardExposed" -}}
+{{- if and .Values.webDashboard.enabled (not (has .Values.webDashboard.address (list "127.0.0.1" "localhost" "::1"))) -}}true{{- end -}}
 {{- end -}}
