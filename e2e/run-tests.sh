@@ -4,7 +4,7 @@
 # why the gates no longer need one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo test -p e2e --test controlplane --test prometheus --test harness --test kubectl_plugin -- --test-threads=1 || exit 1
+cargo test -p e2e --test controlplane --test prometheus --test harness --test kubectl_plugin --test dashboard -- --test-threads=1 || exit 1
 # The product on a real node (kubelet, containerd, kube-proxy; the operator from its Helm chart): one
 # node for the whole binary, so its tests run in one process.
 start=$(date +%s)

@@ -113,8 +113,9 @@ pub fn helm_bin() -> PathBuf {
 }
 
 /// The RBAC objects of the Helm chart for an operator in [`OPERATOR_NAMESPACE`] named
-/// [`OPERATOR_SA`]: rendered with `bin/helm` when present, else `operator/rbac/clusterrole.yaml`
-/// plus a binding written here.
+/// [`OPERATOR_SA`], with the web dashboard on (`make demo` serves it; it reads the rollouts'
+/// Events): rendered with `bin/helm` when present, else `operator/rbac/clusterrole.yaml` plus the
+/// dashboard's rule and a binding written here.
 pub fn chart_rbac_yaml() -> anyhow::Result<String> {
     let root = workspace_root();
     let helm = helm_bin();
@@ -130,6 +131,8 @@ pub fn chart_rbac_yaml() -> anyhow::Result<String> {
                 // The one Secret the scenarios' webhooks name, as a user lists theirs.
                 "--set",
                 &format!("rbac.notificationSecrets={{{}}}", crate::webhook::SECRET),
+                "--set",
+                "webDashboard.enabled=true",
                 "--show-only",
                 "templates/rbac.yaml",
             ])
@@ -145,11 +148,32 @@ pub fn chart_rbac_yaml() -> anyhow::Result<String> {
     }
     let role = std::fs::read_to_string(root.join("operator/rbac/clusterrole.yaml"))
         .context("reading operator/rbac/clusterrole.yaml (no bin/helm to render the chart)")?;
+    // The chart's webDashboard.enabled rule (templates/_helpers.tpl), after the file's last rule.
+    let dashboard_rule =
+        "  - apiGroups: [\"events.k8s.io\"]\n    resources: [\"events\"]\n    verbs: [\"list\"]\n";
     Ok(format!(
-        "{role}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+        "{role}{dashboard_rule}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
          metadata: {{name: {OPERATOR_SA}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {OPERATOR_SA}}}\n\
          subjects: [{{kind: ServiceAccount, name: {OPERATOR_SA}, namespace: {OPERATOR_NAMESPACE}}}]\n"
     ))
+}
+
+/// The operator's identity: the chart's ServiceAccount, ClusterRole and bindings on `cp`, and a
+/// kubeconfig at `path` with a token of that ServiceAccount.
+pub async fn write_operator_kubeconfig(cp: &ControlPlane, path: &Path) -> anyhow::Result<()> {
+    let token = cp
+        .service_account_token(OPERATOR_NAMESPACE, OPERATOR_SA, Duration::from_secs(3600))
+        .await
+        .context("ServiceAccount token")?;
+    cp.apply_as_admin(&chart_rbac_yaml()?)
+        .await
+        .context("applying the chart's RBAC")?;
+    cp.write_kubeconfig(
+        path,
+        &format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"),
+        &token,
+    )?;
+    Ok(())
 }
 
 /// `yaml` (multi-document) with `metadata.namespace` set on every document but Namespaces.
@@ -334,20 +358,8 @@ impl Env {
         ))
         .await?;
 
-        // The operator's identity: the chart's ServiceAccount, ClusterRole and bindings.
-        let token = cp
-            .service_account_token(OPERATOR_NAMESPACE, OPERATOR_SA, Duration::from_secs(3600))
-            .await
-            .context("ServiceAccount token")?;
-        cp.apply_as_admin(&chart_rbac_yaml()?)
-            .await
-            .context("applying the chart's RBAC")?;
         let operator_kubeconfig = workdir.join("operator.kubeconfig");
-        cp.write_kubeconfig(
-            &operator_kubeconfig,
-            &format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"),
-            &token,
-        )?;
+        write_operator_kubeconfig(&cp, &operator_kubeconfig).await?;
 
         let file_sd = workdir.join("file_sd").join("embedders.json");
         std::fs::create_dir_all(file_sd.parent().unwrap())?;

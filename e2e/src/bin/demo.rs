@@ -86,6 +86,9 @@ async fn run(env: &mut Env, args: &Args) -> anyhow::Result<()> {
         rollout["spec"]["candidate"]["args"] = serde_json::json!(args.candidate_args);
     }
 
+    // The operator's read-only web dashboard, on loopback (no token: only this machine reaches it).
+    let dashboard = format!("127.0.0.1:{}", e2e::ingress::free_port()?);
+    env.set_operator_args(&["--dashboard-addr", &dashboard, "--dashboard-refresh", "1s"]);
     env.start_operator().await?;
     env.start_traffic(args.rate);
     println!(
@@ -100,6 +103,10 @@ async fn run(env: &mut Env, args: &Args) -> anyhow::Result<()> {
     println!(
         "baseline akidb-mlx (2 x candle-embedder --service-name=mlx) behind nginx; {} req/s of client traffic",
         args.rate
+    );
+    println!(
+        "dashboard: http://{dashboard}/rollouts/{}/{name} (open it in a browser on this machine)",
+        args.namespace
     );
     env.create_rollout(&rollout)
         .await
@@ -175,6 +182,7 @@ async fn run(env: &mut Env, args: &Args) -> anyhow::Result<()> {
         "  operator metrics  http://{}/metrics",
         env.operator_metrics
     );
+    println!("  dashboard         http://{dashboard}/");
     println!("  Prometheus UI     {}/graph", env.prometheus.url());
     println!("  nginx (ingress)   {}/api/v1/version", env.ingress.url());
     println!(
