@@ -465,6 +465,9 @@ YAML
         "patch embeddingrollouts.rollout.akidb.io/status production candle-v1"
         "get embeddinggatetemplates.rollout.akidb.io production team-gates"
         "get clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
+        "create embeddingrolloutanalyses.rollout.akidb.io production" "list embeddingrolloutanalyses.rollout.akidb.io production"
+        "get embeddingrolloutanalyses.rollout.akidb.io production candle-v1-step1-20250301-100000-0000"
+        "patch embeddingrolloutanalyses.rollout.akidb.io production candle-v1-step1-20250301-100000-0000"
         "update embeddingrollouts.rollout.akidb.io/finalizers production candle-v1"
         "get deployments.apps production akidb-mlx" "patch deployments.apps production akidb-mlx"
         "create deployments.apps production" "watch deployments.apps"
@@ -496,6 +499,8 @@ YAML
         "update leases.coordination.k8s.io embedding-rollout-system some-other-lease"
         "delete embeddingrollouts.rollout.akidb.io production candle-v1"
         "list embeddinggatetemplates.rollout.akidb.io" "patch clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
+        "delete embeddingrolloutanalyses.rollout.akidb.io production candle-v1-step1-20250301-100000-0000"
+        "watch embeddingrolloutanalyses.rollout.akidb.io"
         "delete deployments.apps production akidb-mlx" "delete services production akidb-mlx"
     )
     check "operator service account may do what the operator needs" kdr access --user "$sa" --allow "${needs[@]}"

@@ -340,11 +340,13 @@ impl Env {
         std::fs::create_dir_all(workdir)?;
         let workdir = workdir.canonicalize()?;
         let cp = ControlPlane::start(&workdir.join("controlplane")).await?;
-        // Every CRD of the project (the rollout and the gate templates), as the chart installs them.
+        // Every CRD of the project (the rollout, the gate templates, the kept analyses), as the
+        // chart installs them.
         for file in [
             "embeddingrollouts",
             "embeddinggatetemplates",
             "clusterembeddinggatetemplates",
+            "embeddingrolloutanalyses",
         ] {
             let path = workspace_root().join(format!("crds/{file}.rollout.akidb.io.yaml"));
             let crd = std::fs::read_to_string(&path)

@@ -45,7 +45,7 @@ use crate::{
         Provider, Verdict, COMMAND_ANNOTATION, FINALIZER, ROLLOUT_LABEL,
     },
     decision::{self, parity::ParityProbe, Action, Backend, Decision, EventType, MetricsSnapshot},
-    gate_template_reader,
+    gate_template_reader, history_store,
     metrics::Metrics,
     notification,
     notifier::{self, Notifier},
@@ -104,6 +104,8 @@ pub struct Context {
     written: Mutex<HashMap<String, EmbeddingRolloutStatus>>,
     /// The rollouts' webhooks (never awaited by a reconcile).
     notifier: Notifier,
+    /// Where each rollout's kept analyses end (`EmbeddingRolloutAnalysis` objects).
+    history: history_store::Keeper,
 }
 
 impl Context {
@@ -128,6 +130,7 @@ impl Context {
                 .expect("a plain HTTP client with a TLS provider"),
             written: Mutex::new(HashMap::new()),
             notifier,
+            history: history_store::Keeper::new(),
         }
     }
 
@@ -469,6 +472,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
         // Our cleanup already ran (or never had to): nothing to do but forget the metrics.
         forget(ctx, &ns, &name);
         ctx.forget_written(rollout);
+        ctx.history.forget(rollout);
         return Ok(Requeue::await_change());
     }
     if !deleting && !rollout.finalizers().iter().any(|f| f == FINALIZER) {
@@ -524,6 +528,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
         // The object is (about to be) gone; a status write would 404.
         forget(ctx, &ns, &name);
         ctx.forget_written(rollout);
+        ctx.history.forget(rollout);
         return Ok(Requeue::await_change());
     }
     let apply_time = t2.elapsed();
@@ -534,6 +539,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     }
     // Only now: a failed status write repeats the decision, and its events, next time.
     notify(ctx, rollout, &decided);
+    let requeue = keep_history(ctx, rollout, &decided).await;
     tracing::debug!(
         rollout = %name,
         ?observe_time,
@@ -542,7 +548,38 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
         status_time = ?t3.elapsed(),
         "reconcile timings"
     );
-    Ok(Requeue::requeue(decided.requeue_after))
+    Ok(Requeue::requeue(requeue))
+}
+
+/// Appends the analyses of the status just written that no `EmbeddingRolloutAnalysis` holds yet
+/// (see [`history_store`] for why after the write). A failure holds up nothing: a Warning event,
+/// and the next reconcile, sooner than the decision asked for, tries again.
+async fn keep_history(ctx: &Context, rollout: &EmbeddingRollout, decided: &Decision) -> Duration {
+    let kept = ctx
+        .history
+        .keep(&ctx.client, rollout, &decided.status)
+        .await;
+    for gap in kept.gaps {
+        let event = decision::Event {
+            type_: EventType::Warning,
+            reason: "HistoryGap".to_string(),
+            message: gap,
+        };
+        publish(ctx, rollout, &event).await;
+    }
+    match kept.failed {
+        None => decided.requeue_after,
+        Some(why) => {
+            ctx.metrics.count_error("History");
+            let event = decision::Event {
+                type_: EventType::Warning,
+                reason: "HistoryAppendFailed".to_string(),
+                message: why,
+            };
+            publish(ctx, rollout, &event).await;
+            decided.requeue_after.min(history_store::RETRY)
+        }
+    }
 }
 
 /// The rollout's spec with its gate templates' gates in `analysis.gates.custom`, and what kept

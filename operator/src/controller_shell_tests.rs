@@ -1057,3 +1057,541 @@ async fn a_gateway_weight_is_one_guarded_json_patch_of_the_routes_backend_refs()
     assert_eq!(e.kind(), "Missing", "{e}");
     assert!(missing.writes().is_empty());
 }
+
+// ----- the evidence kept: every analysis in EmbeddingRolloutAnalysis objects ---------------------
+
+const ANALYSES: &str = "/apis/rollout.akidb.io/v1alpha1/namespaces/prod/embeddingrolloutanalyses";
+/// The first object of step 1 of r1, which began at 10:00:00.
+const CHUNK0: &str = "r1-step1-20250301-100000-0000";
+
+fn at(min: u32) -> String {
+    format!("2025-03-01T10:{min:02}:00Z")
+}
+
+/// An analysis of step 0 as the decision writes it into `status.history`.
+fn analysis_record(min: u32, look: u32, verdict: &str) -> Value {
+    json!({"time": at(min), "step": 0, "weight": 10, "look": look,
+           "candidateP95Ms": 21.5, "baselineP95Ms": 18.25, "errorRate": 0.002, "breakerState": "Closed",
+           "stepRequests": 1500, "baselineStepRequests": 1600, "verdict": verdict,
+           "gates": [{"gate": "maxP95Ms", "verdict": verdict, "evidence": "P(>35 ms) = 1.1 % (n = 1500)",
+                      "value": 0.011, "low": 0.006, "high": 0.018, "threshold": 0.05, "samples": 1500}],
+           "reasons": if verdict == "Pass" { json!([]) } else { json!(["maxP95Ms: P(>35 ms) = 9 %"]) }})
+}
+
+/// The same analysis as an EmbeddingRolloutAnalysis keeps it.
+fn kept_record(min: u32, look: u32, verdict: &str) -> Value {
+    let mut v = json!({"t": at(min), "v": verdict, "n": look, "c95": 21.5, "b95": 18.25, "ce": 0.002,
+           "br": "Closed", "cs": 1500, "bs": 1600,
+           "g": [{"n": "maxP95Ms", "v": verdict, "x": 0.011, "lo": 0.006, "hi": 0.018, "th": 0.05, "s": 1500}]});
+    if verdict != "Pass" {
+        v["r"] = json!(["maxP95Ms: P(>35 ms) = 9 %"]);
+    }
+    v
+}
+
+/// A rollout in step 1 (weight 10, begun 10:00) whose status holds `history`.
+fn in_step_one(history: Vec<Value>) -> Value {
+    json!({"phase": "Progressing", "currentStep": 0, "currentWeight": 10, "stepStartedAt": at(0),
+           "history": history,
+           "stepSummaries": [{"step": 0, "weight": 10, "startedAt": at(0)}]})
+}
+
+fn status_of(v: Value) -> EmbeddingRolloutStatus {
+    serde_json::from_value(v).unwrap()
+}
+
+/// The object CHUNK0 as the API server holds it, with these (look, minute, verdict) analyses.
+fn chunk0(analyses: &[(u32, u32, &str)]) -> Value {
+    let kept: Vec<Value> = analyses
+        .iter()
+        .map(|(look, min, v)| kept_record(*min, *look, v))
+        .collect();
+    let n = |v: &str| analyses.iter().filter(|a| a.2 == v).count();
+    let last = analyses.last().unwrap();
+    json!({"apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRolloutAnalysis",
+           "metadata": {"name": CHUNK0, "namespace": "prod",
+               "labels": {"rollout.akidb.io/rollout": "r1", "rollout.akidb.io/step": "0",
+                          "rollout.akidb.io/step-started-at": "20250301T100000Z", "rollout.akidb.io/chunk": "0"},
+               "ownerReferences": [{"apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRollout",
+                                    "name": "r1", "uid": "uid-1", "controller": false, "blockOwnerDeletion": true}]},
+           "spec": {"rollout": "r1", "step": 0, "stepOf": "1/2", "weight": 10, "stepStartedAt": at(0),
+                    "chunk": 0, "count": analyses.len(), "passed": n("Pass"), "failed": n("Fail"),
+                    "inconclusive": n("Inconclusive"), "firstTime": at(analyses[0].1),
+                    "lastTime": at(last.1), "lastVerdict": last.2, "analyses": kept}})
+}
+
+/// The rollout's objects as a metadata-only list returns them.
+fn listed(objects: &[Value]) -> Route {
+    let items: Vec<Value> = objects
+        .iter()
+        .map(|o| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]}))
+        .collect();
+    Route {
+        query: Some("labelSelector=rollout.akidb.io/rollout=r1".into()),
+        ..route(
+            Method::GET,
+            ANALYSES,
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+        )
+    }
+}
+
+fn event_route() -> Route {
+    route(
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/prod/events",
+        201,
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+    )
+}
+
+/// The requests to EmbeddingRolloutAnalyses, as `VERB path?query`.
+fn analysis_calls(api: &MockApi) -> Vec<String> {
+    api.seen()
+        .iter()
+        .filter(|s| s.path.starts_with(ANALYSES))
+        .map(|s| {
+            let q = if s.query.contains("labelSelector") {
+                format!("?{}", s.query)
+            } else {
+                String::new()
+            };
+            format!("{} {}{q}", s.method, s.path.trim_start_matches(ANALYSES))
+        })
+        .collect()
+}
+
+/// After the status write (never before), every analysis of `status.history` no object holds is
+/// kept, oldest first: the first creates the step's object, the next ones are JSON patches that
+/// append one analysis each, guarded by a `test` of the count. Nothing is read again while this
+/// process knows the tail, and an analysis kept once is never sent again.
+#[tokio::test]
+async fn analyses_are_kept_after_the_status_write_one_append_each_and_never_twice() {
+    let mut routes = the_deploying_writes();
+    routes.extend([
+        route(
+            Method::PATCH,
+            &format!("{ROLLOUTS}/r1/status"),
+            200,
+            echo_ok(),
+        ),
+        listed(&[]),
+        route(Method::POST, ANALYSES, 201, chunk0(&[(1, 1, "Pass")])),
+        route(
+            Method::PATCH,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            200,
+            chunk0(&[(1, 1, "Pass"), (2, 2, "Fail")]),
+        ),
+    ]);
+    let api = MockApi::new(routes);
+    let c = ctx(&api);
+    // A status from before the objects were kept: its history is appended on the first reconcile.
+    let mut status = in_step_one(vec![
+        analysis_record(1, 1, "Pass"),
+        analysis_record(2, 2, "Fail"),
+    ]);
+    status["phase"] = json!("Pending");
+    let r = rollout(status, json!({}), json!([FINALIZER]));
+    let got = reconcile_inner(&r, &c).await;
+    assert!(got.is_ok(), "{got:?}; unrouted {:?}", api.unrouted());
+    assert!(api.unrouted().is_empty(), "{:?}", api.unrouted());
+
+    let writes: Vec<String> = api
+        .writes()
+        .iter()
+        .map(|w| format!("{} {}", w.method, w.path))
+        .collect();
+    let position = |w: &str| {
+        writes
+            .iter()
+            .position(|x| x == w)
+            .unwrap_or_else(|| panic!("no {w} in {writes:?}"))
+    };
+    assert!(
+        position(&format!("PATCH {ROLLOUTS}/r1/status")) < position(&format!("POST {ANALYSES}"))
+    );
+    assert_eq!(
+        analysis_calls(&api),
+        [
+            "GET ?labelSelector=rollout.akidb.io/rollout=r1".to_string(),
+            "POST ".into(),
+            format!("PATCH /{CHUNK0}"),
+        ]
+    );
+    let sent: Vec<Seen> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.path.starts_with(ANALYSES))
+        .collect();
+    let created = &sent[0].body;
+    assert_eq!(created["metadata"]["name"], CHUNK0);
+    assert_eq!(created["metadata"]["namespace"], "prod");
+    assert_eq!(
+        created["metadata"]["labels"],
+        json!({"rollout.akidb.io/rollout": "r1", "rollout.akidb.io/step": "0",
+               "rollout.akidb.io/step-started-at": "20250301T100000Z", "rollout.akidb.io/chunk": "0",
+               "app.kubernetes.io/managed-by": "embedding-rollout-operator"})
+    );
+    assert_eq!(
+        created["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRollout", "name": "r1",
+                "uid": "uid-1", "controller": false, "blockOwnerDeletion": true}])
+    );
+    assert_eq!(
+        created["spec"],
+        json!({"rollout": "r1", "step": 0, "stepOf": "1/2", "weight": 10, "stepStartedAt": at(0),
+               "chunk": 0, "count": 1, "passed": 1, "failed": 0, "inconclusive": 0,
+               "firstTime": at(1), "lastTime": at(1), "lastVerdict": "Pass",
+               "analyses": [kept_record(1, 1, "Pass")]})
+    );
+    assert!(
+        sent[0]
+            .query
+            .contains("fieldManager=embedding-rollout-operator"),
+        "{}",
+        sent[0].query
+    );
+    assert_eq!(
+        sent[1].body,
+        json!([
+            {"op": "test", "path": "/spec/count", "value": 1},
+            {"op": "add", "path": "/spec/analyses/-", "value": kept_record(2, 2, "Fail")},
+            {"op": "replace", "path": "/spec/count", "value": 2},
+            {"op": "replace", "path": "/spec/failed", "value": 1},
+            {"op": "replace", "path": "/spec/lastTime", "value": at(2)},
+            {"op": "replace", "path": "/spec/lastVerdict", "value": "Fail"},
+        ])
+    );
+    assert!(
+        sent[1]
+            .query
+            .contains("fieldManager=embedding-rollout-operator"),
+        "{}",
+        sent[1].query
+    );
+    assert!(
+        !api.writes()
+            .iter()
+            .any(|w| w.body["reason"] == "HistoryAppendFailed"),
+        "{:?}",
+        api.writes()
+    );
+
+    // The next analysis: one append, nothing read; the same status again: nothing at all.
+    let before = api.seen().len();
+    let next = status_of(in_step_one(vec![
+        analysis_record(1, 1, "Pass"),
+        analysis_record(2, 2, "Fail"),
+        analysis_record(3, 3, "Pass"),
+    ]));
+    let kept = c.history.keep(&c.client, &r, &next).await;
+    assert_eq!(
+        kept,
+        history_store::Kept {
+            appended: 1,
+            ..Default::default()
+        }
+    );
+    let new: Vec<Seen> = api.seen()[before..].to_vec();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        (new[0].method.clone(), new[0].path.clone()),
+        (Method::PATCH, format!("{ANALYSES}/{CHUNK0}"))
+    );
+    assert_eq!(
+        new[0].body[0],
+        json!({"op": "test", "path": "/spec/count", "value": 2})
+    );
+    assert_eq!(
+        new[0].body[3],
+        json!({"op": "replace", "path": "/spec/passed", "value": 2})
+    );
+    let kept = c.history.keep(&c.client, &r, &next).await;
+    assert_eq!(kept, history_store::Kept::default());
+    assert_eq!(api.seen().len(), before + 1, "nothing sent twice");
+}
+
+/// After a restart the tail is read back (one metadata list, one GET): what the newest object
+/// holds is not appended again. A 404 on the append (the object was deleted) creates it again at
+/// its place; a failed `test` (422: the count moved, here because our own earlier request had
+/// landed) and a 409 on a create are their own case: the object is read, and an analysis it
+/// holds already is not appended twice.
+#[tokio::test]
+async fn a_missing_object_is_created_again_and_a_moved_count_or_an_existing_object_is_read_first() {
+    let r = rollout(in_step_one(vec![]), json!({}), json!([FINALIZER]));
+    let two = status_of(in_step_one(vec![
+        analysis_record(1, 1, "Pass"),
+        analysis_record(2, 2, "Pass"),
+    ]));
+
+    // 404: deleted by hand since it was read.
+    let api = MockApi::new(vec![
+        listed(&[chunk0(&[(1, 1, "Pass")])]),
+        route(
+            Method::GET,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            200,
+            chunk0(&[(1, 1, "Pass")]),
+        ),
+        route(
+            Method::PATCH,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            404,
+            not_found(
+                "embeddingrolloutanalyses.rollout.akidb.io \"r1-step1-20250301-100000-0000\"",
+            ),
+        ),
+        route(Method::POST, ANALYSES, 201, chunk0(&[(2, 2, "Pass")])),
+    ]);
+    let c = ctx(&api);
+    let kept = c.history.keep(&c.client, &r, &two).await;
+    assert_eq!(
+        kept,
+        history_store::Kept {
+            appended: 1,
+            ..Default::default()
+        },
+        "{:?}",
+        api.seen()
+    );
+    assert_eq!(
+        analysis_calls(&api),
+        [
+            "GET ?labelSelector=rollout.akidb.io/rollout=r1".to_string(),
+            format!("GET /{CHUNK0}"),
+            format!("PATCH /{CHUNK0}"),
+            "POST ".into(),
+        ],
+        "only the analysis the object did not hold"
+    );
+    let created = &api.writes()[1].body;
+    assert_eq!(created["metadata"]["name"], CHUNK0);
+    assert_eq!(created["spec"]["count"], 1);
+    assert_eq!(
+        created["spec"]["analyses"],
+        json!([kept_record(2, 2, "Pass")])
+    );
+
+    // 422 on the test of the count: our own append had landed (the answer was lost).
+    let api = MockApi::new(vec![
+        listed(&[chunk0(&[(1, 1, "Pass")])]),
+        route(
+            Method::GET,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            200,
+            chunk0(&[(1, 1, "Pass")]),
+        ),
+    ]);
+    let c = ctx(&api);
+    let one = status_of(in_step_one(vec![analysis_record(1, 1, "Pass")]));
+    assert_eq!(
+        c.history.keep(&c.client, &r, &one).await,
+        history_store::Kept::default()
+    );
+    api.add(route(
+        Method::GET,
+        &format!("{ANALYSES}/{CHUNK0}"),
+        200,
+        chunk0(&[(1, 1, "Pass"), (2, 2, "Pass")]),
+    ));
+    api.add(route(
+        Method::PATCH,
+        &format!("{ANALYSES}/{CHUNK0}"),
+        422,
+        status_body(422, "the server rejected our request due to an error in our request: testing value /spec/count failed"),
+    ));
+    let kept = c.history.keep(&c.client, &r, &two).await;
+    assert_eq!(
+        kept,
+        history_store::Kept {
+            appended: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        analysis_calls(&api)[2..],
+        [format!("PATCH /{CHUNK0}"), format!("GET /{CHUNK0}")],
+        "read again, not appended twice"
+    );
+    // The next one goes after it, tested against the count read.
+    api.add(route(
+        Method::PATCH,
+        &format!("{ANALYSES}/{CHUNK0}"),
+        200,
+        chunk0(&[(1, 1, "Pass")]),
+    ));
+    let three = status_of(in_step_one(vec![
+        analysis_record(1, 1, "Pass"),
+        analysis_record(2, 2, "Pass"),
+        analysis_record(3, 3, "Pass"),
+    ]));
+    let kept = c.history.keep(&c.client, &r, &three).await;
+    assert_eq!(kept.appended, 1);
+    let last = api.writes().pop().unwrap();
+    assert_eq!(
+        last.body[0],
+        json!({"op": "test", "path": "/spec/count", "value": 2})
+    );
+    assert_eq!(last.body[1]["value"]["t"], at(3));
+
+    // 409 on the create: a former leader created it, holding this very analysis.
+    let api = MockApi::new(vec![
+        listed(&[]),
+        route(Method::POST, ANALYSES, 409, status_body(409, "embeddingrolloutanalyses.rollout.akidb.io \"r1-step1-20250301-100000-0000\" already exists")),
+        route(Method::GET, &format!("{ANALYSES}/{CHUNK0}"), 200, chunk0(&[(1, 1, "Pass")])),
+    ]);
+    let c = ctx(&api);
+    let kept = c.history.keep(&c.client, &r, &one).await;
+    assert_eq!(
+        kept,
+        history_store::Kept {
+            appended: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        analysis_calls(&api),
+        [
+            "GET ?labelSelector=rollout.akidb.io/rollout=r1".to_string(),
+            "POST ".into(),
+            format!("GET /{CHUNK0}"),
+        ]
+    );
+}
+
+/// A failed append holds up nothing: the reconcile succeeds, a Warning event says what was not
+/// kept and why, the rollout is reconciled again within 30 s, and the next reconcile appends the
+/// same analysis once the cause is gone. A missing CRD is named.
+#[tokio::test]
+async fn a_failed_append_is_a_warning_event_and_is_retried_at_the_next_reconcile() {
+    let r = rollout(in_step_one(vec![]), json!({}), json!([FINALIZER]));
+    let decided = Decision {
+        status: status_of(in_step_one(vec![analysis_record(1, 1, "Pass")])),
+        actions: vec![],
+        requeue_after: Duration::from_secs(300),
+        events: vec![],
+    };
+    let api = MockApi::new(vec![
+        listed(&[]),
+        route(Method::POST, ANALYSES, 403, status_body(403, "embeddingrolloutanalyses.rollout.akidb.io is forbidden: User \"system:serviceaccount:x:op\" cannot create resource \"embeddingrolloutanalyses\"")),
+        event_route(),
+    ]);
+    let c = ctx(&api);
+    assert_eq!(keep_history(&c, &r, &decided).await, history_store::RETRY);
+    let warning = api
+        .writes()
+        .into_iter()
+        .find(|w| w.path.ends_with("/events"))
+        .expect("a Warning event");
+    assert_eq!(warning.body["type"], "Warning");
+    assert_eq!(warning.body["reason"], "HistoryAppendFailed");
+    let note = warning.body["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("the analysis of 2025-03-01T10:01:00Z (step 1/2) was not kept: creating EmbeddingRolloutAnalysis r1-step1-20250301-100000-0000: forbidden (403)"),
+        "{note}"
+    );
+    assert!(
+        note.ends_with(
+            "it and 0 newer wait in status.history (the last 10) for the next reconcile"
+        ),
+        "{note}"
+    );
+
+    // Granted: the next reconcile sends the same analysis, and the decision's requeue stands.
+    api.add(route(
+        Method::POST,
+        ANALYSES,
+        201,
+        chunk0(&[(1, 1, "Pass")]),
+    ));
+    assert_eq!(
+        keep_history(&c, &r, &decided).await,
+        Duration::from_secs(300)
+    );
+    let posts: Vec<Value> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == Method::POST && w.path == ANALYSES)
+        .map(|w| w.body)
+        .collect();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[0], posts[1]);
+
+    // No CRD (the chart does not upgrade CRDs): said so.
+    let api = MockApi::new(vec![
+        Route {
+            query: Some("labelSelector=rollout.akidb.io/rollout=r1".into()),
+            ..route(
+                Method::GET,
+                ANALYSES,
+                404,
+                status_body(404, "the server could not find the requested resource"),
+            )
+        },
+        event_route(),
+    ]);
+    let c = ctx(&api);
+    assert_eq!(keep_history(&c, &r, &decided).await, history_store::RETRY);
+    let note = api.writes().pop().unwrap().body["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        note.contains("is the CRD embeddingrolloutanalyses.rollout.akidb.io installed? kubectl apply --server-side -f crds/"),
+        "{note}"
+    );
+}
+
+/// An outage longer than `status.history` holds leaves analyses no object will ever hold: the
+/// looks say how many, and a Warning event says so once the appends resume.
+#[tokio::test]
+async fn analyses_that_left_the_status_before_they_were_kept_are_a_gap_event() {
+    let r = rollout(in_step_one(vec![]), json!({}), json!([FINALIZER]));
+    let api = MockApi::new(vec![
+        listed(&[chunk0(&[(4, 4, "Pass")])]),
+        route(
+            Method::GET,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            200,
+            chunk0(&[(4, 4, "Pass")]),
+        ),
+        route(
+            Method::PATCH,
+            &format!("{ANALYSES}/{CHUNK0}"),
+            200,
+            chunk0(&[(4, 4, "Pass")]),
+        ),
+        event_route(),
+    ]);
+    let c = ctx(&api);
+    let decided = Decision {
+        status: status_of(in_step_one(
+            (17..27).map(|i| analysis_record(i, i, "Pass")).collect(),
+        )),
+        actions: vec![],
+        requeue_after: Duration::from_secs(60),
+        events: vec![],
+    };
+    assert_eq!(
+        keep_history(&c, &r, &decided).await,
+        Duration::from_secs(60)
+    );
+    let patches = api
+        .writes()
+        .iter()
+        .filter(|w| w.method == Method::PATCH)
+        .count();
+    assert_eq!(patches, 10);
+    let gap = api
+        .writes()
+        .into_iter()
+        .find(|w| w.path.ends_with("/events"))
+        .expect("a gap event");
+    assert_eq!(gap.body["reason"], "HistoryGap");
+    assert_eq!(
+        gap.body["note"],
+        "12 analyses of step 1/2 (looks 5-16) were never kept: they left status.history (the last 10) before they could be appended"
+    );
+}

@@ -7,6 +7,7 @@ pub mod decision;
 pub mod duration;
 pub mod gate_template_reader;
 pub mod history;
+pub mod history_store;
 pub mod http_client;
 pub mod leader;
 pub mod metrics;
