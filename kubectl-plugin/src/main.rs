@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use embedding_rollout_operator::crd::{EmbeddingRollout, COMMAND_ANNOTATION};
+use embedding_rollout_operator::crd::{
+    EmbeddingRollout, EmbeddingRolloutAnalysis, COMMAND_ANNOTATION, HISTORY_LIMIT, ROLLOUT_LABEL,
+};
 use embedding_rollout_operator::decision::Command;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -79,7 +81,8 @@ enum Sub {
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Every analysis kept in the status (the last ten).
+    /// Every analysis of the rollout, oldest first (its EmbeddingRolloutAnalysis objects; without
+    /// them, the last ten in the status), then the manual commands.
     History { name: String },
     /// Next step now, without soak or analysis (at the last step: promote).
     Promote {
@@ -209,7 +212,17 @@ async fn run(cli: Cli, bin_name: &str) -> Result<(), PluginError> {
         Sub::Watch { name, timeout } => watch(&ctx, &name, timeout).await,
         Sub::History { name } => {
             let (_, r) = ctx.get(&name).await?;
-            out(&render::history_table(&r))
+            let kept = match ctx.kept_analyses(&name).await {
+                Ok(kept) => kept,
+                Err(why) => {
+                    eprintln!(
+                        "warning: {why}; showing status.history (the last {HISTORY_LIMIT} analyses)"
+                    );
+                    Vec::new()
+                }
+            };
+            eprintln!("{}", render::history_source(&r, &kept));
+            out(&render::history_table(&r, &kept))
         }
         Sub::Promote { name, full, force } => {
             let cmd = if full {
@@ -345,6 +358,35 @@ impl Ctx {
                 self.server, s.code, s.reason, s.message
             )),
             other => PluginError::Other(chain(&other)),
+        }
+    }
+
+    /// The rollout's EmbeddingRolloutAnalysis objects (every analysis it took), page by page.
+    async fn kept_analyses(&self, rollout: &str) -> Result<Vec<EmbeddingRolloutAnalysis>, String> {
+        let api: Api<EmbeddingRolloutAnalysis> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        // A full page of objects is a few MiB at most.
+        let mut params = ListParams::default()
+            .labels(&format!("{ROLLOUT_LABEL}={rollout}"))
+            .limit(20);
+        let mut kept = Vec::new();
+        loop {
+            let page = api.list(&params).await.map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    "the EmbeddingRolloutAnalysis CRD is not installed (kubectl apply --server-side -f crds/)"
+                        .to_string()
+                }
+                kube::Error::Api(s) if s.code == 403 => format!(
+                    "you may not list embeddingrolloutanalyses in {}: {}",
+                    self.namespace, s.message
+                ),
+                other => format!("listing EmbeddingRolloutAnalyses: {}", chain(&other)),
+            })?;
+            kept.extend(page.items);
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok(kept),
+            }
         }
     }
 

@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use embedding_rollout_operator::crd::{
-    AnalysisRecord, BreakerState, EmbeddingRollout, GateResult, Phase, StepSummary,
+    AnalysisRecord, BreakerState, EmbeddingRollout, EmbeddingRolloutAnalysis, GateResult, Phase,
+    StepSummary, HISTORY_LIMIT,
 };
+use embedding_rollout_operator::history;
 
 /// Longest MESSAGE in `list` (the full one is in `get`).
 pub const LIST_MESSAGE_WIDTH: usize = 60;
@@ -389,10 +391,31 @@ fn breaker(b: Option<BreakerState>) -> String {
     }
 }
 
-/// `history NAME`: every analysis kept in the status, oldest first, then the manual commands
-/// the operator acted on (who, as far as the API server can tell, and what each did).
-pub fn history_table(r: &EmbeddingRollout) -> String {
-    let mut out = analyses_table(r);
+/// `history NAME`: every analysis of the rollout, oldest first (those its
+/// EmbeddingRolloutAnalysis objects `kept` hold, then any newer in the status, not appended yet;
+/// without objects, the last ones in the status), a note for any the objects never got, then
+/// the manual commands the operator acted on (who, as far as the API server can tell, and what
+/// each did).
+pub fn history_table(r: &EmbeddingRollout, kept: &[EmbeddingRolloutAnalysis]) -> String {
+    let records = history::all_analyses(kept, r.metadata.uid.as_deref(), r.status.as_ref());
+    let mut out = analyses_table(r, &records);
+    let n = r.spec.steps.len();
+    // Without objects the status shows only its last analyses, by design: nothing is missing.
+    let held = !history::all_analyses(kept, r.metadata.uid.as_deref(), None).is_empty();
+    let gaps = if held {
+        history::gaps(&records)
+    } else {
+        Vec::new()
+    };
+    for (at, missing) in gaps {
+        let step = records.iter().find(|a| a.time == at).map_or(0, |a| a.step);
+        out.push_str(&format!(
+            "note: {missing} analyses of step {} before {} were never kept (the operator could not \
+             append them while status.history held the last {HISTORY_LIMIT})\n",
+            step_index(step, n),
+            at.format("%Y-%m-%dT%H:%M:%SZ")
+        ));
+    }
     let commands = r
         .status
         .as_ref()
@@ -422,13 +445,42 @@ pub fn history_table(r: &EmbeddingRollout) -> String {
     out
 }
 
-fn analyses_table(r: &EmbeddingRollout) -> String {
+/// Where `history` found the analyses it shows, for stderr.
+pub fn history_source(r: &EmbeddingRollout, kept: &[EmbeddingRolloutAnalysis]) -> String {
+    let uid = r.metadata.uid.as_deref();
+    let records = history::all_analyses(kept, uid, r.status.as_ref());
+    let objects = history::all_analyses(kept, uid, None);
+    let owned = kept
+        .iter()
+        .filter(|o| {
+            uid.is_none_or(|u| {
+                o.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|x| x.uid == u)
+            })
+        })
+        .count();
+    if owned == 0 {
+        return format!(
+            "{}: no EmbeddingRolloutAnalysis objects; {} analyses from status.history (it holds the last {HISTORY_LIMIT})",
+            name(r),
+            records.len()
+        );
+    }
+    format!(
+        "{}: {} analyses, {} from {owned} EmbeddingRolloutAnalysis object{}, {} from status.history (not kept yet)",
+        name(r),
+        records.len(),
+        objects.len(),
+        if owned == 1 { "" } else { "s" },
+        records.len() - objects.len()
+    )
+}
+
+fn analyses_table(r: &EmbeddingRollout, history: &[AnalysisRecord]) -> String {
     let n = r.spec.steps.len();
-    let history = r
-        .status
-        .as_ref()
-        .map(|s| s.history.as_slice())
-        .unwrap_or_default();
     if history.is_empty() {
         return format!("No analyses yet for {}.\n", name(r));
     }
@@ -666,7 +718,7 @@ mod tests {
         assert_eq!(cells[5], "-", "verdict: {t}");
         assert_eq!(cells.last(), Some(&"-"), "message: {t}");
         assert!(get_view(&r, now()).contains("No status yet"));
-        assert!(history_table(&r).contains("No analyses yet"));
+        assert!(history_table(&r, &[]).contains("No analyses yet"));
     }
 
     #[test]
@@ -683,7 +735,7 @@ mod tests {
         );
         assert!(g.contains("candidate P95 - ms"), "{g}");
         assert!(g.contains("no gate results recorded"), "{g}");
-        let h = history_table(&r);
+        let h = history_table(&r, &[]);
         let cells: Vec<&str> = data_lines(&h)[0].split_whitespace().collect();
         assert_eq!(
             cells,
@@ -748,7 +800,7 @@ mod tests {
         second["reasons"] = json!([]);
         second["breakerState"] = json!("HalfOpen");
         let r = rollout(json!({"phase": "Promoted", "history": [analysis(), second]}));
-        let h = history_table(&r);
+        let h = history_table(&r, &[]);
         let rows = data_lines(&h);
         assert_eq!(rows.len(), 2, "{h}");
         let first: Vec<&str> = rows[0].split_whitespace().collect();
@@ -786,7 +838,7 @@ mod tests {
             {"command": "retry", "manager": "kubectl-annotate", "handledAt": "2025-01-01T11:59:00Z",
              "phase": "RollingBack", "result": "Ignored", "message": "retry ignored"}
         ]}));
-        let h = history_table(&r);
+        let h = history_table(&r, &[]);
         let after = h
             .split("Manual commands:")
             .nth(1)
@@ -808,6 +860,104 @@ mod tests {
         let second: Vec<&str> = rows[1].split_whitespace().collect();
         assert_eq!(&second[1..3], ["retry", "-"], "no by: shown as missing");
         assert_eq!(second[5], "Ignored");
+    }
+
+    /// An EmbeddingRolloutAnalysis of step 2 (begun 11:00) holding analyses at these minutes
+    /// past 11:00, with look = minute; `owner` is the owning rollout's uid.
+    fn kept(chunk: u32, minutes: std::ops::Range<u32>, owner: &str) -> EmbeddingRolloutAnalysis {
+        let t = |m: u32| format!("2025-01-01T{:02}:{:02}:00Z", 11 + m / 60, m % 60);
+        let analyses: Vec<serde_json::Value> = minutes
+            .clone()
+            .map(|m| {
+                let fail = m % 5 == 0;
+                let mut a = json!({"t": t(m), "v": if fail { "Fail" } else { "Pass" }, "n": m,
+                                   "c95": 20.0 + f64::from(m) / 10.0, "b95": 18.5, "ce": 0.0012,
+                                   "br": "Closed", "cs": 100 * m, "bs": 110 * m,
+                                   "g": [{"n": "maxP95Ms", "v": "Pass", "x": 0.01, "th": 0.05, "s": 100 * m}]});
+                if fail {
+                    a["r"] = json!([format!("maxErrorRate: {m} of 1000 failed")]);
+                }
+                a
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRolloutAnalysis",
+            "metadata": {"name": format!("embed-step2-20250101-110000-{chunk:04}"), "namespace": "production",
+                         "ownerReferences": [{"apiVersion": "rollout.akidb.io/v1alpha1", "kind": "EmbeddingRollout",
+                                              "name": "embed", "uid": owner}]},
+            "spec": {"rollout": "embed", "step": 1, "stepOf": "2/4", "weight": 10,
+                     "stepStartedAt": "2025-01-01T11:00:00Z", "chunk": chunk, "count": analyses.len(),
+                     "passed": 0, "failed": 0, "inconclusive": 0,
+                     "firstTime": t(minutes.start), "lastTime": t(minutes.end - 1), "lastVerdict": "Pass",
+                     "analyses": analyses}
+        }))
+        .expect("an EmbeddingRolloutAnalysis")
+    }
+
+    #[test]
+    fn history_reads_every_kept_analysis_oldest_first_then_the_status_tail() {
+        let mut status_tail = analysis();
+        status_tail["time"] = json!("2025-01-01T11:59:30Z");
+        status_tail["look"] = json!(35);
+        let mut already_kept = analysis();
+        already_kept["time"] = json!("2025-01-01T11:15:00Z");
+        let mut r = rollout(
+            json!({"phase": "Progressing", "currentStep": 1, "currentWeight": 10,
+                                   "history": [already_kept, status_tail]}),
+        );
+        r.metadata.uid = Some("uid-embed".into());
+        // Listed in any order; one left behind by an earlier rollout of the same name; looks
+        // 21 to 29 never kept (an outage longer than status.history).
+        let objects = vec![
+            kept(1, 30..35, "uid-embed"),
+            kept(0, 1..21, "uid-old"),
+            kept(0, 1..21, "uid-embed"),
+        ];
+        let h = history_table(&r, &objects);
+        let rows = data_lines(&h);
+        let times: Vec<&str> = rows
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| c.starts_with("2025-"))
+            .collect();
+        assert_eq!(times.len(), 26, "20 + 5 kept, 1 newer in the status: {h}");
+        assert!(times.len() > HISTORY_LIMIT);
+        assert_eq!(times[0], "2025-01-01T11:01:00Z");
+        assert_eq!(times[24], "2025-01-01T11:34:00Z");
+        assert_eq!(times[25], "2025-01-01T11:59:30Z");
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first: {h}");
+        let fifth: Vec<&str> = rows[4].split_whitespace().collect();
+        assert_eq!(
+            &fifth[..9],
+            [
+                "2025-01-01T11:05:00Z",
+                "2/4",
+                "10%",
+                "20.5",
+                "18.5",
+                "0.12%",
+                "closed",
+                "Fail",
+                "maxErrorRate:"
+            ],
+            "{h}"
+        );
+        assert!(rows[4].ends_with("maxErrorRate: 5 of 1000 failed"), "{h}");
+        assert!(
+            h.contains("note: 9 analyses of step 2/4 before 2025-01-01T11:30:00Z were never kept"),
+            "{h}"
+        );
+        assert_eq!(
+            history_source(&r, &objects),
+            "embed: 26 analyses, 25 from 2 EmbeddingRolloutAnalysis objects, 1 from status.history (not kept yet)"
+        );
+        // Without objects: the status, as before.
+        let alone = history_table(&r, &[]);
+        assert_eq!(data_lines(&alone).len(), 2, "{alone}");
+        assert_eq!(
+            history_source(&r, &[]),
+            "embed: no EmbeddingRolloutAnalysis objects; 2 analyses from status.history (it holds the last 10)"
+        );
     }
 
     #[test]
