@@ -410,6 +410,154 @@ async fn list_get_history_and_output_formats_of_real_rollouts() {
     assert_eq!(r.code, 2, "an unknown shell is a usage error: {r}");
 }
 
+/// The operator's own code that keeps every analysis (`history_store`), run against the real API
+/// server: the objects it creates pass the CRD's schema, its guarded JSON patches apply, a
+/// restarted process appends nothing twice, and `history` reads every analysis back, far more
+/// than `status.history` keeps. (No operator process: the statuses are what its reconciles
+/// would write, ten analyses at most each.)
+#[tokio::test]
+async fn history_reads_every_analysis_the_operator_kept_far_past_the_status() {
+    use embedding_rollout_operator::crd::{
+        EmbeddingRollout, EmbeddingRolloutAnalysis, EmbeddingRolloutStatus, HISTORY_LIMIT,
+    };
+    use embedding_rollout_operator::history_store::Keeper;
+    let cp = cluster("kept").await;
+    let kc = &cp.kubeconfig_path;
+    let crd = std::fs::read_to_string(
+        workspace_root().join("crds/embeddingrolloutanalyses.rollout.akidb.io.yaml"),
+    )
+    .expect("CRD file");
+    cp.apply_as_admin(&crd)
+        .await
+        .expect("apply the EmbeddingRolloutAnalysis CRD");
+    create(&cp, NS, "embed", None).await;
+    let stored = rollouts(&cp, NS)
+        .get("embed")
+        .await
+        .expect("read the rollout");
+    let rollout: EmbeddingRollout =
+        serde_json::from_value(serde_json::to_value(stored).unwrap()).expect("a rollout");
+
+    // Step 1 (50 %) from 10:00: 15 analyses a minute apart; step 2 (100 %) from 10:20: 12 more.
+    let record = |step: u32, min: u32, look: u32| {
+        let verdict = if min.is_multiple_of(7) {
+            "Fail"
+        } else {
+            "Pass"
+        };
+        let weight = if step == 0 { 50 } else { 100 };
+        let mut a = analysis(step, weight, verdict, 20.0 + f64::from(min) / 4.0);
+        a["time"] = json!(format!("2025-03-01T10:{min:02}:00Z"));
+        a["look"] = json!(look);
+        a
+    };
+    let all: Vec<Value> = (1..=15)
+        .map(|m| record(0, m, m))
+        .chain((21..=32).map(|m| record(1, m, m - 20)))
+        .collect();
+    // The status after a reconcile: its last ten analyses (the operator appends from it).
+    let status_after = |n: usize| -> EmbeddingRolloutStatus {
+        serde_json::from_value(json!({
+            "phase": "Progressing", "currentStep": 1, "currentWeight": 100,
+            "stepStartedAt": "2025-03-01T10:20:00Z",
+            "stepSummaries": [{"step": 0, "weight": 50, "startedAt": "2025-03-01T10:00:00Z"},
+                              {"step": 1, "weight": 100, "startedAt": "2025-03-01T10:20:00Z"}],
+            "history": all[n.saturating_sub(HISTORY_LIMIT)..n],
+        }))
+        .expect("a status")
+    };
+    let keeper = Keeper::new();
+    for n in [4, 13, 20] {
+        let kept = keeper.keep(&cp.admin, &rollout, &status_after(n)).await;
+        assert_eq!(kept.failed, None, "after {n} analyses: {kept:?}");
+        assert!(kept.gaps.is_empty(), "{kept:?}");
+    }
+    // A restarted operator reads the newest object back and appends only what is new.
+    let restarted = Keeper::new();
+    for (n, appended) in [(20, 0), (27, 7)] {
+        let kept = restarted.keep(&cp.admin, &rollout, &status_after(n)).await;
+        assert_eq!(kept.failed, None, "{kept:?}");
+        assert_eq!(kept.appended, appended, "after a restart, at {n}: {kept:?}");
+    }
+    set_status(
+        &cp,
+        NS,
+        "embed",
+        serde_json::to_value(status_after(all.len())).unwrap(),
+    )
+    .await;
+
+    // One object per step run, every analysis once, in order, owned by the rollout.
+    let analyses: Api<EmbeddingRolloutAnalysis> = Api::namespaced(cp.admin.clone(), NS);
+    let mut objects = analyses
+        .list(&kube::api::ListParams::default().labels("rollout.akidb.io/rollout=embed"))
+        .await
+        .expect("list EmbeddingRolloutAnalyses")
+        .items;
+    objects.sort_by_key(|o| o.spec.step_started_at);
+    let counts: Vec<(String, u32, usize)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o.metadata.name.clone().unwrap_or_default(),
+                o.spec.count,
+                o.spec.analyses.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("embed-step1-20250301-100000-0000".to_string(), 15, 15),
+            ("embed-step2-20250301-102000-0000".to_string(), 12, 12),
+        ]
+    );
+    let total: u32 = objects.iter().map(|o| o.spec.count).sum();
+    assert!(
+        total as usize > HISTORY_LIMIT,
+        "{total} analyses kept, more than the status's {HISTORY_LIMIT}"
+    );
+    let times: Vec<_> = objects
+        .iter()
+        .flat_map(|o| o.spec.analyses.iter().map(|a| a.t))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice"
+    );
+    assert_eq!(
+        (objects[0].spec.passed, objects[0].spec.failed),
+        (13, 2),
+        "minutes 7 and 14 failed"
+    );
+    for o in &objects {
+        let owner = &o.metadata.owner_references.as_ref().expect("owned")[0];
+        assert_eq!(owner.uid, rollout.metadata.uid.clone().unwrap());
+        assert_eq!(owner.block_owner_deletion, Some(true));
+    }
+
+    // The plugin: all of them, oldest first.
+    let r = plugin(kc, &["history", "embed", "-n", NS]).await;
+    assert_eq!(r.code, 0, "{r}");
+    let rows: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("2025-"))
+        .collect();
+    assert_eq!(rows.len(), all.len(), "{r}");
+    let first: Vec<&str> = rows[0].split_whitespace().collect();
+    assert_eq!(&first[..3], ["2025-03-01T10:01:00Z", "1/2", "50%"], "{r}");
+    let last: Vec<&str> = rows[26].split_whitespace().collect();
+    assert_eq!(&last[..3], ["2025-03-01T10:32:00Z", "2/2", "100%"], "{r}");
+    assert!(!r.stdout.contains("note:"), "nothing missing: {r}");
+    assert!(
+        r.stderr.contains(
+            "embed: 27 analyses, 27 from 2 EmbeddingRolloutAnalysis objects, 0 from status.history"
+        ),
+        "{r}"
+    );
+}
+
 #[tokio::test]
 async fn each_command_writes_its_annotations_and_refuses_what_makes_no_sense() {
     let cp = cluster("commands").await;
