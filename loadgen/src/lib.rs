@@ -11,6 +11,8 @@
 
 pub mod api;
 pub mod duration;
+pub mod fuzz;
+pub mod fuzz_client;
 pub mod runner;
 pub mod schedule;
 pub mod stats;
