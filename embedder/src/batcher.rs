@@ -2,8 +2,9 @@
 //!
 //! Handlers submit already-validated, already-tokenized items (one per text) and await a oneshot
 //! receiver. Each inference thread waits for work, lets a batch fill up to `max_batch_size` items
-//! or until the oldest item has waited `max_wait`, picks items of similar length (less padding),
-//! and runs the batch outside the async runtime. Results go back through the oneshot channel of
+//! or `max_batch_tokens` tokens (as TEI budgets its batches: a batch's cost is its tokens, not its
+//! texts), or until the oldest item has waited `max_wait`, picks items of similar length, and runs
+//! the batch outside the async runtime. Results go back through the oneshot channel of
 //! the request the texts came from.
 //!
 //! Items are grouped by `group` (the model index): a batch never mixes models. The oldest waiting
@@ -26,6 +27,8 @@ const LOOKAHEAD_BATCHES: usize = 4;
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
     pub max_batch_size: usize,
+    /// Most tokens (summed item costs) in one batch; a single item over it still runs alone.
+    pub max_batch_tokens: usize,
     pub max_wait: Duration,
     /// Queue capacity in texts.
     pub queue_capacity: usize,
@@ -146,6 +149,7 @@ impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     ) -> Self {
         let cfg = BatcherConfig {
             max_batch_size: cfg.max_batch_size.max(1),
+            max_batch_tokens: cfg.max_batch_tokens.max(1),
             threads: cfg.threads.max(1),
             ..cfg
         };
@@ -306,15 +310,19 @@ fn next_batch<I: BatchItem, O>(shared: &Shared<I, O>) -> Option<(usize, Vec<Entr
         };
         let group = head.group;
         let deadline = head.enqueued + cfg.max_wait;
-        let ready = q
-            .entries
-            .iter()
-            .filter(|e| e.group == group)
-            .take(cfg.max_batch_size)
-            .count();
+        // Full: enough texts, or enough tokens, of the head's group are waiting.
+        let (mut ready, mut tokens) = (0, 0);
+        for e in q.entries.iter().filter(|e| e.group == group) {
+            if ready == cfg.max_batch_size || tokens >= cfg.max_batch_tokens {
+                break;
+            }
+            ready += 1;
+            tokens += e.item.cost();
+        }
+        let full = ready == cfg.max_batch_size || tokens >= cfg.max_batch_tokens;
         let now = Instant::now();
         // Closed: drain without waiting, the process is on its way out.
-        if ready < cfg.max_batch_size && now < deadline && !q.closed {
+        if !full && now < deadline && !q.closed {
             q = shared
                 .wakeup
                 .wait_timeout(q, deadline - now)
@@ -337,7 +345,7 @@ fn next_batch<I: BatchItem, O>(shared: &Shared<I, O>) -> Option<(usize, Vec<Entr
             .iter()
             .map(|&p| q.entries[p].item.cost())
             .collect();
-        let mut chosen: Vec<usize> = pick_batch(&costs, cfg.max_batch_size)
+        let mut chosen: Vec<usize> = pick_batch(&costs, cfg.max_batch_size, cfg.max_batch_tokens)
             .into_iter()
             .map(|c| positions[c])
             .collect();
@@ -364,29 +372,47 @@ fn drop_abandoned<I, O>(q: &mut Queue<I, O>) {
     }
 }
 
-/// Picks at most `max` of the candidates (given oldest first by their cost) so that costs in the
-/// batch are close together. The oldest candidate (index 0) is always picked: fairness first, then
-/// padding. Returns candidate indices.
-pub fn pick_batch(costs: &[usize], max: usize) -> Vec<usize> {
+/// Picks at most `max` of the candidates (given oldest first by their cost), together costing at
+/// most `budget` tokens, so that costs in the batch are close together. The oldest candidate
+/// (index 0) is always picked, even alone over the budget: fairness first, then the most items the
+/// limits allow, then the least spread of lengths, then age. Returns candidate indices.
+pub fn pick_batch(costs: &[usize], max: usize, budget: usize) -> Vec<usize> {
     let max = max.max(1);
-    if costs.len() <= max {
+    if costs.len() <= max && costs.iter().sum::<usize>() <= budget {
         return (0..costs.len()).collect();
     }
     let mut order: Vec<usize> = (0..costs.len()).collect();
     // Stable by age within equal costs.
     order.sort_by_key(|&i| (costs[i], i));
     let head_pos = order.iter().position(|&i| i == 0).expect("head present");
-    // Windows of `max` consecutive sorted candidates that contain the head.
+    // Windows of consecutive sorted candidates that contain the head: for each start, the longest
+    // one within both limits (the head alone always qualifies).
     let first = head_pos.saturating_sub(max - 1);
-    let last = head_pos.min(order.len() - max);
-    let best = (first..=last)
-        .min_by_key(|&s| {
-            let spread = costs[order[s + max - 1]] - costs[order[s]];
-            let age: usize = order[s..s + max].iter().sum();
-            (spread, age)
+    let best = (first..=head_pos)
+        .filter_map(|s| {
+            let mut sum = 0;
+            let mut end = s;
+            while end < order.len() && end - s < max {
+                let next = sum + costs[order[end]];
+                if next > budget && end > head_pos {
+                    break;
+                }
+                if next > budget && s < head_pos {
+                    // The head is not reached within the budget from this start.
+                    return None;
+                }
+                sum = next;
+                end += 1;
+            }
+            (end > head_pos).then_some((s, end))
         })
-        .expect("at least one window contains the head");
-    order[best..best + max].to_vec()
+        .min_by_key(|&(s, end)| {
+            let spread = costs[order[end - 1]] - costs[order[s]];
+            let age: usize = order[s..end].iter().sum();
+            (std::cmp::Reverse(end - s), spread, age)
+        })
+        .unwrap_or((head_pos, head_pos + 1));
+    order[best.0..best.1].to_vec()
 }
 
 #[cfg(test)]
@@ -413,6 +439,7 @@ mod tests {
     fn cfg(max_batch_size: usize, wait_ms: u64, capacity: usize, threads: usize) -> BatcherConfig {
         BatcherConfig {
             max_batch_size,
+            max_batch_tokens: usize::MAX,
             max_wait: Duration::from_millis(wait_ms),
             queue_capacity: capacity,
             threads,
@@ -421,26 +448,58 @@ mod tests {
 
     #[test]
     fn pick_keeps_small_candidate_sets_whole() {
-        assert_eq!(pick_batch(&[5, 1, 3], 4), vec![0, 1, 2]);
+        assert_eq!(pick_batch(&[5, 1, 3], 4, 100), vec![0, 1, 2]);
     }
 
     #[test]
     fn pick_groups_similar_lengths_and_always_takes_the_head() {
         // Head is short: the other short ones join it.
-        let mut p = pick_batch(&[2, 100, 3, 90, 2, 95], 3);
+        let mut p = pick_batch(&[2, 100, 3, 90, 2, 95], 3, 1000);
         p.sort();
         assert_eq!(p, vec![0, 2, 4]);
         // Head is long: the long ones join it.
-        let mut p = pick_batch(&[100, 2, 3, 90, 2, 95], 3);
+        let mut p = pick_batch(&[100, 2, 3, 90, 2, 95], 3, 1000);
         p.sort();
         assert_eq!(p, vec![0, 3, 5]);
     }
 
     #[test]
     fn pick_prefers_older_items_on_equal_spread() {
-        let mut p = pick_batch(&[5, 5, 5, 5, 5], 2);
+        let mut p = pick_batch(&[5, 5, 5, 5, 5], 2, 1000);
         p.sort();
         assert_eq!(p, vec![0, 1]);
+    }
+
+    #[test]
+    fn pick_stays_within_the_token_budget() {
+        // Five texts of 256 tokens fit 1024 four at a time, oldest first.
+        let mut p = pick_batch(&[256; 5], 32, 1024);
+        p.sort();
+        assert_eq!(p, vec![0, 1, 2, 3]);
+        // A short head with long and short texts queued: the short ones join it, up to the budget.
+        // (10 + 12 + 11 + 9 = 42 is over; of the two windows of three, the older one.)
+        let mut p = pick_batch(&[10, 300, 12, 300, 11, 9], 32, 40);
+        p.sort();
+        assert_eq!(p, vec![0, 2, 4]);
+        // Every batch respects the budget, whatever the mix, unless the head alone exceeds it.
+        let costs = [7, 250, 31, 256, 2, 128, 64, 199, 17, 5, 256, 90];
+        for budget in [1, 50, 256, 300, 512, 1000] {
+            for max in [1, 2, 3, 8, 32] {
+                let p = pick_batch(&costs, max, budget);
+                assert!(p.contains(&0), "head missing at max {max} budget {budget}");
+                assert!(p.len() <= max);
+                let sum: usize = p.iter().map(|&i| costs[i]).sum();
+                assert!(
+                    sum <= budget.max(costs[0]),
+                    "{sum} > {budget} at max {max}: {p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pick_runs_a_head_over_the_budget_alone() {
+        assert_eq!(pick_batch(&[600, 5, 5], 32, 512), vec![0]);
     }
 
     #[test]
@@ -477,6 +536,37 @@ mod tests {
         assert_eq!(rt.block_on(rx2).unwrap().unwrap(), vec![2, 3]);
         assert_eq!(h.get_sample_count(), 1);
         assert_eq!(h.get_sample_sum(), 3.0);
+        b.shutdown();
+    }
+
+    #[test]
+    fn a_full_token_budget_closes_the_batch_without_waiting() {
+        let (d, h) = metrics();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let work: Arc<WorkFn<Text, usize, String>> = Arc::new(move |_g, items: &[&Text]| {
+            lock(&seen2).push(items.iter().map(|t| t.0).sum::<usize>());
+            Ok(items.iter().map(|t| t.0).collect())
+        });
+        // Room for 32 texts but 512 tokens; a 10 s wait that a full budget must not sit out.
+        let config = BatcherConfig {
+            max_batch_tokens: 512,
+            ..cfg(32, 10_000, 100, 1)
+        };
+        let b = Batcher::start(config, d, h.clone(), work);
+        let started = Instant::now();
+        let rx = b.submit(0, vec![Text(256); 4]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(rx).unwrap().unwrap(), vec![256; 4]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(*lock(&seen), vec![512, 512]);
         b.shutdown();
     }
 

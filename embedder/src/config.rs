@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "EMBEDDER_MAX_BATCH_SIZE", default_value_t = 32)]
     pub max_batch_size: usize,
 
+    /// Most tokens in one batch (a text longer than this still runs, alone): bounds a batch of
+    /// long texts the way --max-batch-size bounds a batch of short ones. The default is 32 texts
+    /// of the usual 256-token limit.
+    #[arg(long, env = "EMBEDDER_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+
     /// How long the oldest queued text may wait for a batch to fill up.
     #[arg(long, env = "EMBEDDER_MAX_BATCH_WAIT_MS", default_value_t = 3)]
     pub max_batch_wait_ms: u64,
@@ -123,6 +129,7 @@ impl Config {
             .unwrap_or(1);
         BatcherConfig {
             max_batch_size: self.max_batch_size.max(1),
+            max_batch_tokens: self.max_batch_tokens.max(1),
             max_wait: Duration::from_millis(self.max_batch_wait_ms),
             queue_capacity: self.queue_capacity,
             threads: if self.inference_threads == 0 {
