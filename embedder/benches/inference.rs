@@ -5,7 +5,9 @@
 //! cargo bench -p candle-embedder --profile dev --bench inference   (reuses the dev build)
 //! BENCH_SECONDS=5 sets the time per case (default 3); BENCH_MODELS=f32,int8 (or q8_0) picks models;
 //! RAYON_NUM_THREADS caps the threads one batch is split across; BENCH_SEED=1 runs only the
-//! seed-request loop (compare bench/naive-bert); BENCH_GEMM=1 only the GEMM rates.
+//! seed-request loop (compare bench/naive-bert); BENCH_GEMM=1 only the GEMM rates;
+//! BENCH_PROFILE=1 where one thread's time goes per request (JSON, tokenizer, each encoder
+//! stage, pooling) for the seed request, 32 short texts and 256-token texts.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -299,6 +301,89 @@ fn seed_loop(model: &Model, budget: Duration) {
     println!("load average at start of the loop run: {}", load.trim());
 }
 
+/// BENCH_PROFILE=1: the share of one thread's time per stage of a request, for three shapes of
+/// work. One rayon thread, so wall time is the CPU time the stage costs.
+fn profile(model: &Model, label: &str, budget: Duration) {
+    use candle_embedder::model::bert::{Profile, Stage};
+    let long = (0..60)
+        .map(|i| format!("Sentence {i} talks about rolling embeddings out safely."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cases: [(&str, Vec<String>); 3] = [
+        (
+            "seed request (2 texts)",
+            vec![
+                "Machine learning and artificial intelligence".to_string(),
+                "Natural language processing with transformers".to_string(),
+            ],
+        ),
+        ("32 short texts", texts(32)),
+        ("4 texts of 256 tokens", vec![long; 4]),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("one-thread pool");
+    for (case, texts) in cases {
+        let body = serde_json::json!({ "texts": texts }).to_string();
+        let mut prof = Profile::default();
+        let (mut json_in, mut tokenize, mut pooling, mut json_out) = (0.0, 0.0, 0.0, 0.0);
+        let (mut runs, mut tokens) = (0u32, 0usize);
+        let start = Instant::now();
+        pool.install(|| {
+            while start.elapsed() < budget || runs < 3 {
+                let t = Instant::now();
+                let req: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let texts: Vec<String> = req["texts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect();
+                json_in += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let enc = model.encode(&texts, true).unwrap();
+                tokenize += t.elapsed().as_secs_f64();
+                let refs: Vec<&Encoded> = enc.iter().collect();
+                tokens += enc.iter().map(Encoded::len).sum::<usize>();
+                let hidden = model.profile_forward(&refs, &mut prof).unwrap();
+                let t = Instant::now();
+                let vectors = model.pool(&hidden, &refs);
+                pooling += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let out = serde_json::json!({ "embeddings": vectors }).to_string();
+                json_out += t.elapsed().as_secs_f64();
+                assert!(out.len() > 100);
+                runs += 1;
+            }
+        });
+        let n = f64::from(runs);
+        let encoder = prof.total() / n;
+        let total = encoder + (json_in + tokenize + pooling + json_out) / n;
+        let share = |s: f64| s / total * 100.0;
+        println!(
+            "{label} {case}: {:.2} ms per request on one thread, {:.0} tokens/s",
+            total * 1e3,
+            tokens as f64 / n / total
+        );
+        let mut parts = vec![("json parse", json_in / n), ("tokenizer", tokenize / n)];
+        parts.extend(
+            Stage::ALL
+                .iter()
+                .map(|&st| (st.name(), prof.seconds(st) / n)),
+        );
+        parts.push(("pooling", pooling / n));
+        parts.push(("json out", json_out / n));
+        for (name, secs) in parts {
+            println!(
+                "    {name:<17} {:>8.3} ms {:>5.1} %",
+                secs * 1e3,
+                share(secs)
+            );
+        }
+    }
+}
+
 fn main() {
     if std::env::var("BENCH_PEAKS").is_ok() {
         // One JSON line for scripts/bench.sh: per-core peaks (GMAC/s) and the kernels in use.
@@ -355,6 +440,11 @@ fn main() {
         m
     };
     let f32_model = load(Quantization::None);
+    if std::env::var("BENCH_PROFILE").is_ok() {
+        profile(&f32_model, "f32", budget);
+        profile(&load(Quantization::Int8), "int8", budget);
+        return;
+    }
     if std::env::var("BENCH_SEED").is_ok() {
         seed_loop(&f32_model, budget);
         return;

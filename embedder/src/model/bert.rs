@@ -25,6 +25,88 @@ use super::ops;
 /// Attention of all heads of a batch runs on rayon's threads from this many multiply-adds on.
 const PARALLEL_ATTENTION_MACS: usize = 1 << 18;
 
+/// Stages of a forward pass, for [`Bert::forward_profiled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Embedding lookup and its LayerNorm.
+    Embeddings,
+    /// The fused Q, K, V projection.
+    Qkv,
+    /// Q·Kᵀ, softmax and ·V of every head (repacks included).
+    Attention,
+    /// The attention output projection.
+    AttentionOutput,
+    /// Both LayerNorms of every layer.
+    LayerNorm,
+    /// The FFN up-projection.
+    FfnUp,
+    /// GELU.
+    Gelu,
+    /// The FFN down-projection.
+    FfnDown,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Embeddings,
+        Stage::Qkv,
+        Stage::Attention,
+        Stage::AttentionOutput,
+        Stage::LayerNorm,
+        Stage::FfnUp,
+        Stage::Gelu,
+        Stage::FfnDown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Embeddings => "embeddings",
+            Stage::Qkv => "qkv projection",
+            Stage::Attention => "attention",
+            Stage::AttentionOutput => "attention output",
+            Stage::LayerNorm => "layernorm",
+            Stage::FfnUp => "ffn up",
+            Stage::Gelu => "gelu",
+            Stage::FfnDown => "ffn down",
+        }
+    }
+}
+
+/// Wall time per [`Stage`], summed over the layers of one or more forward passes.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    seconds: [f64; Stage::ALL.len()],
+}
+
+impl Profile {
+    pub fn seconds(&self, stage: Stage) -> f64 {
+        self.seconds[stage as usize]
+    }
+
+    pub fn total(&self) -> f64 {
+        self.seconds.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &Profile) {
+        for (a, b) in self.seconds.iter_mut().zip(other.seconds) {
+            *a += b;
+        }
+    }
+}
+
+/// Runs `f`, adding its wall time to `stage` of `prof` when profiling (otherwise no clock read).
+fn timed<T>(prof: &mut Option<&mut Profile>, stage: Stage, f: impl FnOnce() -> T) -> T {
+    match prof {
+        None => f(),
+        Some(p) => {
+            let start = std::time::Instant::now();
+            let out = f();
+            p.seconds[stage as usize] += start.elapsed().as_secs_f64();
+            out
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Activation {
     GeluErf,
@@ -235,7 +317,16 @@ impl Bert {
     /// Runs the encoder over a batch; returns the last hidden states packed row-major:
     /// sequence 0's tokens, then sequence 1's, ..., `hidden_size()` floats per token.
     pub fn forward(&self, batch: &[Sequence<'_>]) -> Result<Vec<f32>, ModelError> {
-        self.forward_observed(batch, None)
+        self.forward_observed(batch, None, None)
+    }
+
+    /// `forward`, adding the wall time of each [`Stage`] to `prof` (benchmarks).
+    pub fn forward_profiled(
+        &self,
+        batch: &[Sequence<'_>],
+        prof: &mut Profile,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_observed(batch, None, Some(prof))
     }
 
     /// `forward`, also recording in `stats` (one per layer) the largest |input| per channel of
@@ -244,6 +335,7 @@ impl Bert {
         &self,
         batch: &[Sequence<'_>],
         mut stats: Option<&mut [InputStats]>,
+        mut prof: Option<&mut Profile>,
     ) -> Result<Vec<f32>, ModelError> {
         self.check(batch)?;
         let h = self.hidden;
@@ -254,22 +346,24 @@ impl Bert {
         }
 
         let mut x = vec![0f32; total * h];
-        let rows = batch
-            .iter()
-            .flat_map(|s| s.ids.iter().zip(s.type_ids).enumerate());
-        for (row, (pos, (&id, &ty))) in x.chunks_exact_mut(h).zip(rows) {
-            let word = &self.word_embeddings[id as usize * h..][..h];
-            let position = &self.position_embeddings[pos * h..][..h];
-            let token_type = &self.token_type_embeddings[ty as usize * h..][..h];
-            for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(token_type) {
-                *v = a + b + c;
+        timed(&mut prof, Stage::Embeddings, || {
+            let rows = batch
+                .iter()
+                .flat_map(|s| s.ids.iter().zip(s.type_ids).enumerate());
+            for (row, (pos, (&id, &ty))) in x.chunks_exact_mut(h).zip(rows) {
+                let word = &self.word_embeddings[id as usize * h..][..h];
+                let position = &self.position_embeddings[pos * h..][..h];
+                let token_type = &self.token_type_embeddings[ty as usize * h..][..h];
+                for (((v, a), b), c) in row.iter_mut().zip(word).zip(position).zip(token_type) {
+                    *v = a + b + c;
+                }
             }
-        }
-        self.embeddings_norm.forward(&mut x);
+            self.embeddings_norm.forward(&mut x);
+        });
 
         for (i, layer) in self.layers.iter().enumerate() {
             let st = stats.as_deref_mut().map(|s| &mut s[i]);
-            x = self.layer_forward(layer, x, &lens, total, st)?;
+            x = self.layer_forward(layer, x, &lens, total, st, prof.as_deref_mut())?;
         }
         Ok(x)
     }
@@ -283,7 +377,7 @@ impl Bert {
     /// 0.9995 (candle's finer-grained q8_0: 0.9994). The other three carry 2/3 of the FLOPs.
     pub fn into_int8(mut self, calibration: &[Sequence<'_>]) -> Result<Self, ModelError> {
         let mut stats: Vec<InputStats> = self.layers.iter().map(InputStats::new).collect();
-        self.forward_observed(calibration, Some(&mut stats))?;
+        self.forward_observed(calibration, Some(&mut stats), None)?;
         for (layer, st) in self.layers.iter_mut().zip(&stats) {
             for (linear, act_max) in [
                 (&mut layer.qkv, &st.qkv),
@@ -337,6 +431,7 @@ impl Bert {
         lens: &[usize],
         total: usize,
         mut stats: Option<&mut InputStats>,
+        mut prof: Option<&mut Profile>,
     ) -> candle_core::Result<Vec<f32>> {
         let mut observe = |pick: fn(&mut InputStats) -> &mut Vec<f32>, x: &[f32]| {
             if let Some(st) = stats.as_deref_mut() {
@@ -345,26 +440,40 @@ impl Bert {
         };
         observe(|s| &mut s.qkv, &x);
         let mut qkv = vec![0f32; total * layer.qkv.outputs()];
-        layer.qkv.forward_add(&x, total, &mut qkv)?;
+        timed(&mut prof, Stage::Qkv, || {
+            layer.qkv.forward_add(&x, total, &mut qkv)
+        })?;
         let mut ctx = vec![0f32; total * self.hidden];
-        self.attention(&qkv, lens, &mut ctx);
+        timed(&mut prof, Stage::Attention, || {
+            self.attention(&qkv, lens, &mut ctx)
+        });
         observe(|s| &mut s.attn_out, &ctx);
 
         // The residual is the starting value of the projection's output.
         let mut attn = x;
-        layer.attn_out.forward_add(&ctx, total, &mut attn)?;
-        layer.attn_norm.forward(&mut attn);
+        timed(&mut prof, Stage::AttentionOutput, || {
+            layer.attn_out.forward_add(&ctx, total, &mut attn)
+        })?;
+        timed(&mut prof, Stage::LayerNorm, || {
+            layer.attn_norm.forward(&mut attn)
+        });
         observe(|s| &mut s.intermediate, &attn);
 
         let mut inter = vec![0f32; total * layer.intermediate.outputs()];
-        layer.intermediate.forward_add(&attn, total, &mut inter)?;
-        match self.activation {
+        timed(&mut prof, Stage::FfnUp, || {
+            layer.intermediate.forward_add(&attn, total, &mut inter)
+        })?;
+        timed(&mut prof, Stage::Gelu, || match self.activation {
             Activation::GeluErf => ops::gelu_erf(&mut inter),
             Activation::GeluTanh => ops::gelu_tanh(&mut inter),
-        }
+        });
         let mut out = attn;
-        layer.output.forward_add(&inter, total, &mut out)?;
-        layer.output_norm.forward(&mut out);
+        timed(&mut prof, Stage::FfnDown, || {
+            layer.output.forward_add(&inter, total, &mut out)
+        })?;
+        timed(&mut prof, Stage::LayerNorm, || {
+            layer.output_norm.forward(&mut out)
+        });
         Ok(out)
     }
 

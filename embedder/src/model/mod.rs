@@ -166,9 +166,26 @@ impl Model {
     pub fn embed(&self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, ModelError> {
         let seqs: Vec<Sequence<'_>> = batch.iter().map(|e| e.sequence()).collect();
         let hidden = self.bert.forward(&seqs)?;
+        Ok(self.pool(&hidden, batch))
+    }
+
+    /// The encoder's forward pass over a batch, adding each stage's wall time to `prof`: where
+    /// the time of a request goes (benchmarks). Returns the last hidden states packed as
+    /// [`bert::Bert::forward`] does, for [`Model::pool`].
+    pub fn profile_forward(
+        &self,
+        batch: &[&Encoded],
+        prof: &mut bert::Profile,
+    ) -> Result<Vec<f32>, ModelError> {
+        let seqs: Vec<Sequence<'_>> = batch.iter().map(|e| e.sequence()).collect();
+        self.bert.forward_profiled(&seqs, prof)
+    }
+
+    /// Pooled (and, unless disabled, L2-normalised) embeddings from packed hidden states.
+    pub fn pool(&self, hidden: &[f32], batch: &[&Encoded]) -> Vec<Vec<f32>> {
         let lens: Vec<usize> = batch.iter().map(|e| e.len()).collect();
         let dim = self.dimension();
-        Ok(bert::split_packed(&hidden, &lens, dim)
+        bert::split_packed(hidden, &lens, dim)
             .into_iter()
             .map(|tokens| {
                 let mut v = pooling::pool(tokens, dim, self.pooling);
@@ -177,7 +194,7 @@ impl Model {
                 }
                 v
             })
-            .collect())
+            .collect()
     }
 
     /// Runs a small mixed-length batch once so the first real request does not pay for
