@@ -9,12 +9,17 @@
 #   3. the Python baseline (sentence-transformers + FastAPI + uvicorn, bench/python_baseline/server.py),
 #      closed loop at 16 connections, and the ratio to candle-embedder at 16 connections;
 #   4. in process, no HTTP: a naive loop over candle-transformers' BertModel (bench/naive-bert) and
-#      the same loop over our model.
+#      the same loop over our model;
+#   5. ONNX Runtime peers (bench/ort/): the same model exported to ONNX, f32 and per-channel INT8, in
+#      process and behind a FastAPI server with dynamic batching, closed loop at 16 connections, with
+#      their cosine to f32 and the ratios to candle-embedder;
+#   6. a fuzz run: BENCH_FUZZ_CASES (1M) generated and mutated requests (embed-fuzz) against a fresh
+#      server: only 2xx/4xx/429/503/504, alive after, RSS before/peak/after.
 # Every run's JSON report goes to $BENCH_OUT/results.jsonl; a summary to $BENCH_OUT/summary.md.
 # Whole script: about 25-30 minutes (the 100k-request run alone takes ~8 at 200 req/s). BENCH_QUICK=1 shortens every run (smoke test of the script only).
 #
 # Env: BENCH_OUT (target/bench), BENCH_PORT (18080), BENCH_PY_PORT (18090), BENCH_SKIP_PYTHON=1,
-#      BENCH_SKIP_NAIVE=1,
+#      BENCH_SKIP_NAIVE=1, BENCH_SKIP_ORT=1, BENCH_SKIP_FUZZ=1, BENCH_FUZZ_CASES (1000000),
 #      BENCH_QUICK=1, PYTHON (python3, to create .venv-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -132,7 +137,7 @@ log "build (release)"
 # One package per build: built together, shared dependencies get unified features and are compiled a
 # second time, next to the copies the other `cargo build -p ...` commands of the workspace made.
 cargo build --release -p candle-embedder
-cargo build --release -p embed-loadgen
+cargo build --release -p embed-loadgen --bins
 [[ -s $model_dir/model.safetensors ]] || bash scripts/fetch-model.sh
 
 # Per-core peaks measured now (f32 FMA and int8 dot chains, GMAC/s), and the kernels in use.
@@ -207,6 +212,13 @@ grid=(
     "int8-b32-w3|--max-batch-size 32 --max-batch-wait-ms 3|all-MiniLM-L6-v2-int8"
     "int8-b64-w5|--max-batch-size 64 --max-batch-wait-ms 5|all-MiniLM-L6-v2-int8"
 )
+# INT8 at the default settings and 16 connections, beside "default closed c16" (f32)
+start_embedder int8-default --models "$out/models.yaml"
+warmup "$url" all-MiniLM-L6-v2-int8
+run "int8 closed c16" "$url" --concurrency 16 --duration "$d_short" --model all-MiniLM-L6-v2-int8
+int8_c16=$(jq -r .achieved_rps <<<"$last_json")
+stop_server
+
 best_rps=0 best=""
 for entry in "${grid[@]}"; do
     IFS='|' read -r label args model <<<"$entry"
@@ -245,6 +257,14 @@ for rate in 100 200 300 400 500 600 800; do
         --connections 128 --model "$best_model"
     if sustained; then max_sustained=$rate; else break; fi
 done
+stop_server
+
+# P95 at half the measured capacity (closed loop c16, default settings), open loop
+start_embedder half-capacity --model-dir "$model_dir"
+warmup "$url"
+half_rate=$(jq -n --argjson c "$candle_c16" '$c / 2 | floor')
+run "default open ${half_rate}rps (half of c16 capacity)" "$url" --rate "$half_rate" --duration "$d_long" --connections 64
+p95_half=$(jq -r .latency_ms.p95 <<<"$last_json")
 stop_server
 
 # ---------------------------------------------------------------- 3. Python baseline
@@ -290,6 +310,52 @@ if [[ ${BENCH_SKIP_NAIVE:-0} != 1 ]]; then
         '{"label": "candle-embedder model loop", req_per_s: $rps, line: $line}' >> "$results"
 fi
 
+# ---------------------------------------------------------------- 5. ONNX Runtime peers
+ort_f32="" ort_int8="" ort_f32_unbatched=""
+if [[ ${BENCH_SKIP_ORT:-0} != 1 ]]; then
+    venv=.venv-bench
+    if ! "$venv/bin/python" -c 'import onnxruntime, onnx, transformers, fastapi, uvicorn' 2>/dev/null; then
+        log "installing the peers' Python stack into $venv (torch is large)"
+        "${PYTHON:-python3}" -m venv "$venv"
+        "$venv/bin/pip" install --quiet -r bench/python_baseline/requirements.txt
+    fi
+    ort_dir=$out/ort
+    if [[ ! -s $ort_dir/model-int8.onnx || $model_dir/model.safetensors -nt $ort_dir/model-int8.onnx ]]; then
+        log "export to ONNX (opset 17) and per-channel INT8 (bench/ort/export.py)"
+        "$venv/bin/python" bench/ort/export.py --model-dir "$model_dir" --out "$ort_dir" >&2
+    fi
+    log "ONNX Runtime $("$venv/bin/python" -c 'import onnxruntime as o; print(o.__version__)') in process (bench/ort/inproc.py)"
+    ort_inproc=$("$venv/bin/python" bench/ort/inproc.py --model-dir "$model_dir" --models "$ort_dir" \
+        --threads "$cores" --seconds "${d_short%s}" | tee /dev/stderr | tail -n1)
+    jq -c '{"label": "ort in process"} + .' <<<"$ort_inproc" >> "$results"
+    # label | model | batch wait ms (0 = one inference per request)
+    for entry in "f32|model-f32.onnx|2" "int8|model-int8.onnx|2" "f32-unbatched|model-f32.onnx|0"; do
+        IFS='|' read -r label file wait <<<"$entry"
+        log "ONNX Runtime server [$label]"
+        "$venv/bin/python" bench/ort/server.py --host 127.0.0.1 --port "$py_port" --model "$ort_dir/$file" \
+            --model-dir "$model_dir" --threads "$cores" --batch-wait-ms "$wait" > "$out/ort-$label.log" 2>&1 &
+        server_pid=$!
+        wait_ready "$py_url" 120
+        warmup "$py_url"
+        run "ort-$label closed c16" "$py_url" --concurrency 16 --duration "$d_long"
+        declare "ort_${label//-/_}=$(jq -r .achieved_rps <<<"$last_json")"
+        stop_server
+    done
+fi
+
+# ---------------------------------------------------------------- 6. fuzz
+if [[ ${BENCH_SKIP_FUZZ:-0} != 1 ]]; then
+    fuzz_cases=${BENCH_FUZZ_CASES:-1000000}
+    [[ $quick == 1 ]] && fuzz_cases=${BENCH_FUZZ_CASES:-20000}
+    start_embedder fuzz --models "$out/models.yaml"
+    warmup "$url"
+    log "fuzz: $fuzz_cases generated requests (embed-fuzz)"
+    fuzz_json=$(target/release/embed-fuzz --addr "127.0.0.1:$port" --cases "$fuzz_cases" --pid "$server_pid" \
+        --max-time 1500s | tail -n1) || true
+    jq -c '{"label": "fuzz"} + .' <<<"$fuzz_json" >> "$results" || echo "bench: no fuzz report" >&2
+    stop_server
+fi
+
 # ---------------------------------------------------------------- summary
 {
     echo "# make bench summary"
@@ -305,7 +371,8 @@ fi
     jq -r --argjson fr "$f32_roof_tps" --argjson ir "$int8_roof_tps" --argjson t "$seed_tokens" \
         'select(.latency_ms and (.label | test("^(default|grid|best)"))) | (if (.label | test("int8")) then $ir else $fr end) as $roof
         | "- \(.label): \(.achieved_rps * 10 | round / 10) req/s = \(.achieved_rps * $t / $roof * 1000 | round / 10) % of the \(if (.label | test("int8")) then "int8" else "f32" end) roofline"' "$results"
-    echo "- P95 at 100 req/s (default settings): $p95_100 ms (target < 35 ms)"
+    echo "- P95 at 100 req/s (default settings): $p95_100 ms (target < 35 ms); at half the c16 capacity ($half_rate req/s): $p95_half ms"
+    echo "- closed loop at 16 connections: f32 $candle_c16 req/s, INT8 $int8_c16 req/s: $(jq -n --argjson a "$int8_c16" --argjson b "$candle_c16" '$a / $b * 100 | round / 100')x (target >= 1.5x where int8 dots run at twice the f32 rate)"
     echo "- best setting: $best_label ($best_args, model $best_model), closed loop c32: $best_rps req/s"
     echo "- highest sustained open-loop rate at the best setting (of 100, 200, ..., 600, 800): $max_sustained req/s (target >= 400)"
     jq -r 'select(.label == "rss default") | "- RSS after warm-up \(.rss_warm_kib) KiB, after \(.requests) requests \(.rss_after_kib) KiB: growth \(.growth * 1000 | round / 10) % (target <= 10 %)"' "$results"
@@ -319,4 +386,10 @@ fi
         jq -rs 'map(select(.label == "default closed c16" or .label == "python closed c16")) | map({(.label): .server_cpu_ms_per_ok}) | add
             | "- server CPU per request at 16 connections: candle-embedder \(.["default closed c16"] * 100 | round / 100) ms, Python baseline \(.["python closed c16"] * 100 | round / 100) ms: \(.["python closed c16"] / .["default closed c16"] * 10 | round / 10)x less CPU"' "$results"
     fi
+    if [[ -n $ort_int8 ]]; then
+        best_c16=$(jq -n --argjson a "$candle_c16" --argjson b "$int8_c16" '[$a, $b] | max')
+        echo "- ONNX Runtime servers at 16 connections (FastAPI, dynamic batching): f32 $ort_f32 req/s, INT8 $ort_int8 req/s, f32 without batching $ort_f32_unbatched req/s; candle-embedder's best ($best_c16) is $(jq -n --argjson a "$best_c16" --argjson b "$ort_int8" '$a / $b * 100 | round / 100')x ORT INT8 (target >= 1.6x), $(jq -n --argjson a "$best_c16" --argjson b "$ort_f32" '$a / $b * 100 | round / 100')x ORT f32 (target >= 3x)"
+        jq -r 'select(.label == "ort in process") | "- ORT in process: " + ([.cases[] | select(.case == "batch 32" or .case == "8 x 256 tokens") | "\(.model) \(.case) \(.tokens_per_s | round) tokens/s"] | join(", ")) + "; ORT INT8 cosine to ORT f32 over 64 texts: min \(.int8_cosine_min * 100000 | round / 100000)"' "$results"
+    fi
+    jq -r 'select(.label == "fuzz") | "- fuzz: \(.cases) requests in \(.seconds | round) s, violations \(.violations), alive after: \(.alive_after), statuses \(.by_status | to_entries | map("\(.key)=\(.value)") | join(" ")), RSS \(.rss_before_kib) -> peak \(.rss_peak_kib) -> \(.rss_after_kib) KiB"' "$results"
 } | tee "$out/summary.md"
