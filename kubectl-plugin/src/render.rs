@@ -870,10 +870,10 @@ mod tests {
             .clone()
             .map(|m| {
                 let fail = m % 5 == 0;
-                let mut a = json!({"t": t(m), "v": if fail { "Fail" } else { "Pass" }, "n": m,
+                let mut a = json!({"t": t(m), "v": if fail { "Fail" } else { "Pass" }, "lk": m,
                                    "c95": 20.0 + f64::from(m) / 10.0, "b95": 18.5, "ce": 0.0012,
                                    "br": "Closed", "cs": 100 * m, "bs": 110 * m,
-                                   "g": [{"n": "maxP95Ms", "v": "Pass", "x": 0.01, "th": 0.05, "s": 100 * m}]});
+                                   "g": [{"id": "maxP95Ms", "v": "Pass", "x": 0.01, "th": 0.05, "s": 100 * m}]});
                 if fail {
                     a["r"] = json!([format!("maxErrorRate: {m} of 1000 failed")]);
                 }

@@ -1080,9 +1080,9 @@ fn analysis_record(min: u32, look: u32, verdict: &str) -> Value {
 
 /// The same analysis as an EmbeddingRolloutAnalysis keeps it.
 fn kept_record(min: u32, look: u32, verdict: &str) -> Value {
-    let mut v = json!({"t": at(min), "v": verdict, "n": look, "c95": 21.5, "b95": 18.25, "ce": 0.002,
+    let mut v = json!({"t": at(min), "v": verdict, "lk": look, "c95": 21.5, "b95": 18.25, "ce": 0.002,
            "br": "Closed", "cs": 1500, "bs": 1600,
-           "g": [{"n": "maxP95Ms", "v": verdict, "x": 0.011, "lo": 0.006, "hi": 0.018, "th": 0.05, "s": 1500}]});
+           "g": [{"id": "maxP95Ms", "v": verdict, "x": 0.011, "lo": 0.006, "hi": 0.018, "th": 0.05, "s": 1500}]});
     if verdict != "Pass" {
         v["r"] = json!(["maxP95Ms: P(>35 ms) = 9 %"]);
     }

@@ -1353,8 +1353,9 @@ pub struct StoredAnalysis {
     pub t: DateTime<Utc>,
     /// Verdict.
     pub v: Verdict,
-    /// The look within the step (1 = its first analysis).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The look within the step (1 = its first analysis). (Not `n`: YAML 1.1 parsers, Go's
+    /// among them, read a bare `n` as false, and the CRD lists its keys bare.)
+    #[serde(rename = "lk", default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
     /// Candidate P95 over the window, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1392,6 +1393,7 @@ pub struct StoredAnalysis {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct StoredGate {
     /// Gate name (`maxP95Ms`, a custom gate's name, ...).
+    #[serde(rename = "id")]
     pub n: String,
     /// Verdict.
     pub v: Verdict,
@@ -1564,10 +1566,10 @@ pub fn default_steps() -> Vec<Step> {
         })
         .collect()
 }
-fn default_webhook_timeout() -> GoDuration {
+pub(crate) fn default_webhook_timeout() -> GoDuration {
     "5s".into()
 }
-fn default_webhook_attempts() -> u32 {
+pub(crate) fn default_webhook_attempts() -> u32 {
     4
 }
 fn default_rollback_deadline() -> GoDuration {

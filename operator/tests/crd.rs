@@ -33,6 +33,36 @@ fn every_committed_crd_is_up_to_date_and_none_is_left_over() {
     assert_eq!(on_disk, generated, "crds/ holds exactly the generated CRDs");
 }
 
+/// Helm and kubectl read YAML as YAML 1.1 (Go's yaml.v2), where a bare `y`, `n`, `yes`, `no`,
+/// `on` or `off` is a bool, while our own YAML 1.2 parser reads a string: a property named `n`
+/// made Helm refuse the chart's EmbeddingRolloutAnalysis CRD ("cannot unmarshal bool into ...
+/// string"). No bare key or scalar of a generated CRD may be one of those words.
+#[test]
+fn no_generated_crd_holds_a_word_that_yaml_1_1_reads_as_a_bool() {
+    const YAML_1_1_BOOLS: [&str; 16] = [
+        "y", "Y", "n", "N", "yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    for (file, yaml) in crd::crd_files() {
+        for (i, line) in yaml.lines().enumerate() {
+            let t = line.trim_start().trim_start_matches("- ");
+            // A mapping key (`n:`), a list item (`- n`) or a value (`key: n`).
+            let (key, value) = match t.split_once(':') {
+                Some((k, v)) => (k, Some(v.trim())),
+                None => (t, None),
+            };
+            for word in [Some(key.trim()), value].into_iter().flatten() {
+                assert!(
+                    !YAML_1_1_BOOLS.contains(&word),
+                    "crds/{file} line {}: `{}` is a bool in YAML 1.1",
+                    i + 1,
+                    line.trim()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gate_templates_come_in_a_namespaced_and_a_cluster_kind() {
     use embedding_rollout_operator::crd::{ClusterEmbeddingGateTemplate, EmbeddingGateTemplate};
