@@ -158,6 +158,90 @@ check "operator: web dashboard flag, Events list RBAC and Service port only with
 check "operator rejects webDashboard.address=0.0.0.0 without tokenSecret" \
     bash -c '! "$1" template x "$2" --set webDashboard.enabled=true --set webDashboard.address=0.0.0.0 >/dev/null 2>"$3" && grep -q "set webDashboard.tokenSecret" "$3"' _ "$HELM" "$OP" "$work/dashboard-mustfail.err"
 
+# The global webhooks (notifications.webhooks): a ConfigMap holding exactly the values, mounted
+# read-only and passed as --notifications-config, the pods rolled when it changes, and `get` on
+# exactly their Secrets in the release namespace (a Role of its own, or merged into the operator's
+# Role when the release namespace is the watched one); none of it without webhooks.
+cat > "$work/notifications-merged-values.yaml" <<'YAML'
+watchNamespace: embedding-rollout-system
+rbac: {notificationSecrets: [team-webhooks, shared-webhooks]}
+notifications:
+  webhooks:
+    - {name: team, urlSecretRef: {name: shared-webhooks, key: url}}
+    - {name: ops, urlSecretRef: {name: ops-webhooks, key: url}, format: Slack}
+YAML
+check "helm template embedding-rollout-operator (notifications.webhooks in the watched namespace)" \
+    render "$OP" embedding-rollout-operator-notifications-merged embedding-rollout-system "$work/notifications-merged-values.yaml"
+global_notifications() { # global_notifications RELEASE VALUES|- role|merged|none
+    python3 - "$work/rendered/$1.yaml" "$2" "$3" <<'PY'
+import sys, yaml
+rendered, values_file, mode = sys.argv[1:4]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+values = yaml.safe_load(open(values_file)) if values_file != "-" else {}
+hooks = (values.get("notifications") or {}).get("webhooks") or []
+dep = next(d for d in docs if d["kind"] == "Deployment")
+ns, pod = dep["metadata"]["namespace"], dep["spec"]["template"]
+c = pod["spec"]["containers"][0]
+flags = [a for a in c["args"] if a.startswith("--notifications-config")]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-notifications")]
+mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "notifications"]
+vols = [v for v in pod["spec"].get("volumes", []) if v["name"] == "notifications"]
+checksum = "checksum/notifications" in (pod["metadata"].get("annotations") or {})
+roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+own_roles = [d for d in roles if d["metadata"]["name"].endswith("-notifications")]
+bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("-notifications")]
+problems = []
+if mode == "none":
+    if flags or cms or mounts or vols or checksum or own_roles or bindings:
+        problems.append(f"without webhooks: {flags} {len(cms)} ConfigMap(s) {mounts} {vols} checksum {checksum} {len(own_roles)} Role(s)")
+else:
+    names = sorted({h["urlSecretRef"]["name"] for h in hooks})
+    def secret_names(role):
+        return sorted(n for r in role["rules"] if "secrets" in r["resources"] and r["verbs"] == ["get"]
+                      for n in r.get("resourceNames", []))
+    cm = cms[0] if len(cms) == 1 else None
+    problems += [msg for ok, msg in [
+        (cm is not None, f"{len(cms)} notifications ConfigMaps"),
+        (cm is not None and cm["metadata"]["namespace"] == ns, "ConfigMap not in the release namespace"),
+        (cm is not None and yaml.safe_load(cm["data"]["notifications.yaml"]) == {"webhooks": hooks},
+         "ConfigMap's notifications.yaml is not {webhooks: <values>}"),
+        (flags == ["--notifications-config=/etc/embedding-rollout/notifications/notifications.yaml"], f"flag {flags}"),
+        (mounts == [{"name": "notifications", "mountPath": "/etc/embedding-rollout/notifications", "readOnly": True}],
+         f"mount {mounts}"),
+        (cm is not None and vols == [{"name": "notifications", "configMap": {"name": cm["metadata"]["name"]}}], f"volume {vols}"),
+        (checksum, "no checksum/notifications pod annotation"),
+        # Never a cluster-wide grant for them (all-on lists no rollout Secrets).
+        (not any(set(names) & set(secret_names(r)) for r in roles if r["kind"] == "ClusterRole"),
+         "a ClusterRole grants the global webhooks' Secrets"),
+    ] if not ok]
+    if mode == "role":
+        sa = pod["spec"]["serviceAccountName"]
+        ok = (len(own_roles) == 1 and own_roles[0]["kind"] == "Role" and own_roles[0]["metadata"]["namespace"] == ns
+              and secret_names(own_roles[0]) == names and len(own_roles[0]["rules"]) == 1
+              and len(bindings) == 1 and bindings[0]["metadata"]["namespace"] == ns
+              and bindings[0]["roleRef"]["name"] == own_roles[0]["metadata"]["name"]
+              and bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}])
+        if not ok:
+            problems.append(f"no Role {ns}/*-notifications with get on exactly {names}, bound to {sa}")
+    else:
+        main = [r for r in roles if r["kind"] == "Role" and r["metadata"]["namespace"] == ns and r not in own_roles
+                and not r["metadata"]["name"].endswith("-leader-election")]
+        merged = sorted(set(names) | set(values.get("rbac", {}).get("notificationSecrets", [])))
+        if own_roles or bindings or len(main) != 1 or secret_names(main[0]) != merged:
+            problems.append(f"the operator's Role does not grant get on exactly {merged} (or a second Role does)")
+    print(f"          {mode}: {len(hooks)} webhooks, Secrets {names}")
+print("\n".join("          " + p for p in problems))
+sys.exit(1 if problems else 0)
+PY
+}
+check "operator: notifications.webhooks become a read-only mounted ConfigMap, --notifications-config and get on exactly their Secrets (release namespace)" \
+    bash -c "$(declare -f global_notifications); work='$work'; global_notifications embedding-rollout-operator - none \
+        && global_notifications embedding-rollout-operator-all-on $OP/ci/all-on-values.yaml role \
+        && global_notifications embedding-rollout-operator-notifications-merged $work/notifications-merged-values.yaml merged"
+check "operator rejects a notifications webhook without urlSecretRef.name" \
+    bash -c '! "$1" template x "$2" --set "notifications.webhooks[0].name=team" >/dev/null 2>"$3" \
+        && grep -q "notifications.webhooks\[0\].urlSecretRef.name is required" "$3"' _ "$HELM" "$OP" "$work/notifications-mustfail.err"
+
 # Values that must not render: a chart that silently ignores a typo'd volume type mounts nothing.
 must_fail() { # must_fail CHART --set ...
     local chart=$1; shift
@@ -456,6 +540,13 @@ YAML
     check "gatewayAPI.enabled release: may watch HTTPRoutes and patch their weights" kdr access \
         --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --allow \
         "watch httproutes.gateway.networking.k8s.io" "patch httproutes.gateway.networking.k8s.io production akidb-route"
+    check "notifications.webhooks release: may get the global webhooks' Secrets in the release namespace" kdr access \
+        --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --allow \
+        "get secrets embedding-rollout-system rollout-global-webhooks" "get secrets embedding-rollout-system incident-webhook"
+    check "notifications.webhooks release: no other Secret, and not those elsewhere" kdr access \
+        --user system:serviceaccount:embedding-rollout-system:embedding-rollout-operator-all-on --deny \
+        "get secrets production rollout-global-webhooks" "get secrets embedding-rollout-system other-secret" \
+        "list secrets embedding-rollout-system" "watch secrets embedding-rollout-system"
     sa=system:serviceaccount:embedding-rollout-system:embedding-rollout-operator
     # What the operator does (docs/interfaces.md: "Objects the operator writes"), in any namespace.
     # What the operator does (operator/rbac/clusterrole.yaml documents each call), in any namespace.
@@ -508,8 +599,8 @@ YAML
     nsa=system:serviceaccount:embedding-rollout-system:rollout-operator
     check "single-namespace release: allowed in production" kdr access --user "$nsa" --allow \
         "patch deployments.apps production akidb-mlx" "patch embeddingrollouts.rollout.akidb.io/status production candle-v1" \
-        "get secrets production prometheus-auth" "get secrets production rollout-webhooks"
-        "get embeddinggatetemplates.rollout.akidb.io production team-gates"
+        "get secrets production prometheus-auth" "get secrets production rollout-webhooks" \
+        "get embeddinggatetemplates.rollout.akidb.io production team-gates" \
         "get clusterembeddinggatetemplates.rollout.akidb.io - org-gates"
     check "single-namespace release: denied elsewhere" kdr access --user "$nsa" --deny \
         "patch deployments.apps default akidb-mlx" "list embeddingrollouts.rollout.akidb.io" \
@@ -576,6 +667,29 @@ KC
             return $ok
         }
         run_operator_under_chart_rbac || true
+
+        # --notifications-config: the operator accepts the rendered global webhooks (it reads them
+        # first and gets as far as connecting to the API, which this run has none of), and a broken
+        # file stops its start with the file and the field named.
+        notifications_config_start() {
+            local good="$work/notifications.yaml" bad="$work/notifications-bad.yaml" out rc
+            python3 -c 'import sys,yaml; d=[x for x in yaml.safe_load_all(open(sys.argv[1])) if x and x["kind"]=="ConfigMap" and x["metadata"]["name"].endswith("-notifications")][0]; sys.stdout.write(d["data"]["notifications.yaml"])' \
+                "$work/rendered/embedding-rollout-operator-all-on.yaml" >"$good" || return 1
+            out=$(env -i PATH=/usr/bin:/bin NO_COLOR=1 KUBECONFIG="$work/no-such-kubeconfig" POD_NAMESPACE=embedding-rollout-system \
+                timeout 30 "$op_bin" --metrics-addr=127.0.0.1:0 --notifications-config="$good" 2>&1)
+            rc=$?
+            echo "$out" | grep -E "global webhooks|embedding-rollout-operator:" | sed 's/^/          /'
+            ((rc == 1)) && grep -q "connecting to the Kubernetes API" <<<"$out" \
+                && grep -q "global webhooks" <<<"$out" && grep -q 'secret_namespace=embedding-rollout-system' <<<"$out" \
+                && ! grep -q -- "--notifications-config" <<<"$out" || return 1
+            printf 'webhooks:\n  - name: team\n    urlSecretRef: {name: team-webhooks}\n' >"$bad"
+            out=$(env -i PATH=/usr/bin:/bin NO_COLOR=1 timeout 30 "$op_bin" --metrics-addr=127.0.0.1:0 --notifications-config="$bad" 2>&1)
+            rc=$?
+            echo "$out" | grep "embedding-rollout-operator:" | sed 's/^/          /'
+            ((rc == 1)) && grep -qF -- "--notifications-config $bad: webhooks[0].urlSecretRef: missing field \`key\`" <<<"$out"
+        }
+        check "operator starts with the chart's notifications.webhooks file and refuses a broken one (file and field named)" \
+            notifications_config_start
     fi
 fi
 

@@ -48,6 +48,7 @@ use crate::{
     gate_template_reader, history_store,
     metrics::Metrics,
     notification,
+    notification_config::GlobalWebhooks,
     notifier::{self, Notifier},
     observe, parity_probe,
     prometheus::{AnalysisQueries, Prometheus, QueryError},
@@ -70,6 +71,8 @@ pub struct ControllerConfig {
     pub gateway_api: bool,
     /// Where the controller publishes its rollout cache once synced (read by the dashboard).
     pub rollout_cache: RolloutCache,
+    /// Webhooks told of every rollout's notifications besides its own (`--notifications-config`).
+    pub global_webhooks: GlobalWebhooks,
 }
 
 /// The controller's EmbeddingRollout cache, published once it has synced, for readers outside the
@@ -132,6 +135,12 @@ impl Context {
             notifier,
             history: history_store::Keeper::new(),
         }
+    }
+
+    /// Tells these operator-wide webhooks of every rollout's notifications too.
+    pub fn with_global_webhooks(mut self, global: GlobalWebhooks) -> Self {
+        self.notifier = self.notifier.with_global(global);
+        self
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, EmbeddingRolloutStatus>> {
@@ -236,11 +245,10 @@ impl Error {
 
 /// Run the controller until the future is dropped.
 pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, readiness: Readiness) {
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        config.prometheus_timeout,
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics, config.prometheus_timeout)
+            .with_global_webhooks(config.global_webhooks.clone()),
+    );
     let ns = config.namespace.as_deref();
     let rollouts: Api<EmbeddingRollout> = scoped(&client, ns);
     // Everything we create carries the rollout label; watching only those keeps caches small.
@@ -988,11 +996,14 @@ async fn publish(ctx: &Context, rollout: &EmbeddingRollout, event: &decision::Ev
     );
 }
 
-/// The webhooks' notifications of this decision, queued (see [`crate::notifier`]).
+/// The webhooks' notifications of this decision (to the rollout's own webhooks and the global
+/// ones), queued (see [`crate::notifier`]).
 fn notify(ctx: &Context, rollout: &EmbeddingRollout, decided: &Decision) {
-    let Some(hooks) = rollout.spec.notifications.as_ref() else {
-        return;
-    };
+    let own = rollout
+        .spec
+        .notifications
+        .as_ref()
+        .map_or(&[][..], |n| n.webhooks.as_slice());
     let notes = notification::from_decision(
         &rollout.namespace().unwrap_or_default(),
         &rollout.name_any(),
@@ -1002,18 +1013,11 @@ fn notify(ctx: &Context, rollout: &EmbeddingRollout, decided: &Decision) {
         &decided.events,
         Utc::now(),
     );
-    for n in notes {
-        for w in hooks
-            .webhooks
-            .iter()
-            .filter(|w| notification::wants(w, n.kind))
-        {
-            ctx.notifier.send(w, n.clone());
-        }
-    }
+    ctx.notifier.notify(own, notes);
 }
 
-/// Webhook URLs from the rollouts' Secrets; each outcome an event on its rollout.
+/// Webhook URLs from Secrets (the rollout's namespace, or the operator's for a global webhook);
+/// each outcome an event on its rollout.
 fn notifier(client: Client, recorder: Recorder) -> Notifier {
     let urls: notifier::UrlSource =
         Arc::new(move |ns, key| Box::pin(notifier::url_from_secret(client.clone(), ns, key)));

@@ -12,6 +12,7 @@ pub mod http_client;
 pub mod leader;
 pub mod metrics;
 pub mod notification;
+pub mod notification_config;
 pub mod notifier;
 pub mod object_keys;
 pub mod observe;

@@ -2,7 +2,7 @@
 //!
 //! Kubeconfig comes from `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -11,6 +11,7 @@ use embedding_rollout_operator::{
     dashboard, duration,
     leader::{self, Elector, LeaseConfig},
     metrics::Metrics,
+    notification_config::{self, GlobalWebhooks},
     server::{self, Readiness},
 };
 
@@ -52,11 +53,49 @@ struct Cli {
     /// timer instead of on every route change.
     #[arg(long, env = "OPERATOR_GATEWAY_API")]
     gateway_api: bool,
+    /// Operator-wide webhooks, told of every rollout's notifications besides the rollout's own: a
+    /// YAML or JSON file `webhooks: [...]` with the fields of `spec.notifications.webhooks`. Their
+    /// URL Secrets are read from the operator's own namespace (POD_NAMESPACE, else
+    /// --lease-namespace, else --namespace, else "default"). An invalid file stops the start.
+    #[arg(long, env = "OPERATOR_NOTIFICATIONS_CONFIG")]
+    notifications_config: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "OPERATOR_LOG_JSON")]
     log_json: bool,
     #[command(flatten)]
     dashboard: dashboard::Args,
+}
+
+/// The namespace the operator runs in: the pod's (the chart sets POD_NAMESPACE), else the Lease's
+/// or the watched one (a process outside the cluster), else "default".
+fn own_namespace(cli: &Cli) -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| cli.lease_namespace.clone())
+        .or_else(|| cli.namespace.clone())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// The `--notifications-config` file's webhooks; any error names the file and the field.
+fn global_webhooks(cli: &Cli) -> anyhow::Result<GlobalWebhooks> {
+    let Some(path) = &cli.notifications_config else {
+        return Ok(GlobalWebhooks::default());
+    };
+    let what = || format!("--notifications-config {}", path.display());
+    let text = std::fs::read_to_string(path).with_context(what)?;
+    let webhooks = notification_config::parse(&text).with_context(what)?;
+    let global = GlobalWebhooks {
+        secret_namespace: own_namespace(cli),
+        webhooks,
+    };
+    tracing::info!(
+        file = %path.display(),
+        webhooks = ?global.webhooks.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        secret_namespace = %global.secret_namespace,
+        "global webhooks: every rollout's notifications go to these too"
+    );
+    Ok(global)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -89,6 +128,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // First: a bad file stops the start before anything is served or connected.
+    let global_webhooks = global_webhooks(&cli)?;
     // kube's TLS and every reqwest client (http_client.rs) use the process-wide rustls provider.
     // Err only means one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -149,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         prometheus_timeout: cli.prometheus_timeout,
         gateway_api: cli.gateway_api,
         rollout_cache,
+        global_webhooks,
     };
     let controller = controller::run(client, config, metrics, readiness.clone());
 

@@ -2,7 +2,12 @@
 //!
 //! [`Notifier::send`] only puts the notification on the queue of its (rollout, webhook) pair and
 //! returns; one task per pair delivers in order, so a receiver sees a rollout's messages in the
-//! order they happened, and a slow or hanging receiver delays nobody but itself. Each attempt is
+//! order they happened, and a slow or hanging receiver delays nobody but itself.
+//! [`Notifier::notify`] sends each notification to the rollout's own webhooks and to the
+//! operator-wide ones (`--notifications-config`, [`crate::notification_config`]) that want it;
+//! a global webhook is a receiver of its own per rollout, delivered exactly like the rollout's
+//! (its own queue and worker, keyed apart from the rollout's webhooks so equal names never share
+//! one), its URL read from a Secret of the operator's namespace. Each attempt is
 //! bounded by the webhook's `timeout`; timeouts, connection errors, 429 and 5xx are retried with
 //! a backoff doubling from 1 s up to `attempts`; other answers are final. The outcome of each
 //! notification goes to [`Report`] (the controller makes it an event on the rollout).
@@ -19,7 +24,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::crd::{SecretKeyRef, WebhookSpec};
-use crate::notification::{body, Notification};
+use crate::notification::{body, wants, Notification};
+use crate::notification_config::GlobalWebhooks;
 
 /// Notifications waiting per (rollout, webhook) before new ones are dropped.
 pub const QUEUE: usize = 64;
@@ -32,11 +38,21 @@ pub type UrlSource =
 /// Told the outcome of every notification.
 pub type Report = Arc<dyn Fn(Delivery) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Whose webhook a receiver is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One of the rollout's `spec.notifications.webhooks`; its Secret in the rollout's namespace.
+    Rollout,
+    /// An operator-wide webhook; its Secret in the operator's namespace.
+    Global,
+}
+
 /// What became of one notification.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     pub notification: Notification,
     pub webhook: String,
+    pub scope: Scope,
     pub outcome: Outcome,
 }
 
@@ -53,8 +69,12 @@ pub enum Outcome {
 impl Delivery {
     /// One line for an event or a log: what, to whom, and what happened.
     pub fn describe(&self) -> String {
+        let whose = match self.scope {
+            Scope::Rollout => "webhook",
+            Scope::Global => "global webhook",
+        };
         let what = format!(
-            "{:?} notification to webhook {}",
+            "{:?} notification to {whose} {}",
             self.notification.kind, self.webhook
         );
         match &self.outcome {
@@ -74,16 +94,21 @@ impl Delivery {
 struct Job {
     notification: Notification,
     webhook: WebhookSpec,
+    scope: Scope,
+    /// Where the webhook's URL Secret is.
+    secret_namespace: String,
 }
 
-/// (namespace, rollout, webhook name): one queue, one worker, one order each.
-type QueueKey = (String, String, String);
+/// (namespace, rollout, scope, webhook name): one queue, one worker, one order each. The scope
+/// keeps a rollout's webhook and a global one of the same name apart.
+type QueueKey = (String, String, Scope, String);
 
 #[derive(Clone)]
 pub struct Notifier {
     http: reqwest::Client,
     urls: UrlSource,
     report: Report,
+    global: Arc<GlobalWebhooks>,
     queues: Arc<Mutex<HashMap<QueueKey, mpsc::Sender<Job>>>>,
 }
 
@@ -96,16 +121,48 @@ impl Notifier {
                 .expect("a plain HTTP client with a TLS provider"),
             urls,
             report,
+            global: Arc::default(),
             queues: Arc::default(),
         }
     }
 
-    /// Queues `n` for `webhook`; returns at once.
+    /// Also tells `global`'s webhooks of every rollout's notifications (see [`Self::notify`]).
+    pub fn with_global(mut self, global: GlobalWebhooks) -> Self {
+        self.global = Arc::new(global);
+        self
+    }
+
+    /// Queues each of `notes` (one rollout's, in their order) for each of the rollout's own
+    /// `webhooks` and each global webhook that wants it; returns at once.
+    pub fn notify(&self, webhooks: &[WebhookSpec], notes: Vec<Notification>) {
+        for n in notes {
+            for w in webhooks.iter().filter(|w| wants(w, n.kind)) {
+                self.send(w, n.clone());
+            }
+            for w in self.global.webhooks.iter().filter(|w| wants(w, n.kind)) {
+                self.queue(w, Scope::Global, &self.global.secret_namespace, n.clone());
+            }
+        }
+    }
+
+    /// Queues `n` for `webhook`, one of the rollout's own; returns at once.
     pub fn send(&self, webhook: &WebhookSpec, n: Notification) {
-        let key = (n.namespace.clone(), n.rollout.clone(), webhook.name.clone());
+        let ns = n.namespace.clone();
+        self.queue(webhook, Scope::Rollout, &ns, n);
+    }
+
+    fn queue(&self, webhook: &WebhookSpec, scope: Scope, secret_namespace: &str, n: Notification) {
+        let key = (
+            n.namespace.clone(),
+            n.rollout.clone(),
+            scope,
+            webhook.name.clone(),
+        );
         let job = Job {
             notification: n,
             webhook: webhook.clone(),
+            scope,
+            secret_namespace: secret_namespace.to_string(),
         };
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let tx = queues
@@ -121,6 +178,7 @@ impl Notifier {
             tokio::spawn(report(Delivery {
                 notification: job.notification,
                 webhook: job.webhook.name,
+                scope: job.scope,
                 outcome: Outcome::Dropped,
             }));
         }
@@ -129,7 +187,7 @@ impl Notifier {
     /// Stops the workers of a deleted rollout (after what they hold is delivered).
     pub fn forget(&self, namespace: &str, rollout: &str) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues.retain(|(ns, r, _), _| !(ns == namespace && r == rollout));
+        queues.retain(|(ns, r, _, _), _| !(ns == namespace && r == rollout));
     }
 
     fn spawn_worker(&self) -> mpsc::Sender<Job> {
@@ -141,6 +199,7 @@ impl Notifier {
                 report(Delivery {
                     notification: job.notification,
                     webhook: job.webhook.name,
+                    scope: job.scope,
                     outcome,
                 })
                 .await;
@@ -166,7 +225,7 @@ async fn deliver(http: &reqwest::Client, urls: &UrlSource, job: &Job) -> Outcome
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         // Read at every attempt: a Secret fixed between two attempts is used at once.
-        let url = match urls(job.notification.namespace.clone(), w.url_secret_ref.clone()).await {
+        let url = match urls(job.secret_namespace.clone(), w.url_secret_ref.clone()).await {
             Ok(u) => u,
             Err(e) => {
                 last = e;
@@ -203,7 +262,8 @@ async fn deliver(http: &reqwest::Client, urls: &UrlSource, job: &Job) -> Outcome
     }
 }
 
-/// The URL from a Secret of the rollout's namespace, checked to be http(s).
+/// The URL from a Secret of `namespace` (the rollout's, or the operator's for a global webhook),
+/// checked to be http(s).
 pub async fn url_from_secret(
     client: kube::Client,
     namespace: String,
@@ -290,6 +350,35 @@ mod tests {
                 })
             }),
         );
+        (n, rx)
+    }
+
+    /// Like [`notifier`] with global webhooks; Secrets by (namespace, name), so a URL read from
+    /// the wrong namespace is "not found". Each delivery comes with its scope's name.
+    fn notifier_with_global(
+        urls: HashMap<(&'static str, &'static str), String>,
+        global: GlobalWebhooks,
+    ) -> (Notifier, UnboundedReceiver<Delivery>) {
+        let urls = Arc::new(urls);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let n = Notifier::new(
+            Arc::new(move |ns: String, key: SecretKeyRef| {
+                let u = urls
+                    .iter()
+                    .find(|((n, s), _)| *n == ns && *s == key.name)
+                    .map(|(_, u)| u.clone());
+                Box::pin(
+                    async move { u.ok_or_else(|| format!("Secret {ns}/{} not found", key.name)) },
+                )
+            }),
+            Arc::new(move |d| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let _ = tx.send(d);
+                })
+            }),
+        )
+        .with_global(global);
         (n, rx)
     }
 
@@ -446,6 +535,174 @@ mod tests {
             dropped += 1;
         }
         assert_eq!(dropped, 3);
+    }
+
+    fn messages(got: &Mutex<Vec<Value>>) -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["message"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// No more deliveries come within a while.
+    async fn nothing_more(rx: &mut UnboundedReceiver<Delivery>) {
+        let more = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(
+            more.is_err(),
+            "unexpected: {:?}",
+            more.map(|d| d.map(|d| d.describe()))
+        );
+    }
+
+    #[tokio::test]
+    async fn notify_a_rollout_without_webhooks_of_its_own_reaches_the_global_receiver() {
+        let (url, got) = receiver(vec![200]).await;
+        // The Secret is in the operator's namespace; the rollout ("prod/embed") has none.
+        let (n, mut rx) = notifier_with_global(
+            HashMap::from([(("rollout-system", "platform-hooks"), url)]),
+            GlobalWebhooks {
+                secret_namespace: "rollout-system".into(),
+                webhooks: vec![WebhookSpec {
+                    name: "platform".into(),
+                    ..hook("platform-hooks", "5s", 4)
+                }],
+            },
+        );
+        let mut notes: Vec<_> = (0..4)
+            .map(|i| note(NotificationKind::StepStarted, &format!("step {i}")))
+            .collect();
+        // Warnings are opt-in for a global webhook too.
+        notes.insert(2, note(NotificationKind::Warning, "traffic blocked"));
+        notes.push(note(NotificationKind::RolledBack, "rolled back"));
+        let t = std::time::Instant::now();
+        n.notify(&[], notes);
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "notify does not wait"
+        );
+        for _ in 0..5 {
+            let d = rx.recv().await.unwrap();
+            assert_eq!(d.scope, Scope::Global);
+            assert_eq!(d.webhook, "platform");
+            assert_eq!(
+                d.outcome,
+                Outcome::Delivered {
+                    status: 200,
+                    attempts: 1
+                },
+                "{}",
+                d.describe()
+            );
+            assert!(
+                d.describe()
+                    .contains(" notification to global webhook platform delivered"),
+                "{}",
+                d.describe()
+            );
+        }
+        nothing_more(&mut rx).await;
+        assert_eq!(
+            messages(&got),
+            ["step 0", "step 1", "step 2", "step 3", "rolled back"],
+            "in order, once each"
+        );
+    }
+
+    #[tokio::test]
+    async fn notify_a_rollout_with_its_own_webhook_reaches_both_even_with_one_name() {
+        let (own_url, own_got) = receiver(vec![200]).await;
+        let (global_url, global_got) = receiver(vec![200]).await;
+        let (n, mut rx) = notifier_with_global(
+            HashMap::from([
+                (("prod", "team-hooks"), own_url),
+                (("rollout-system", "platform-hooks"), global_url),
+            ]),
+            GlobalWebhooks {
+                secret_namespace: "rollout-system".into(),
+                webhooks: vec![WebhookSpec {
+                    name: "team".into(),
+                    events: vec![NotificationKind::StepStarted, NotificationKind::RolledBack],
+                    ..hook("platform-hooks", "5s", 4)
+                }],
+            },
+        );
+        let own = WebhookSpec {
+            name: "team".into(),
+            ..hook("team-hooks", "5s", 4)
+        };
+        n.notify(
+            std::slice::from_ref(&own),
+            vec![
+                note(NotificationKind::StepStarted, "step 1"),
+                note(NotificationKind::Command, "pause"),
+                note(NotificationKind::StepStarted, "step 2"),
+                note(NotificationKind::RolledBack, "rolled back"),
+            ],
+        );
+        let mut described = Vec::new();
+        for _ in 0..7 {
+            let d = rx.recv().await.unwrap();
+            assert!(
+                matches!(d.outcome, Outcome::Delivered { .. }),
+                "{}",
+                d.describe()
+            );
+            described.push((d.scope, d.describe()));
+        }
+        nothing_more(&mut rx).await;
+        assert_eq!(
+            messages(&own_got),
+            ["step 1", "pause", "step 2", "rolled back"]
+        );
+        assert_eq!(
+            messages(&global_got),
+            ["step 1", "step 2", "rolled back"],
+            "the global webhook's own events filter"
+        );
+        let count = |scope| described.iter().filter(|(s, _)| *s == scope).count();
+        assert_eq!((count(Scope::Rollout), count(Scope::Global)), (4, 3));
+        assert!(described.iter().any(|(s, d)| *s == Scope::Rollout
+            && d.starts_with("Command notification to webhook team delivered")));
+        assert!(described
+            .iter()
+            .all(|(s, d)| (*s == Scope::Global) == d.contains("to global webhook team")));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_rollout_webhook_does_not_hold_up_the_global_one_of_the_same_name() {
+        let (hang, _) = receiver(vec![0]).await;
+        let (ok, ok_got) = receiver(vec![200]).await;
+        let (n, mut rx) = notifier_with_global(
+            HashMap::from([(("prod", "hang"), hang), (("ops", "ok"), ok)]),
+            GlobalWebhooks {
+                secret_namespace: "ops".into(),
+                webhooks: vec![WebhookSpec {
+                    name: "same".into(),
+                    ..hook("ok", "5s", 1)
+                }],
+            },
+        );
+        let own = WebhookSpec {
+            name: "same".into(),
+            ..hook("hang", "60s", 1)
+        };
+        n.notify(
+            std::slice::from_ref(&own),
+            vec![
+                note(NotificationKind::StepStarted, "a"),
+                note(NotificationKind::Promoted, "b"),
+            ],
+        );
+        for _ in 0..2 {
+            let d = rx.recv().await.unwrap();
+            assert_eq!(d.scope, Scope::Global, "{}", d.describe());
+        }
+        assert_eq!(
+            messages(&ok_got),
+            ["a", "b"],
+            "not queued behind the rollout's hanging webhook of the same name"
+        );
     }
 
     #[test]

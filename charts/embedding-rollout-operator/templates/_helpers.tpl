@@ -92,3 +92,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "ero.dashboardExposed" -}}
 {{- if and .Values.webDashboard.enabled (not (has .Values.webDashboard.address (list "127.0.0.1" "localhost" "::1"))) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The Secrets of the global webhooks (notifications.webhooks[].urlSecretRef.name), each name once,
+     as a JSON list (read with fromJsonArray). Fails on a webhook that names none: the operator may
+     read exactly these Secrets, in the release namespace. */}}
+{{- define "ero.globalNotificationSecrets" -}}
+{{- $names := list -}}
+{{- range $i, $w := .Values.notifications.webhooks -}}
+{{- $ref := default (dict) (and (kindIs "map" $w) $w.urlSecretRef) -}}
+{{- if not (and (kindIs "map" $ref) $ref.name) -}}
+{{- fail (printf "notifications.webhooks[%d].urlSecretRef.name is required (the Secret in the release namespace holding the URL)" $i) -}}
+{{- end -}}
+{{- $names = append $names $ref.name -}}
+{{- end -}}
+{{- toJson (uniq $names) -}}
+{{- end -}}
+
+{{/* The path the operator reads the global webhooks from (the ConfigMap's mount). */}}
+{{- define "ero.notificationsConfigDir" -}}/etc/embedding-rollout/notifications{{- end -}}
