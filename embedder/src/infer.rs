@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::batcher::{BatchItem, Batcher, BatcherConfig, SubmitError, WorkFn};
 use crate::breaker::{Breaker, BreakerConfig, Outcome, SystemClock};
 use crate::chaos::Chaos;
@@ -299,7 +301,7 @@ impl Infer {
     ) -> Result<Embedded, InferError> {
         let serving = self.ready()?;
         let encoded = tokenize(&handle.model, texts, truncate).await?;
-        let tokens = encoded.iter().map(Encoded::len).sum();
+        let tokens: usize = encoded.iter().map(Encoded::len).sum();
 
         self.cfg.chaos.delay().await;
         let ticket = self.breaker.admit().map_err(|r| InferError::BreakerOpen {
@@ -310,9 +312,14 @@ impl Infer {
             ticket.record(Outcome::Failure);
             return Err(InferError::Chaos);
         }
+        let texts = encoded.len();
         let pending = serving.batcher.submit(handle.group, encoded)?;
+        // A child of the request's span: the texts' wait in the queue and their batch's
+        // inference, until the results are back (or the timeout).
+        let span = tracing::info_span!("inference", model = handle.model.name(), texts, tokens);
         let timeout = self.cfg.timeout;
-        let result = match tokio::time::timeout(timeout, pending).await {
+        let waited = tokio::time::timeout(timeout, pending).instrument(span);
+        let result = match waited.await {
             Ok(Ok(Ok(embeddings))) => Ok(embeddings),
             Ok(Ok(Err(e))) => Err(InferError::Inference(e.to_string())),
             Ok(Err(_)) => Err(InferError::Internal(

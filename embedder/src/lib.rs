@@ -15,6 +15,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+/// The OpenTelemetry `service.name` of the server's spans when `OTEL_SERVICE_NAME` is unset.
+pub const OTEL_SERVICE_NAME: &str = "candle-embedder";
+
 pub mod api;
 pub mod batcher;
 pub mod breaker;

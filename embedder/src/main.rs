@@ -1,6 +1,9 @@
 //! candle-embedder: see embedder/README.md for flags, routes and metrics.
 
 use clap::Parser;
+use embedding_telemetry::{OtlpConfig, Telemetry};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 use candle_embedder::config::Config;
@@ -35,13 +38,55 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(cfg: Config) -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let telemetry = match init_tracing() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("candle-embedder: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = serve_until_shutdown(cfg).await;
+    // The spans of the last requests go out before the process does.
+    if let Some(telemetry) = telemetry {
+        if let Err(e) = telemetry.shutdown().await {
+            tracing::warn!(error = %e, "flushing spans at exit");
+        }
+    }
+    code
+}
+
+/// JSON logs on stdout (`RUST_LOG`, default `info`), and the spans over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
+fn init_tracing() -> Result<Option<Telemetry>, embedding_telemetry::Error> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let otlp = OtlpConfig::from_env(candle_embedder::OTEL_SERVICE_NAME)?;
+    let (export, telemetry) = match &otlp {
+        Some(config) => {
+            let (layer, telemetry) = embedding_telemetry::layer(config)?;
+            (Some(layer), Some(telemetry))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false),
         )
+        .with(export)
         .init();
+    if let Some(config) = &otlp {
+        tracing::info!(
+            endpoint = %config.traces_endpoint,
+            service = %config.service_name,
+            "exporting spans over OTLP/HTTP"
+        );
+    }
+    Ok(telemetry)
+}
+
+async fn serve_until_shutdown(cfg: Config) -> std::process::ExitCode {
     if cfg.chaos_latency_ms > 0 || cfg.chaos_error_ratio > 0.0 {
         tracing::warn!(
             latency_ms = cfg.chaos_latency_ms,

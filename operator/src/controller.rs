@@ -390,9 +390,11 @@ fn error_policy(rollout: Arc<EmbeddingRollout>, error: &Error, ctx: Arc<Context>
 }
 
 /// One span per reconcile, so every log line of it (Prometheus queries, actions, events) carries
-/// the rollout, where it stands and what it decided, and one trace id to find them all by.
+/// the rollout, where it stands and what it decided, and one trace id to find them all by. With
+/// OTLP export on (`embedding_telemetry`), the same span is exported: its attributes are these
+/// fields, and `trace_id` is the exported trace's id, so the logs and the trace join.
 async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    use tracing::Instrument;
+    use tracing::{field, Instrument};
     let Some(rollout) = current(&ctx, rollout).await? else {
         return Ok(Requeue::await_change());
     };
@@ -404,13 +406,24 @@ async fn reconcile(rollout: Arc<EmbeddingRollout>, ctx: Arc<Context>) -> Result<
         phase = %status.phase,
         step = status.current_step + 1,
         weight = status.current_weight,
-        trace_id = %trace_id(),
-        decided = tracing::field::Empty,
+        trace_id = field::Empty,
+        decided = field::Empty,
+        otel.status_code = field::Empty,
+        otel.status_description = field::Empty,
     );
+    // Without export, a random id of the same shape, for the logs alone.
+    let id = embedding_telemetry::trace_id(&span).unwrap_or_else(trace_id);
+    span.record("trace_id", field::display(&id));
     let started = Instant::now();
-    let result = reconcile_inner(&rollout, &ctx).instrument(span).await;
+    let result = reconcile_inner(&rollout, &ctx)
+        .instrument(span.clone())
+        .await;
     ctx.metrics
         .observe_reconcile(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", field::display(e));
+    }
     result
 }
 

@@ -1595,3 +1595,63 @@ async fn analyses_that_left_the_status_before_they_were_kept_are_a_gap_event() {
         "12 analyses of step 1/2 (looks 5-16) were never kept: they left status.history (the last 10) before they could be appended"
     );
 }
+
+/// With OTLP export on, one reconcile (through `reconcile`, the function the controller calls) is
+/// one exported span named `reconcile` of the service `embedding-rollout-operator`, with the
+/// rollout, namespace, phase, step and decision as attributes, and the `trace_id` log field equal
+/// to the exported trace's own id. A local OTLP/HTTP receiver decodes what the exporter sends.
+#[tokio::test]
+async fn a_reconcile_is_exported_over_otlp_as_a_span_with_the_rollout_and_its_trace_id() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let receiver = embedding_telemetry::testing::Receiver::start().await;
+    let endpoint = receiver.endpoint();
+    // The variables as the process would read them, without touching the process environment.
+    let config = embedding_telemetry::OtlpConfig::from_vars(
+        |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone()),
+        crate::OTEL_SERVICE_NAME,
+    )
+    .unwrap()
+    .expect("an endpoint turns export on");
+    let (layer, telemetry) = embedding_telemetry::layer(&config).unwrap();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        200,
+        echo_ok(),
+    ));
+    let api = MockApi::new(routes);
+    let r = Arc::new(rollout(Value::Null, json!({}), json!([FINALIZER])));
+    reconcile(r, Arc::new(ctx(&api))).await.unwrap();
+    // Waits for the receiver's answer to the export: no sleep, no polling.
+    telemetry.force_flush().await.unwrap();
+
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    let spans = receiver.spans();
+    let reconciles: Vec<_> = spans.iter().filter(|s| s.name == "reconcile").collect();
+    assert_eq!(reconciles.len(), 1, "one reconcile span: {spans:#?}");
+    let span = reconciles[0];
+    assert_eq!(
+        span.service_name.as_deref(),
+        Some("embedding-rollout-operator")
+    );
+    assert_eq!(span.attr("rollout"), Some("r1"), "{span:#?}");
+    assert_eq!(span.attr("namespace"), Some("prod"));
+    assert_eq!(span.attr("phase"), Some("Pending"));
+    assert_eq!(span.attr("step"), Some("1"));
+    assert_eq!(span.attr("decided"), Some("Deploying"));
+    assert_eq!(span.trace_id.len(), 32);
+    assert_ne!(span.trace_id, "0".repeat(32));
+    assert_eq!(
+        span.attr("trace_id"),
+        Some(span.trace_id.as_str()),
+        "the logs' trace_id is the exported trace's id"
+    );
+    assert_eq!(
+        span.status, "STATUS_CODE_UNSET",
+        "a reconcile that succeeded"
+    );
+    telemetry.shutdown().await.unwrap();
+}

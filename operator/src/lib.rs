@@ -1,4 +1,8 @@
 //! operator
+
+/// The OpenTelemetry `service.name` of the operator's spans when `OTEL_SERVICE_NAME` is unset.
+pub const OTEL_SERVICE_NAME: &str = "embedding-rollout-operator";
+
 pub mod cluster;
 pub mod controller;
 pub mod crd;

@@ -14,6 +14,7 @@ use embedding_rollout_operator::{
     notification_config::{self, GlobalWebhooks},
     server::{self, Readiness},
 };
+use embedding_telemetry::{OtlpConfig, Telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,29 +103,65 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
 }
 
-fn init_tracing(json: bool) {
+/// Logs on stdout (`RUST_LOG`, default `info,kube=warn,hyper=warn`), and the spans over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set; the handle flushes them at exit.
+fn init_tracing(json: bool) -> anyhow::Result<Option<Telemetry>> {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, Layer as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
+    let fmt = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        builder.init();
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let otlp = OtlpConfig::from_env(embedding_rollout_operator::OTEL_SERVICE_NAME)?;
+    let (export, telemetry) = match &otlp {
+        Some(config) => {
+            let (layer, telemetry) = embedding_telemetry::layer(config)?;
+            (Some(layer), Some(telemetry))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(export)
+        .init();
+    if let Some(config) = &otlp {
+        tracing::info!(
+            endpoint = %config.traces_endpoint,
+            service = %config.service_name,
+            "exporting spans over OTLP/HTTP"
+        );
     }
+    Ok(telemetry)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
-    match run(cli).await {
+    let telemetry = match init_tracing(cli.log_json) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("embedding-rollout-operator: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("embedding-rollout-operator: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // The spans of the last reconciles go out before the process does.
+    if let Some(telemetry) = telemetry {
+        if let Err(e) = telemetry.shutdown().await {
+            eprintln!("embedding-rollout-operator: flushing spans at exit: {e}");
+        }
     }
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -140,10 +140,16 @@ async fn embed_texts(
     field: &str,
     label: &mut String,
 ) -> Result<Embedded, ApiError> {
+    // The request's span (`span.rs`) gets what the request asked for and what it cost.
+    let span = tracing::Span::current();
+    span.record("texts", texts.len());
     let handle = state.infer.model(model)?;
     *label = handle.model().name().to_string();
+    span.record("model", label.as_str());
     validate(&texts, field, state.cfg.max_texts_per_request)?;
-    Ok(state.infer.embed(&handle, texts, truncate).await?)
+    let out = state.infer.embed(&handle, texts, truncate).await?;
+    span.record("tokens", out.tokens);
+    Ok(out)
 }
 
 /// Request-level checks that need no model.

@@ -3,6 +3,7 @@
 
 pub mod embed;
 pub mod error;
+pub mod span;
 pub mod types;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             served_by,
         ))
+        // Outermost, so the span covers the rest; inside the routing, so it sees the route.
+        .layer(middleware::from_fn(span::request_span))
         .with_state(state)
 }
 
