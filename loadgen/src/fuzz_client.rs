@@ -17,6 +17,14 @@ pub enum Outcome {
     Io(String),
 }
 
+/// Appends what the connection has to `body`; false at the end of the connection.
+async fn read_more(conn: &mut TcpStream, body: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 65536];
+    let n = conn.read(&mut chunk).await?;
+    body.extend_from_slice(&chunk[..n]);
+    Ok(n > 0)
+}
+
 /// Reads one HTTP/1.1 response (skipping 1xx) and returns its status and whether the connection
 /// may carry another request. `head_request`: the request was HEAD, so the answer has no body whatever
 /// its Content-Length says (RFC 9110 §9.3.2); nor do 204 and 304 answers.
@@ -60,24 +68,18 @@ pub async fn read_response(
         let mut body = buf.split_off(head_end);
         if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
             while body.len() < len {
-                let mut chunk = [0u8; 65536];
-                let n = conn.read(&mut chunk).await?;
-                if n == 0 {
+                if !read_more(conn, &mut body).await? {
                     return Ok(Some((status, false)));
                 }
-                body.extend_from_slice(&chunk[..n]);
             }
             return Ok(Some((status, keep)));
         }
         if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
             // Enough to find the end: the terminating zero-size chunk.
             while !body.windows(5).any(|w| w == b"0\r\n\r\n") {
-                let mut chunk = [0u8; 65536];
-                let n = conn.read(&mut chunk).await?;
-                if n == 0 {
+                if !read_more(conn, &mut body).await? {
                     return Ok(Some((status, false)));
                 }
-                body.extend_from_slice(&chunk[..n]);
             }
             return Ok(Some((status, keep)));
         }
