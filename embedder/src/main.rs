@@ -1,10 +1,8 @@
 //! candle-embedder: see embedder/README.md for flags, routes and metrics.
 
 use clap::Parser;
-use embedding_telemetry::{OtlpConfig, Telemetry};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::EnvFilter;
+use embedding_telemetry::Telemetry;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use candle_embedder::config::Config;
 use candle_embedder::server;
@@ -59,31 +57,11 @@ async fn serve(cfg: Config) -> std::process::ExitCode {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
 fn init_tracing() -> Result<Option<Telemetry>, embedding_telemetry::Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otlp = OtlpConfig::from_env(candle_embedder::OTEL_SERVICE_NAME)?;
-    let (export, telemetry) = match &otlp {
-        Some(config) => {
-            let (layer, telemetry) = embedding_telemetry::layer(config)?;
-            (Some(layer), Some(telemetry))
-        }
-        None => (None, None),
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(false),
-        )
-        .with(export)
-        .init();
-    if let Some(config) = &otlp {
-        tracing::info!(
-            endpoint = %config.traces_endpoint,
-            service = %config.service_name,
-            "exporting spans over OTLP/HTTP"
-        );
-    }
-    Ok(telemetry)
+    let fmt = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .boxed();
+    embedding_telemetry::install(candle_embedder::OTEL_SERVICE_NAME, filter, fmt)
 }
 
 async fn serve_until_shutdown(cfg: Config) -> std::process::ExitCode {

@@ -14,7 +14,7 @@ use embedding_rollout_operator::{
     notification_config::{self, GlobalWebhooks},
     server::{self, Readiness},
 };
-use embedding_telemetry::{OtlpConfig, Telemetry};
+use embedding_telemetry::Telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -106,7 +106,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Logs on stdout (`RUST_LOG`, default `info,kube=warn,hyper=warn`), and the spans over OTLP when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set; the handle flushes them at exit.
 fn init_tracing(json: bool) -> anyhow::Result<Option<Telemetry>> {
-    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, Layer as _};
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
     let fmt = if json {
@@ -114,27 +114,11 @@ fn init_tracing(json: bool) -> anyhow::Result<Option<Telemetry>> {
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
-    let otlp = OtlpConfig::from_env(embedding_rollout_operator::OTEL_SERVICE_NAME)?;
-    let (export, telemetry) = match &otlp {
-        Some(config) => {
-            let (layer, telemetry) = embedding_telemetry::layer(config)?;
-            (Some(layer), Some(telemetry))
-        }
-        None => (None, None),
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(export)
-        .init();
-    if let Some(config) = &otlp {
-        tracing::info!(
-            endpoint = %config.traces_endpoint,
-            service = %config.service_name,
-            "exporting spans over OTLP/HTTP"
-        );
-    }
-    Ok(telemetry)
+    Ok(embedding_telemetry::install(
+        embedding_rollout_operator::OTEL_SERVICE_NAME,
+        filter,
+        fmt,
+    )?)
 }
 
 #[tokio::main]

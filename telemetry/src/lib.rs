@@ -203,6 +203,44 @@ impl Telemetry {
 /// A boxed layer for any subscriber with span lookup (a `Registry` under other layers).
 pub type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync + 'static>;
 
+/// The subscriber both binaries build: the log filter, then their log format.
+pub type Logging =
+    tracing_subscriber::layer::Layered<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the process's subscriber: `filter`, then `fmt` (the program's log format), then, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, the OTLP export of its spans
+/// under `default_service_name` unless `OTEL_SERVICE_NAME` says otherwise (announced in the log).
+/// The handle flushes the spans at exit; `None` when nothing is exported.
+pub fn install(
+    default_service_name: &str,
+    filter: tracing_subscriber::EnvFilter,
+    fmt: BoxedLayer<Logging>,
+) -> Result<Option<Telemetry>, Error> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let otlp = OtlpConfig::from_env(default_service_name)?;
+    let (export, telemetry) = match &otlp {
+        Some(config) => {
+            let (layer, telemetry) = layer(config)?;
+            (Some(layer), Some(telemetry))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(export)
+        .init();
+    if let Some(config) = &otlp {
+        tracing::info!(
+            endpoint = %config.traces_endpoint,
+            service = %config.service_name,
+            "exporting spans over OTLP/HTTP"
+        );
+    }
+    Ok(telemetry)
+}
+
 /// The exporting layer and its handle. Call inside a tokio runtime.
 ///
 /// Spans and events of the HTTP client and of OpenTelemetry itself are left out, so exporting
