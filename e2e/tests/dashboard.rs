@@ -418,6 +418,18 @@ fn tempdir_in(dir: &Path, tag: &str) -> PathBuf {
     p
 }
 
+/// GET `path` of the dashboard's JSON API with the token, as JSON.
+async fn api_json(http: &reqwest::Client, d: &Dashboard, path: &str) -> Value {
+    http.get(format!("{}{path}", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn dump_dom(d: &Dashboard, path: &str, token: Option<&str>) -> String {
     let url = match token {
         Some(t) => format!("{}{path}#token={t}", d.url),
@@ -511,15 +523,7 @@ async fn the_operator_serves_the_dashboard_and_chromium_shows_it() {
         .await
         .unwrap();
     assert_eq!(list.status(), 401, "no token");
-    let list: Value = http
-        .get(format!("{}/api/rollouts", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = api_json(&http, &d, "/api/rollouts").await;
     assert_eq!(
         list["origin"], "api",
         "a standby replica reads the API server: {list}"
@@ -555,15 +559,7 @@ async fn the_operator_serves_the_dashboard_and_chromium_shows_it() {
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
-    let detail: Value = http
-        .get(format!("{}/api/rollouts/production/embed", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = api_json(&http, &d, "/api/rollouts/production/embed").await;
     assert_eq!(detail["eventsError"], Value::Null, "{}", d.log());
     let reasons: Vec<&str> = detail["events"]
         .as_array()
