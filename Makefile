@@ -36,7 +36,7 @@ unit: model ## unit and integration tests (no control plane)
 node-images: model controlplane traefik ## OCI image archives of the embedder, the operator, pause and Traefik for the e2e node (release binaries, crane; no engine)
 	bash e2e/images/build.sh
 
-e2e: model build controlplane traefik helm node-images ## end-to-end: scenarios on a real kube-apiserver, Prometheus and nginx; the product on a real node (needs root)
+e2e: model build controlplane traefik helm node-images ## end-to-end on a real single-node cluster (kubelet, containerd, Traefik, Prometheus; needs root)
 	bash e2e/run-tests.sh
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
@@ -44,8 +44,8 @@ charts-check: helm controlplane ## helm lint/template + server-side dry run of c
 
 test: deps unit e2e charts-check ## everything CI runs
 
-demo: deps model build controlplane ## run the whole system locally and watch a rollout live
-	bash e2e/demo.sh
+demo: deps model controlplane traefik helm node-images ## a local single-node cluster, one rollout watched live (needs root; PROVIDER=nginx|gateway)
+	bash e2e/demo.sh --provider $(or $(PROVIDER),nginx)
 
 lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

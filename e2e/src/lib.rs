@@ -1,23 +1,33 @@
 //! e2e
 
-// Cluster stand-ins: TEST HARNESS, never shipped.
+// TEST HARNESS, never shipped: the cluster is real (kube-apiserver, etcd, the controllers, the
+// kubelet with containerd, kube-proxy, Traefik; Prometheus outside it); these modules start it and
+// drive it as a user would.
 pub mod child;
-pub mod ingress;
-pub mod nginx;
-pub mod reflect;
-pub mod runner;
-pub mod traffic;
-
-// Real components the scenarios run against: kube-apiserver + etcd, Prometheus.
 pub mod controlplane;
 pub mod node_env;
 pub mod pod_sd;
 pub mod prometheus;
-
-// The end-to-end environment the scenarios and `make demo` share.
+pub mod rollout_env;
 pub mod scenario;
 pub mod traefik;
+pub mod traffic;
 pub mod webhook;
+
+/// The workspace root (the e2e crate's parent directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// A TCP port free on loopback at the time of the call.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// Installs rustls' process-wide crypto provider (ring, the only one linked): the operator's
 /// library code that the harness calls builds reqwest 0.13 clients, which have no provider of

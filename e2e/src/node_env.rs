@@ -15,8 +15,8 @@ use kube::api::Api;
 use serde_json::{json, Value};
 
 use crate::controlplane::{apply_yaml, ControlPlane};
-use crate::runner::workspace_root;
 use crate::scenario::{helm_bin, in_namespace, OPERATOR_NAMESPACE, OPERATOR_SA};
+use crate::workspace_root;
 
 pub const REPO: &str = "embedding-rollout.local";
 pub const TAG: &str = "e2e";

@@ -1,33 +1,19 @@
-//! The end-to-end environment the scenarios and `make demo` share (TEST HARNESS, never shipped).
-//!
-//! [`Env::start`] brings up, for one namespace: the real kube-apiserver + etcd with the CRD, real
-//! Prometheus (file_sd, 1 s scrape), the deployment runner (real `candle-embedder` processes for
-//! every Deployment), the ingress emulator (real nginx, ingress-nginx canary-by-weight), and the
-//! baseline objects of `examples/demo-baseline.yaml` created as a user would. The operator binary
-//! runs as a child process with the identity of the chart's ServiceAccount and ClusterRole (not
-//! admin) and can be SIGKILLed and started again. Helpers send traffic, watch the rollout and
-//! record what nginx served, so the scenarios can assert on what clients saw.
+//! What the scenarios, Traefik's rollout tests, `make demo` and the tests without a node share
+//! (TEST HARNESS, never shipped): the names of the demo's objects, the operator's identity and
+//! RBAC for tests that run its binary directly, a fast rollout, and observations of a rollout.
+//! The node-based environment itself is [`crate::rollout_env`].
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
-use tokio::process::Command;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::child::GroupChild;
-use crate::controlplane::{apply_yaml, ControlPlane};
-use crate::ingress::{IngressEmulator, IngressEmulatorConfig};
-use crate::prometheus::Prometheus;
-use crate::runner::{workspace_root, DeploymentRunner, RunnerConfig};
-use crate::traffic::{self, Sample, TrafficConfig};
+use crate::controlplane::ControlPlane;
+use crate::traffic::Sample;
+use crate::workspace_root;
 
 /// Namespace and name of the operator's ServiceAccount (the chart's release namespace and
 /// `fullnameOverride`).
@@ -57,52 +43,6 @@ pub fn rollout_resource() -> ApiResource {
         &GroupVersionKind::gvk("rollout.akidb.io", "v1alpha1", "EmbeddingRollout"),
         "embeddingrollouts",
     )
-}
-
-/// Every prerequisite the environment needs, with the command that provides it.
-pub fn check_prerequisites() -> anyhow::Result<()> {
-    let mut missing = Vec::new();
-    let embedder = crate::runner::default_embedder_bin();
-    if !embedder.is_file() {
-        missing.push(format!(
-            "candle-embedder binary at {}: run `cargo build -p candle-embedder --bins`",
-            embedder.display()
-        ));
-    }
-    let operator = default_operator_bin();
-    if !operator.is_file() {
-        missing.push(format!(
-            "operator binary at {}: run `cargo build -p embedding-rollout-operator --bins`",
-            operator.display()
-        ));
-    }
-    let model = workspace_root().join("models/all-MiniLM-L6-v2/model.safetensors");
-    if !model.is_file() {
-        missing.push(format!("model at {}: run `make model`", model.display()));
-    }
-    let nginx = crate::ingress::default_nginx_bin();
-    if !nginx.is_file() {
-        missing.push(format!(
-            "nginx at {}: run `make deps` (Debian package nginx)",
-            nginx.display()
-        ));
-    }
-    if !on_path("prometheus") {
-        missing.push("prometheus on PATH: run `make deps` (Debian package prometheus)".into());
-    }
-    if let Err(e) = crate::controlplane::check_binaries(&crate::controlplane::bin_dir()) {
-        missing.push(e.to_string());
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        bail!("e2e prerequisites missing:\n  - {}", missing.join("\n  - "))
-    }
-}
-
-fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
 }
 
 /// `E2E_HELM_BIN`, else `<workspace>/bin/helm` (`make helm`).
@@ -243,42 +183,94 @@ pub fn fast_rollout(name: &str, prometheus: &str) -> Value {
     })
 }
 
-/// What the rollout and the ingress looked like at one moment.
+/// What the rollout and its traffic object looked like at one moment.
 #[derive(Debug, Clone)]
 pub struct Observation {
     pub wall: SystemTime,
     pub phase: String,
     pub step: i64,
     pub weight: i64,
-    /// `canary-weight` of the canary Ingress; `None`: no canary Ingress.
-    pub canary_weight: Option<u32>,
-    /// Service the primary Ingress points at.
+    /// The candidate's percentage in the traffic object (the canary Ingress's `canary-weight`,
+    /// or its share of the HTTPRoute's weights); `None`: the object does not name the candidate.
+    pub candidate_weight: Option<u32>,
+    /// The Service the traffic object sends most requests to.
     pub primary: Option<String>,
 }
 
-/// What nginx served from a moment on: the primary's Service and the canary's share in basis points
-/// (0 when there is no canary or it has no endpoints).
+impl Observation {
+    /// Now, from a rollout's JSON and what its traffic object says.
+    pub fn of(r: &Value, primary: Option<String>, candidate_weight: Option<u32>) -> Self {
+        let status = &r["status"];
+        Self {
+            wall: SystemTime::now(),
+            phase: status["phase"].as_str().unwrap_or("").to_string(),
+            step: status["currentStep"].as_i64().unwrap_or(0),
+            weight: status["currentWeight"].as_i64().unwrap_or(0),
+            candidate_weight,
+            primary,
+        }
+    }
+
+    /// Same phase, step, weight and routing (the time aside).
+    pub fn same_state(&self, o: &Observation) -> bool {
+        (
+            self.phase.as_str(),
+            self.step,
+            self.weight,
+            self.candidate_weight,
+            &self.primary,
+        ) == (
+            o.phase.as_str(),
+            o.step,
+            o.weight,
+            o.candidate_weight,
+            &o.primary,
+        )
+    }
+}
+
+/// What the traffic object said from a moment on: the primary Service and the candidate's share
+/// in basis points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
     pub wall: SystemTime,
     pub primary: String,
-    pub canary_service: Option<String>,
-    pub canary_bp: u32,
+    pub candidate_bp: u32,
 }
 
 /// Share of requests the candidate should get under `s`.
 pub fn expected_candidate_share(s: &Served) -> f64 {
     if s.primary == CANDIDATE {
-        return 1.0;
-    }
-    match &s.canary_service {
-        Some(c) if c == CANDIDATE => f64::from(s.canary_bp) / 10_000.0,
-        _ => 0.0,
+        1.0
+    } else {
+        f64::from(s.candidate_bp) / 10_000.0
     }
 }
 
-/// Samples grouped by the nginx configuration in force when they were sent; samples within `margin`
-/// of a change are left out (reloads are not instantaneous). Pure.
+/// Every change of the routing in a log of observations, in order. Pure.
+pub fn served_from(log: &[Observation]) -> Vec<Served> {
+    let mut out: Vec<Served> = Vec::new();
+    for o in log {
+        let Some(primary) = o.primary.clone() else {
+            continue;
+        };
+        let s = Served {
+            wall: o.wall,
+            primary,
+            candidate_bp: o.candidate_weight.unwrap_or(0) * 100,
+        };
+        if out
+            .last()
+            .is_none_or(|l| (&l.primary, l.candidate_bp) != (&s.primary, s.candidate_bp))
+        {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Samples grouped by the routing in force when they were sent; samples within `margin` of a
+/// change are left out (the ingress controller applies a change seconds later). Pure.
 pub fn bucket_by_served<'a>(
     served: &'a [Served],
     samples: &[Sample],
@@ -302,364 +294,6 @@ pub fn bucket_by_served<'a>(
         out[i].1.push(sample.clone());
     }
     out
-}
-
-/// The running environment. Dropping it stops every process (operator, embedders, nginx,
-/// Prometheus, API server).
-pub struct Env {
-    pub cp: ControlPlane,
-    pub ns: String,
-    pub workdir: PathBuf,
-    pub prometheus: Prometheus,
-    pub ingress: IngressEmulator,
-    pub runner: Option<DeploymentRunner>,
-    /// `127.0.0.1:<port>` of the operator's /metrics, /healthz, /readyz.
-    pub operator_metrics: String,
-    operator_kubeconfig: PathBuf,
-    operator_extra_args: Vec<String>,
-    operator: Option<GroupChild>,
-    served: Arc<Mutex<Vec<Served>>>,
-    served_task: JoinHandle<()>,
-    traffic: Option<(oneshot::Sender<()>, JoinHandle<Vec<Sample>>)>,
-    pub started: Instant,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.served_task.abort();
-    }
-}
-
-impl Env {
-    /// Starts everything but the operator and the traffic; returns once nginx routes to the
-    /// baseline's ready processes.
-    pub async fn start(ns: &str, workdir: &Path) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        check_prerequisites()?;
-        let _ = std::fs::remove_dir_all(workdir);
-        std::fs::create_dir_all(workdir)?;
-        let workdir = workdir.canonicalize()?;
-        let cp = ControlPlane::start(&workdir.join("controlplane")).await?;
-        // Every CRD of the project (the rollout, the gate templates, the kept analyses), as the
-        // chart installs them.
-        for file in [
-            "embeddingrollouts",
-            "embeddinggatetemplates",
-            "clusterembeddinggatetemplates",
-            "embeddingrolloutanalyses",
-        ] {
-            let path = workspace_root().join(format!("crds/{file}.rollout.akidb.io.yaml"));
-            let crd = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            cp.apply_as_admin(&crd)
-                .await
-                .with_context(|| format!("applying {}", path.display()))?;
-        }
-        cp.apply_as_admin(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-        ))
-        .await?;
-
-        let operator_kubeconfig = workdir.join("operator.kubeconfig");
-        write_operator_kubeconfig(&cp, &operator_kubeconfig).await?;
-
-        let file_sd = workdir.join("file_sd").join("embedders.json");
-        std::fs::create_dir_all(file_sd.parent().unwrap())?;
-        let prometheus = Prometheus::start(&workdir.join("prometheus"), &file_sd).await?;
-
-        let mut rcfg = RunnerConfig::new(ns, workdir.join("runner"));
-        rcfg.file_sd = Some(file_sd);
-        // Two cores shared by every process of the scenario: one inference thread per embedder.
-        rcfg.extra_env = vec![("EMBEDDER_INFERENCE_THREADS".into(), "1".into())];
-        let runner = DeploymentRunner::start(cp.admin.clone(), rcfg).await?;
-        let ingress = IngressEmulator::start(
-            cp.admin.clone(),
-            IngressEmulatorConfig::new(ns, workdir.join("nginx")),
-        )
-        .await?;
-
-        let baseline =
-            std::fs::read_to_string(workspace_root().join("examples/demo-baseline.yaml"))
-                .context("reading examples/demo-baseline.yaml")?;
-        apply_yaml(&cp.admin, &in_namespace(&baseline, ns)?, "e2e-user")
-            .await
-            .context("applying the baseline")?;
-        ingress
-            .wait_until(
-                Duration::from_secs(120),
-                "nginx routes to the ready baseline",
-                |a| {
-                    a.routes.len() == 1
-                        && a.routes[0].primary.service == BASELINE
-                        && a.routes[0].primary.endpoints.len() == 2
-                },
-            )
-            .await?;
-
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let served_task = tokio::spawn(record_served(ingress.applied(), served.clone()));
-        let operator_metrics = format!("127.0.0.1:{}", crate::ingress::free_port()?);
-        Ok(Self {
-            cp,
-            ns: ns.to_string(),
-            workdir,
-            prometheus,
-            ingress,
-            runner: Some(runner),
-            operator_metrics,
-            operator_kubeconfig,
-            operator_extra_args: Vec::new(),
-            operator: None,
-            served,
-            served_task,
-            traffic: None,
-            started,
-        })
-    }
-
-    /// Seconds since [`Env::start`] began, for timing prints.
-    pub fn secs(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
-    }
-
-    pub fn operator_log(&self) -> PathBuf {
-        self.workdir.join("operator.log")
-    }
-
-    /// Extra operator flags for the next [`Env::start_operator`].
-    pub fn set_operator_args(&mut self, args: &[&str]) {
-        self.operator_extra_args = args.iter().map(|s| s.to_string()).collect();
-    }
-
-    /// Starts the operator binary as the chart's ServiceAccount, watching the namespace; returns
-    /// once its /healthz answers.
-    pub async fn start_operator(&mut self) -> anyhow::Result<()> {
-        if self.operator.is_some() {
-            return Ok(());
-        }
-        let log_path = self.operator_log();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let mut cmd = Command::new(default_operator_bin());
-        cmd.arg("--namespace")
-            .arg(&self.ns)
-            .arg("--metrics-addr")
-            .arg(&self.operator_metrics)
-            .args(&self.operator_extra_args)
-            .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut child = GroupChild::spawn(&mut cmd).context("starting the operator")?;
-        let url = format!("http://{}/healthz", self.operator_metrics);
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "the operator exited with {status}; log {}:\n{}",
-                    log_path.display(),
-                    tail(&log_path, 30)
-                );
-            }
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the operator's {url} did not answer within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.operator = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILL (no graceful shutdown, like a node failure or OOM kill).
-    pub async fn kill_operator(&mut self) {
-        if let Some(mut child) = self.operator.take() {
-            child.kill().await;
-        }
-    }
-
-    /// Whether the operator process is still alive (it must not crash).
-    pub fn operator_alive(&mut self) -> bool {
-        self.operator
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// `GET /metrics` of the operator.
-    pub async fn operator_metrics_text(&self) -> anyhow::Result<String> {
-        Ok(
-            reqwest::get(format!("http://{}/metrics", self.operator_metrics))
-                .await?
-                .text()
-                .await?,
-        )
-    }
-
-    /// Constant-rate traffic through nginx until [`Env::stop_traffic`].
-    pub fn start_traffic(&mut self, rate_per_sec: f64) {
-        let mut cfg = TrafficConfig::new(&self.ingress.url(), None);
-        cfg.rate_per_sec = rate_per_sec;
-        cfg.max_duration = Duration::from_secs(3600);
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(traffic::run(cfg, async {
-            let _ = rx.await;
-        }));
-        self.traffic = Some((tx, task));
-    }
-
-    pub async fn stop_traffic(&mut self) -> Vec<Sample> {
-        match self.traffic.take() {
-            Some((tx, task)) => {
-                let _ = tx.send(());
-                task.await.unwrap_or_default()
-            }
-            None => Vec::new(),
-        }
-    }
-
-    /// Every change of what nginx served, in order.
-    pub fn served(&self) -> Vec<Served> {
-        self.served.lock().unwrap().clone()
-    }
-
-    pub fn rollouts(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(self.cp.admin.clone(), &self.ns, &rollout_resource())
-    }
-
-    /// Creates the rollout as the admin user would with kubectl.
-    pub async fn create_rollout(&self, rollout: &Value) -> Result<DynamicObject, kube::Error> {
-        let obj: DynamicObject = serde_json::from_value(rollout.clone()).expect("a rollout object");
-        self.rollouts().create(&PostParams::default(), &obj).await
-    }
-
-    pub async fn rollout(&self, name: &str) -> anyhow::Result<Value> {
-        let obj = self.rollouts().get(name).await?;
-        Ok(serde_json::to_value(obj)?)
-    }
-
-    /// Sets the `rollout.akidb.io/command` annotation.
-    pub async fn command(&self, name: &str, command: &str) -> anyhow::Result<()> {
-        self.rollouts()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"metadata": {"annotations": {"rollout.akidb.io/command": command}}}),
-                ),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// One observation of the rollout and both Ingresses.
-    pub async fn observe(&self, name: &str) -> anyhow::Result<Observation> {
-        let r = self.rollout(name).await?;
-        let ingresses: Api<Ingress> = Api::namespaced(self.cp.admin.clone(), &self.ns);
-        let canary = ingresses.get_opt(CANARY_INGRESS).await?;
-        let primary = ingresses.get_opt(PRIMARY_INGRESS).await?;
-        let status = &r["status"];
-        Ok(Observation {
-            wall: SystemTime::now(),
-            phase: status["phase"].as_str().unwrap_or("").to_string(),
-            step: status["currentStep"].as_i64().unwrap_or(0),
-            weight: status["currentWeight"].as_i64().unwrap_or(0),
-            canary_weight: canary.and_then(|c| {
-                c.metadata
-                    .annotations?
-                    .get(crate::nginx::CANARY_WEIGHT_ANNOTATION)?
-                    .parse()
-                    .ok()
-            }),
-            primary: primary.as_ref().and_then(primary_backend),
-        })
-    }
-
-    /// Polls the rollout every 250 ms until `pred` holds on its JSON, recording every observation
-    /// into `log` and printing phase/step/weight changes. Fails after `timeout` with the status.
-    pub async fn wait_rollout(
-        &mut self,
-        name: &str,
-        timeout: Duration,
-        what: &str,
-        log: &mut Vec<Observation>,
-        pred: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let r = self.rollout(name).await?;
-            if let Ok(o) = self.observe(name).await {
-                let changed = log.last().is_none_or(|l| {
-                    (
-                        l.phase.as_str(),
-                        l.step,
-                        l.weight,
-                        l.canary_weight,
-                        &l.primary,
-                    ) != (
-                        o.phase.as_str(),
-                        o.step,
-                        o.weight,
-                        o.canary_weight,
-                        &o.primary,
-                    )
-                });
-                if changed {
-                    println!(
-                        "[{:7.1}s] phase={} step={} weight={} canary-ingress={:?} primary={:?} | {}",
-                        self.secs(),
-                        o.phase,
-                        o.step,
-                        o.weight,
-                        o.canary_weight,
-                        o.primary.as_deref().unwrap_or("-"),
-                        r["status"]["message"].as_str().unwrap_or("")
-                    );
-                }
-                log.push(o);
-            }
-            if pred(&r) {
-                return Ok(r);
-            }
-            if self.operator.is_some() && !self.operator_alive() {
-                bail!(
-                    "the operator died while waiting for {what}; log:\n{}",
-                    tail(&self.operator_log(), 40)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; status: {}\noperator log tail:\n{}",
-                    serde_json::to_string_pretty(&r["status"]).unwrap_or_default(),
-                    tail(&self.operator_log(), 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Stops everything in order (operator, traffic, embedders); the rest stops on drop.
-    pub async fn shutdown(mut self) {
-        self.kill_operator().await;
-        let _ = self.stop_traffic().await;
-        if let Some(r) = self.runner.take() {
-            let _ = r.shutdown().await;
-        }
-    }
 }
 
 /// The Service the first path of an Ingress routes to.
@@ -695,51 +329,15 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-async fn record_served(
-    mut rx: tokio::sync::watch::Receiver<crate::ingress::Applied>,
-    out: Arc<Mutex<Vec<Served>>>,
-) {
-    loop {
-        let entry = {
-            let a = rx.borrow_and_update();
-            a.routes.first().map(|r| Served {
-                wall: SystemTime::now(),
-                primary: r.primary.service.clone(),
-                canary_service: r.canary.as_ref().map(|c| c.backend.service.clone()),
-                canary_bp: r
-                    .canary
-                    .as_ref()
-                    .filter(|c| !c.backend.endpoints.is_empty())
-                    .map(|_| r.canary_basis_points())
-                    .unwrap_or(0),
-            })
-        };
-        if let Some(e) = entry {
-            let mut v = out.lock().unwrap();
-            let same = v.last().is_some_and(|l: &Served| {
-                (&l.primary, &l.canary_service, l.canary_bp)
-                    == (&e.primary, &e.canary_service, e.canary_bp)
-            });
-            if !same {
-                v.push(e);
-            }
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn served(at: u64, primary: &str, canary_bp: u32) -> Served {
+    fn served(at: u64, primary: &str, candidate_bp: u32) -> Served {
         Served {
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
             primary: primary.into(),
-            canary_service: Some(CANDIDATE.into()),
-            canary_bp,
+            candidate_bp,
         }
     }
 
@@ -750,7 +348,6 @@ mod tests {
             status: Some(200),
             latency: Duration::from_millis(5),
             served_by: Some("mlx".into()),
-            upstream: None,
             error: None,
         }
     }
@@ -764,6 +361,47 @@ mod tests {
         assert_eq!(b[0].1.len(), 1);
         assert_eq!(b[1].1.len(), 1);
         assert_eq!(b[1].1[0].at, Duration::from_millis(21_500));
+    }
+
+    fn observed(at: u64, primary: Option<&str>, weight: Option<u32>) -> Observation {
+        Observation {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            phase: "Progressing".into(),
+            step: 0,
+            weight: 0,
+            candidate_weight: weight,
+            primary: primary.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn served_keeps_each_routing_change_once_from_when_it_was_first_seen() {
+        let log = [
+            observed(1, None, None),
+            observed(2, Some(BASELINE), None),
+            observed(3, Some(BASELINE), Some(0)),
+            observed(4, Some(BASELINE), Some(50)),
+            observed(5, Some(BASELINE), Some(50)),
+            observed(9, Some(CANDIDATE), None),
+        ];
+        let s = served_from(&log);
+        let got: Vec<(u64, &str, u32)> = s
+            .iter()
+            .map(|s| {
+                (
+                    s.wall
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs(),
+                    s.primary.as_str(),
+                    s.candidate_bp,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(2, BASELINE, 0), (4, BASELINE, 5_000), (9, CANDIDATE, 0)]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kube::api::{Api, PostParams};
 
 use crate::controlplane::{bin_dir, ControlPlane};
 use crate::node_env::wait_available;
-use crate::runner::workspace_root;
+use crate::workspace_root;
 
 /// The Gateway routes attach to (listener `web`, routes from every namespace).
 pub const GATEWAY_NAMESPACE: &str = "traefik";

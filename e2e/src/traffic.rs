@@ -1,7 +1,7 @@
 //! TEST HARNESS: constant-rate traffic for the scenarios. Sends `POST /api/v1/embed` with two short
 //! texts (as the user's k6 script does) at a fixed arrival rate through the ingress, until a stop
 //! signal or a maximum duration, and records every response: when, status, latency, which service
-//! answered (`x-served-by`) and which endpoint (`x-upstream`). Arrivals do not wait for earlier
+//! answered (`x-served-by`). Arrivals do not wait for earlier
 //! responses (open model), so a slow backend cannot lower the offered rate.
 
 use std::future::Future;
@@ -60,8 +60,6 @@ pub struct Sample {
     pub latency: Duration,
     /// `x-served-by`: `candle`, `mlx`, ...
     pub served_by: Option<String>,
-    /// `x-upstream` set by the ingress emulator.
-    pub upstream: Option<String>,
     pub error: Option<String>,
 }
 
@@ -76,12 +74,11 @@ impl Sample {
 pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Sample> {
     let client = reqwest::Client::builder()
         .timeout(cfg.request_timeout)
-        // One connection per request. nginx closes idle keep-alive connections when a reload
-        // retires its old workers, and a request written onto such a connection at that instant
-        // fails with "connection closed before message completed" although nginx never read it
-        // (the HTTP/1.1 keep-alive race every client has; callers retry idempotent requests).
-        // That is not what the scenarios judge; fresh connections keep every failure one that
-        // nginx or an upstream actually caused, including requests cut off by a reload.
+        // One connection per request. A proxy may close an idle keep-alive connection at the
+        // instant a request is written onto it, which then fails with "connection closed before
+        // message completed" although the proxy never read it (the HTTP/1.1 keep-alive race every
+        // client has; callers retry idempotent requests). That is not what the scenarios judge;
+        // fresh connections keep every failure one that the proxy or an upstream caused.
         .pool_max_idle_per_host(0)
         .build()
         .expect("reqwest client");
@@ -115,7 +112,6 @@ pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Samp
                 status: None,
                 latency: Duration::ZERO,
                 served_by: None,
-                upstream: None,
                 error: Some(format!(
                     "more than {} requests in flight",
                     cfg.max_in_flight
@@ -146,7 +142,6 @@ pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Samp
                             .map(str::to_string)
                     };
                     let served_by = header("x-served-by");
-                    let upstream = header("x-upstream");
                     let status = resp.status().as_u16();
                     // The latency a client sees includes reading the body.
                     let body = resp.bytes().await;
@@ -156,7 +151,6 @@ pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Samp
                         status: Some(status),
                         latency: sent.elapsed(),
                         served_by,
-                        upstream,
                         error: body.err().map(|e| format!("reading body: {e}")),
                     }
                 }
@@ -166,7 +160,6 @@ pub async fn run(cfg: TrafficConfig, stop: impl Future<Output = ()>) -> Vec<Samp
                     status: None,
                     latency: sent.elapsed(),
                     served_by: None,
-                    upstream: None,
                     error: Some(error_chain(&e)),
                 },
             };
@@ -287,7 +280,6 @@ mod tests {
             status,
             latency: Duration::from_millis(latency_ms),
             served_by: by.map(str::to_string),
-            upstream: None,
             error: status.is_none().then(|| "refused".to_string()),
         }
     }

@@ -1,4 +1,5 @@
-//! A webhook receiver on loopback for the notification scenarios (TEST HARNESS, never shipped):
+//! A webhook receiver for the notification scenarios, on the node's bridge address so the
+//! operator's pods reach it (TEST HARNESS, never shipped):
 //! records every body it is sent, in arrival order, and answers 200.
 
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> anyhow::Result<Self> {
+    /// Listens on `ip` (the node's bridge address: the operator runs in pods), any free port.
+    pub async fn start(ip: &str) -> anyhow::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route(
@@ -34,7 +36,7 @@ impl Receiver {
                 ),
             )
             .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .context("binding the webhook receiver")?;
         let url = format!("http://{}/hook", listener.local_addr()?);

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use e2e::child::GroupChild;
 use e2e::controlplane::ControlPlane;
-use e2e::runner::workspace_root;
 use e2e::scenario::{
     default_operator_bin, fast_rollout, rollout_resource, write_operator_kubeconfig,
     OPERATOR_NAMESPACE, OPERATOR_SA,
 };
+use e2e::workspace_root;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -65,7 +65,7 @@ fn screenshot_dir() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    e2e::ingress::free_port().expect("a free port")
+    e2e::free_port().expect("a free port")
 }
 
 /// The fixtures' clock: `secs` after ten minutes ago, when the first step started, so the charts

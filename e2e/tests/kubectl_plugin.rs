@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use e2e::controlplane::ControlPlane;
-use e2e::runner::workspace_root;
 use e2e::scenario::{fast_rollout, rollout_resource};
+use e2e::workspace_root;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;

@@ -12,12 +12,12 @@ use e2e::node_env::{
     apply_baseline, available, cluster, create_namespace, embed_via_service, image, images_dir,
     install_operator, until, wait_available,
 };
-use e2e::runner::workspace_root;
 use e2e::scenario::{
     fast_rollout, phase, primary_backend, rollout_resource, BASELINE, CANDIDATE,
     OPERATOR_NAMESPACE, OPERATOR_SA, PRIMARY_INGRESS,
 };
 use e2e::traffic::{self, TrafficConfig};
+use e2e::workspace_root;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};

@@ -1,50 +1,34 @@
-//! End-to-end scenarios: the operator binary (as the chart's ServiceAccount, not admin) against a real
-//! kube-apiserver, real Prometheus, real nginx and real candle-embedder processes, with constant
-//! client traffic recorded request by request. Run sequentially:
-//! `cargo test -p e2e --test scenarios -- --test-threads=1 --nocapture`.
+//! End-to-end rollout scenarios on the real node: kube-apiserver, etcd, the controllers, the
+//! kubelet with containerd, kube-proxy and Traefik (both providers); the operator installed by its
+//! Helm chart (two pods, leader election); the demo baseline and the candidates as pods of the
+//! embedder image; Prometheus outside the cluster scraping the pods; constant client traffic
+//! through Traefik, recorded request by request. One node for the binary, a namespace per
+//! scenario: `cargo test -p e2e --test scenarios -- --test-threads=1 --nocapture`.
 //! Missing prerequisites fail the test with the command that provides them; nothing is skipped.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e::controlplane::ControlPlane;
+use e2e::node_env::cluster;
+use e2e::rollout_env::{Provider, RolloutEnv, ROUTE_SETTLE};
 use e2e::scenario::{
-    self, bucket_by_served, expected_candidate_share, fast_rollout, phase, secs_between, timestamp,
-    Env, Observation, BASELINE, CANARY_INGRESS, CANDIDATE, PRIMARY_INGRESS,
+    self, bucket_by_served, expected_candidate_share, fast_rollout, phase, secs_between,
+    served_from, timestamp, Observation, BASELINE, CANDIDATE, OPERATOR_NAMESPACE, OPERATOR_SA,
 };
 use e2e::traffic::Sample;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
 /// Client requests per second. The gates need about 1500 candidate requests per step to be sure of
 /// a 0.5 % error bound (docs/analysis.md); 30 req/s gathers them in under two minutes at 50 %, and
-/// the shared 2-core machine (two baseline embedders, the candidate, Prometheus, nginx, the API
-/// server and the clients) still answers well within the latency gates.
+/// the shared 2-core machine (two baseline pods, two candidate pods, two operator pods, Traefik,
+/// Prometheus, the control plane and the clients) still answers well within the latency gates.
 const RATE: f64 = 30.0;
 
-fn workdir(test: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("scenarios")
-        .join(test)
-}
-
-async fn env(test: &str) -> Env {
-    let t = Instant::now();
-    let env = Env::start(test, &workdir(test))
-        .await
-        .unwrap_or_else(|e| panic!("environment for {test}: {e:#}"));
-    println!(
-        "[{test}] environment up in {:.1}s (API {}, Prometheus {}, nginx {}, workdir {})",
-        t.elapsed().as_secs_f64(),
-        env.cp.api_url,
-        env.prometheus.url(),
-        env.ingress.url(),
-        env.workdir.display()
-    );
-    env
+async fn env(ns: &str, provider: Provider) -> RolloutEnv {
+    RolloutEnv::start(cluster().await, ns, provider, &[]).await
 }
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -59,7 +43,7 @@ fn terminal(r: &Value) -> bool {
 }
 
 /// Weights only go up while the rollout moves forward: the rollout's step and currentWeight and the
-/// canary Ingress's weight, over every observation.
+/// candidate's weight in the traffic object, over every observation.
 fn assert_never_backwards(log: &[Observation]) {
     let forward = |o: &Observation| {
         matches!(
@@ -69,7 +53,7 @@ fn assert_never_backwards(log: &[Observation]) {
     };
     let mut step = 0;
     let mut weight = 0;
-    let mut canary = 0;
+    let mut routed = 0;
     for o in log.iter().filter(|o| forward(o)) {
         assert!(o.step >= step, "step went back {step} -> {}: {o:?}", o.step);
         assert!(
@@ -77,25 +61,26 @@ fn assert_never_backwards(log: &[Observation]) {
             "currentWeight went back {weight} -> {}: {o:?}",
             o.weight
         );
-        if let Some(c) = o.canary_weight {
+        if let Some(c) = o.candidate_weight {
             assert!(
-                c >= canary,
-                "canary Ingress weight went back {canary} -> {c}: {o:?}"
+                c >= routed,
+                "the candidate's route weight went back {routed} -> {c}: {o:?}"
             );
-            canary = c;
+            routed = c;
         }
         step = o.step;
         weight = o.weight;
     }
 }
 
-/// The candidate's share per nginx configuration, within a tolerance loose enough for small
-/// samples (at 1 %: 0-8 %). Returns the weights (basis points) that had enough samples.
-fn assert_shares(env: &Env, samples: &[Sample]) -> Vec<u32> {
-    let served = env.served();
+/// The candidate's share under each routing the traffic object had (requests sent within
+/// [`ROUTE_SETTLE`] of a change left out), within a tolerance loose enough for small samples.
+/// Returns the weights (basis points) that had enough samples.
+fn assert_shares(log: &[Observation], samples: &[Sample]) -> Vec<u32> {
+    let served = served_from(log);
     let mut seen = Vec::new();
-    println!("  nginx configuration            requests  candle share  expected");
-    for (s, bucket) in bucket_by_served(&served, samples, Duration::from_secs(1)) {
+    println!("  routing                          requests  candle share  expected");
+    for (s, bucket) in bucket_by_served(&served, samples, ROUTE_SETTLE) {
         let answered: Vec<&Sample> = bucket.iter().filter(|s| s.served_by.is_some()).collect();
         let n = answered.len();
         let candle = answered
@@ -109,8 +94,8 @@ fn assert_shares(env: &Env, samples: &[Sample]) -> Vec<u32> {
         };
         let expected = expected_candidate_share(s);
         println!(
-            "  primary={:<12} canary={:>5}bp {:>9}  {:>11.3}  {:>8.3}",
-            s.primary, s.canary_bp, n, share, expected
+            "  primary={:<12} candidate={:>5}bp {:>9}  {:>11.3}  {:>8.3}",
+            s.primary, s.candidate_bp, n, share, expected
         );
         if n < 20 {
             continue;
@@ -131,22 +116,24 @@ fn assert_shares(env: &Env, samples: &[Sample]) -> Vec<u32> {
         seen.push(if s.primary == CANDIDATE {
             10_000
         } else {
-            s.canary_bp
+            s.candidate_bp
         });
     }
     seen
 }
 
-async fn ingress(env: &Env, name: &str) -> Option<Ingress> {
-    let api: Api<Ingress> = Api::namespaced(env.cp.admin.clone(), &env.ns);
-    api.get_opt(name).await.expect("get Ingress")
+/// The traffic object sends everything to the baseline again: the primary Ingress on it and the
+/// canary Ingress gone or at 0, or the HTTPRoute's only weighted ref the baseline's.
+async fn assert_on_baseline(env: &RolloutEnv) {
+    let r = ok(env.routing().await);
+    assert_eq!(r.primary.as_deref(), Some(BASELINE), "{r:?}");
+    assert!(
+        matches!(r.candidate_weight, None | Some(0)),
+        "the candidate keeps route weight: {r:?}"
+    );
 }
 
-fn primary_service(ing: &Ingress) -> String {
-    e2e::scenario::primary_backend(ing).expect("an Ingress with a path and a Service backend")
-}
-
-async fn replicas(env: &Env, name: &str) -> i32 {
+async fn replicas(env: &RolloutEnv, name: &str) -> i32 {
     let api: Api<Deployment> = Api::namespaced(env.cp.admin.clone(), &env.ns);
     api.get(name)
         .await
@@ -173,9 +160,11 @@ fn assert_no_failed_requests(samples: &[Sample]) {
     );
 }
 
-/// A webhook receiver on loopback, its URL in the Secret the rollout's notifications name.
-async fn webhook(env: &Env, rollout: &mut Value) -> e2e::webhook::Receiver {
-    let hook = ok(e2e::webhook::Receiver::start().await);
+/// A webhook receiver on the node's bridge address (the operator's pods post to it), its URL in
+/// the Secret the rollout's notifications name.
+async fn webhook(env: &RolloutEnv, rollout: &mut Value) -> e2e::webhook::Receiver {
+    let ip = env.cp.node.as_ref().expect("a node").ip.clone();
+    let hook = ok(e2e::webhook::Receiver::start(&ip).await);
     ok(hook.create_secret(&env.cp.admin, &env.ns).await);
     rollout["spec"]["notifications"] = e2e::webhook::Receiver::spec();
     hook
@@ -190,12 +179,11 @@ fn summary(got: &[Value]) -> String {
 
 /// Runs a rollout to its end with traffic and returns (final rollout, samples, observations).
 async fn run_to_end(
-    env: &mut Env,
+    env: &mut RolloutEnv,
     rollout: Value,
     timeout: Duration,
 ) -> (Value, Vec<Sample>, Vec<Observation>) {
     let name = rollout["metadata"]["name"].as_str().unwrap().to_string();
-    ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout)
         .await
@@ -204,19 +192,33 @@ async fn run_to_end(
     let fin = ok(env
         .wait_rollout(&name, timeout, "a final phase", &mut log, terminal)
         .await);
-    // Traffic after the end shows where clients are now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Traffic after the end shows where clients are now (past Traefik's settle time).
+    tokio::time::sleep(ROUTE_SETTLE + Duration::from_secs(3)).await;
     let samples = env.stop_traffic().await;
     (fin, samples, log)
+}
+
+/// Restart counts of the operator's containers, by pod.
+async fn operator_restarts(cp: &ControlPlane) -> Vec<(String, i32, String)> {
+    e2e::rollout_env::operator_pods(cp)
+        .await
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.metadata.name?;
+            let cs = p.status?.container_statuses?.into_iter().next()?;
+            Some((name, cs.restart_count, cs.container_id.unwrap_or_default()))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s1_happy_path_promotes_with_traffic_shares_within_tolerance_and_no_failed_requests() {
     let t = Instant::now();
-    let mut env = env("happy").await;
-    let mut rollout = fast_rollout("happy", &env.prometheus.url());
-    // The seed's HPA (2-10 at 70 % CPU). No autoscaler controller runs here, so the counts stay
-    // the operator's minimums; what is checked is the object the operator keeps.
+    let mut env = env("happy", Provider::Nginx).await;
+    let mut rollout = env.rollout_spec("happy");
+    // The seed's HPA (2-10 at 70 % CPU). The controller-manager's autoscaler runs, but no metrics
+    // server does, so it keeps the operator's counts (it only clamps to min/max without
+    // metrics); what is checked is the object the operator keeps.
     rollout["spec"]["candidate"]["autoscaling"] = json!({"maxReplicas": 10});
     // The same model on both sides: the parity probe must find them equal. The user's own
     // short texts from a ConfigMap: the built-in set (517 tokens, about 250 ms of one pod's CPU
@@ -320,20 +322,21 @@ spec:
     assert_eq!(served["verdict"], "Pass", "{served}");
     assert!(!parity.is_empty(), "no parity finding in the history");
     assert!(parity.iter().all(|c| *c > 0.9999), "{parity:?}");
-    let seen = assert_shares(&env, &samples);
+    let seen = assert_shares(&log, &samples);
     for bp in [5_000, 10_000] {
         assert!(
             seen.contains(&bp),
             "no (or too little) traffic observed at {bp} basis points; seen {seen:?}"
         );
     }
-    let primary = ingress(&env, PRIMARY_INGRESS)
-        .await
-        .expect("primary Ingress");
-    assert_eq!(primary_service(&primary), CANDIDATE);
-    assert!(
-        ingress(&env, CANARY_INGRESS).await.is_none(),
-        "canary Ingress left behind"
+    let routing = ok(env.routing().await);
+    assert_eq!(
+        routing,
+        e2e::rollout_env::Routing {
+            primary: Some(CANDIDATE.into()),
+            candidate_weight: None
+        },
+        "the primary Ingress on the candidate, the canary Ingress deleted"
     );
     assert_eq!(
         replicas(&env, BASELINE).await,
@@ -393,10 +396,15 @@ spec:
 
 /// Rollback timing: first failing check -> all traffic back on the baseline, from the status and
 /// from the clients (the last response served by candle).
-async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures: bool) {
+async fn rollback_scenario(
+    test: &str,
+    provider: Provider,
+    chaos: &[&str],
+    expect_no_client_failures: bool,
+) {
     let t = Instant::now();
-    let mut env = env(test).await;
-    let mut rollout = fast_rollout(test, &env.prometheus.url());
+    let mut env = env(test, provider).await;
+    let mut rollout = env.rollout_spec(test);
     rollout["spec"]["candidate"]["args"] = json!(chaos);
     let hook = webhook(&env, &mut rollout).await;
     let (fin, samples, _log) = run_to_end(&mut env, rollout, Duration::from_secs(300)).await;
@@ -441,30 +449,19 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
         server_secs < 60.0 && client_secs < 60.0,
         "rollback too slow: {server_secs:.1}s (status), {client_secs:.1}s (clients)"
     );
-    // Nothing reaches the candidate once the rollback is complete (2 s for nginx reloads in flight).
+    // Nothing reaches the candidate once the rollback is complete and Traefik has applied it.
     let late: Vec<&Sample> = samples
         .iter()
         .filter(|s| {
-            s.served_by.as_deref() == Some("candle") && secs_between(completed, s.wall) > 2.0
+            s.served_by.as_deref() == Some("candle")
+                && secs_between(completed, s.wall) > ROUTE_SETTLE.as_secs_f64()
         })
         .collect();
     assert!(
         late.is_empty(),
         "candle served after the rollback: {late:?}"
     );
-    let primary = ingress(&env, PRIMARY_INGRESS)
-        .await
-        .expect("primary Ingress");
-    assert_eq!(primary_service(&primary), BASELINE);
-    if let Some(c) = ingress(&env, CANARY_INGRESS).await {
-        let w = c.metadata.annotations.unwrap_or_default();
-        assert_eq!(
-            w.get(e2e::nginx::CANARY_WEIGHT_ANNOTATION)
-                .map(String::as_str),
-            Some("0"),
-            "canary Ingress left with weight"
-        );
-    }
+    assert_on_baseline(&env).await;
     assert_eq!(replicas(&env, BASELINE).await, 2, "baseline restored");
     // Told when the rollback starts and when it is done (why and how fast), once each, last.
     let got = ok(hook.wait_for("RolledBack", Duration::from_secs(20)).await);
@@ -519,24 +516,38 @@ async fn rollback_scenario(test: &str, chaos: &[&str], expect_no_client_failures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s2_latency_regression_rolls_back() {
-    rollback_scenario("latency", &["--chaos-latency-ms=40"], true).await;
+async fn s2_latency_regression_rolls_back_gateway_api() {
+    rollback_scenario(
+        "latency",
+        Provider::Gateway,
+        &["--chaos-latency-ms=40"],
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s3_error_regression_rolls_back() {
-    rollback_scenario("errors", &["--chaos-error-ratio=0.02"], false).await;
+async fn s3_error_regression_rolls_back_nginx() {
+    rollback_scenario(
+        "errors",
+        Provider::Nginx,
+        &["--chaos-error-ratio=0.02"],
+        false,
+    )
+    .await;
 }
 
+/// Every operator container SIGKILLed through containerd in the middle of a step (as a node's OOM
+/// killer or a crash would end them): the kubelet restarts them, one takes the Lease, and the
+/// rollout continues from its status: same step, same step start, nothing undone, promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
+async fn s4_operator_containers_sigkilled_mid_step_resume_at_the_same_step() {
     let t = Instant::now();
-    let mut env = env("sigkill").await;
+    let mut env = env("sigkill", Provider::Gateway).await;
     let name = "sigkill";
-    let mut rollout = fast_rollout(name, &env.prometheus.url());
+    let mut rollout = env.rollout_spec(name);
     // A long first step (50 %) to kill the operator in.
     rollout["spec"]["steps"][0]["duration"] = json!("60s");
-    ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
     let mut log = Vec::new();
@@ -551,36 +562,47 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
         .await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let step_started = before["status"]["stepStartedAt"].clone();
-    env.kill_operator().await;
+    let pods = operator_restarts(&env.cp).await;
+    assert_eq!(pods.len(), 2, "two operator pods: {pods:?}");
+    let killed = SystemTime::now();
+    for (pod, _, container) in &pods {
+        e2e::rollout_env::kill_container(&env.cp, container)
+            .unwrap_or_else(|e| panic!("killing {pod}'s operator container: {e:#}"));
+    }
     println!(
-        "[sigkill] operator SIGKILLed at {:.1}s in step 1",
+        "[sigkill] both operator containers SIGKILLed at {:.1}s, in step 1 ({pods:?})",
         env.secs()
     );
-    // While it is down nothing changes.
-    let down_until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < down_until {
-        let o = ok(env.observe(name).await);
-        assert_eq!(
-            (o.step, o.weight),
-            (0, 50),
-            "changed without an operator: {o:?}"
-        );
-        log.push(o);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let restarted = SystemTime::now();
-    ok(env.start_operator().await);
-    println!("[sigkill] operator started again at {:.1}s", env.secs());
-    // Only the restarted operator can write an analysis newer than its own start.
+    // Only a restarted operator can write an analysis newer than the kill; until then nothing
+    // may change (wait_rollout records every observation for the check below).
     let after = ok(env
         .wait_rollout(
             name,
-            Duration::from_secs(30),
-            "the restarted operator's first analysis",
+            Duration::from_secs(90),
+            "a restarted operator's first analysis",
             &mut log,
-            |r| timestamp(&r["status"]["lastAnalysis"]["time"]).is_some_and(|t| t > restarted),
+            |r| timestamp(&r["status"]["lastAnalysis"]["time"]).is_some_and(|t| t > killed),
         )
         .await);
+    let resumed = SystemTime::now();
+    let down: Vec<&Observation> = log.iter().filter(|o| o.wall > killed).collect();
+    assert!(
+        down.iter().all(|o| (o.step, o.weight) == (0, 50)),
+        "changed while the operator was down: {down:?}"
+    );
+    let now = operator_restarts(&env.cp).await;
+    for (pod, restarts, _) in &pods {
+        let again = now.iter().find(|(p, _, _)| p == pod);
+        assert!(
+            again.is_some_and(|(_, r, _)| r > restarts),
+            "{pod} restarted by the kubelet (restartCount {restarts} before): {now:?}"
+        );
+    }
+    println!(
+        "[sigkill] first analysis by a restarted operator {:.1}s after the kill (restart counts {:?})",
+        secs_between(killed, resumed),
+        now.iter().map(|(p, r, _)| (p, r)).collect::<Vec<_>>()
+    );
     assert_eq!(after["status"]["currentStep"], 0, "resumed at step 1");
     assert_eq!(
         after["status"]["stepStartedAt"], step_started,
@@ -610,10 +632,13 @@ async fn s4_operator_sigkilled_mid_step_resumes_at_the_same_step() {
 
 /// Prometheus down while the rollout is at 10 %: returns (env, rollout name, log) with Prometheus
 /// stopped after `hold` of checks that nothing advanced.
-async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) -> Vec<Observation> {
-    let mut rollout = fast_rollout(name, &env.prometheus.url());
+async fn stop_prometheus_mid_rollout(
+    env: &mut RolloutEnv,
+    name: &str,
+    policy: &str,
+) -> Vec<Observation> {
+    let mut rollout = env.rollout_spec(name);
     rollout["spec"]["analysis"]["failureLimit"] = json!(2);
-    ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
     let mut log = Vec::new();
@@ -646,7 +671,7 @@ async fn stop_prometheus_mid_rollout(env: &mut Env, name: &str, policy: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
     let t = Instant::now();
-    let mut env = env("promdown").await;
+    let mut env = env("promdown", Provider::Nginx).await;
     let name = "promdown";
     let mut log = stop_prometheus_mid_rollout(&mut env, name, "Hold").await;
     let stopped = SystemTime::now();
@@ -696,8 +721,10 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
         .collect::<Vec<_>>();
     assert_eq!(said.len(), 1, "one line for the outage: {down_reasons:?}");
     assert!(
-        said[0].starts_with("18 of 18 Prometheus queries failed: Prometheus at http://127.0.0.1:")
-            && said[0].contains("is unreachable")
+        said[0].starts_with(&format!(
+            "18 of 18 Prometheus queries failed: Prometheus at {}",
+            env.prometheus.url()
+        )) && said[0].contains("is unreachable")
             && !said[0].contains("query="),
         "{}",
         said[0]
@@ -727,7 +754,7 @@ async fn s5_prometheus_down_holds_with_hold_policy_then_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s5b_prometheus_down_with_fail_policy_rolls_back() {
     let t = Instant::now();
-    let mut env = env("promdown-fail").await;
+    let mut env = env("promdown-fail", Provider::Gateway).await;
     let name = "promdown-fail";
     let mut log = stop_prometheus_mid_rollout(&mut env, name, "Fail").await;
     let fin = ok(env
@@ -745,10 +772,7 @@ async fn s5b_prometheus_down_with_fail_policy_rolls_back() {
         "[promdown-fail] rolled back: {}",
         fin["status"]["rollback"]["reason"]
     );
-    let primary = ingress(&env, PRIMARY_INGRESS)
-        .await
-        .expect("primary Ingress");
-    assert_eq!(primary_service(&primary), BASELINE);
+    assert_on_baseline(&env).await;
     env.shutdown().await;
     println!(
         "[promdown-fail] wall time {:.1}s",
@@ -756,28 +780,102 @@ async fn s5b_prometheus_down_with_fail_policy_rolls_back() {
     );
 }
 
+/// Replaces the operator's ClusterRole with `role` when dropped, on a runtime of its own (the
+/// test's may be gone when a failed assertion unwinds).
+struct RestoreRole {
+    node: std::path::PathBuf,
+    role: ClusterRole,
+}
+
+impl Drop for RestoreRole {
+    fn drop(&mut self) {
+        let (node, mut role) = (self.node.clone(), self.role.clone());
+        role.metadata.resource_version = None;
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let cp = ControlPlane::attach(&node).await?;
+                let roles: Api<ClusterRole> = Api::all(cp.admin.clone());
+                roles
+                    .replace(OPERATOR_SA, &PostParams::default(), &role)
+                    .await?;
+                wait_may_patch_ingresses(&cp, true).await;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not restore the operator's ClusterRole: {done:?}");
+        }
+    }
+}
+
+/// Until the API server's authorizer says the operator may (or may not) patch Ingresses.
+async fn wait_may_patch_ingresses(cp: &ControlPlane, allowed: bool) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(cp.admin.clone());
+    e2e::node_env::until(
+        Duration::from_secs(30),
+        "the ClusterRole change reaches the authorizer",
+        || async {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(format!(
+                        "system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
+                    )),
+                    groups: Some(vec!["system:serviceaccounts".into()]),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some("networking.k8s.io".into()),
+                        resource: Some("ingresses".into()),
+                        verb: Some("patch".into()),
+                        namespace: Some("rbac".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let got = reviews.create(&PostParams::default(), &review).await.ok()?;
+            (got.status.is_some_and(|s| s.allowed) == allowed).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() {
     let t = Instant::now();
-    let mut env = env("rbac").await;
+    let env = env("rbac", Provider::Nginx).await;
     let name = "rbac";
-    // The chart's ClusterRole without `patch` on Ingresses (server-side apply needs it).
+    // The chart's ClusterRole without `patch` on Ingresses (server-side apply needs it), put back
+    // however the test ends: the operator is shared by the binary's tests.
     let roles: Api<ClusterRole> = Api::all(env.cp.admin.clone());
-    let mut role = roles
-        .get(scenario::OPERATOR_SA)
+    let original = roles
+        .get(OPERATOR_SA)
         .await
-        .expect("the chart's ClusterRole is applied");
+        .expect("the chart's ClusterRole is installed");
+    let _restore = RestoreRole {
+        node: env.cp.workdir().to_path_buf(),
+        role: original.clone(),
+    };
+    let mut role = original;
     for rule in role.rules.iter_mut().flatten() {
         if rule.resources.iter().flatten().any(|r| r == "ingresses") {
             rule.verbs.retain(|v| v != "patch");
         }
     }
     roles
-        .replace(scenario::OPERATOR_SA, &PostParams::default(), &role)
+        .replace(OPERATOR_SA, &PostParams::default(), &role)
         .await
         .expect("replace ClusterRole");
-    ok(env.start_operator().await);
-    env.create_rollout(&fast_rollout(name, &env.prometheus.url()))
+    wait_may_patch_ingresses(&env.cp, false).await;
+    let restarts = operator_restarts(&env.cp).await;
+    env.create_rollout(&env.rollout_spec(name))
         .await
         .expect("create rollout");
     let mut log = Vec::new();
@@ -816,13 +914,13 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
             "no weight without permission to write Ingresses: {o:?}"
         );
         assert!(
-            o.canary_weight.is_none(),
+            o.candidate_weight.is_none(),
             "canary Ingress created without permission"
         );
         log.push(o);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let logtext = std::fs::read_to_string(env.operator_log()).unwrap_or_default();
+    let logtext = env.operator_logs();
     let r = ok(env.rollout(name).await);
     let says_forbidden = logtext.to_lowercase().contains("forbidden")
         || r["status"].to_string().to_lowercase().contains("forbidden");
@@ -830,13 +928,24 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         says_forbidden,
         "the operator must report Forbidden; status {}\nlog tail:\n{}",
         r["status"],
-        scenario::tail(&env.operator_log(), 20)
+        env.operator_log_tail(20)
     );
     let lower = logtext.to_lowercase();
     let at = lower.find("forbidden").unwrap_or(0);
     let excerpt: String = logtext[at..].chars().take(200).collect();
     println!("[rbac] operator reports: {excerpt}");
-    assert!(env.operator_alive(), "the operator keeps running");
+    assert_eq!(
+        operator_restarts(&env.cp)
+            .await
+            .iter()
+            .map(|(p, r, _)| (p.clone(), *r))
+            .collect::<Vec<_>>(),
+        restarts
+            .iter()
+            .map(|(p, r, _)| (p.clone(), *r))
+            .collect::<Vec<_>>(),
+        "the operator keeps running: no pod replaced, no container restarted"
+    );
     env.shutdown().await;
     println!("[rbac] wall time {:.1}s", t.elapsed().as_secs_f64());
 }
@@ -844,13 +953,14 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s7_invalid_rollouts_are_rejected_by_the_api_server_with_the_schema_message() {
     let t = Instant::now();
-    let dir = workdir("crd");
+    // The API server alone (no node): the schema is all this test needs.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scenarios/crd");
     let _ = std::fs::remove_dir_all(&dir);
     let cp = ControlPlane::start(&dir.join("controlplane"))
         .await
         .unwrap_or_else(|e| panic!("control plane: {e}"));
     let crd = std::fs::read_to_string(
-        e2e::runner::workspace_root().join("crds/embeddingrollouts.rollout.akidb.io.yaml"),
+        e2e::workspace_root().join("crds/embeddingrollouts.rollout.akidb.io.yaml"),
     )
     .expect("CRD file");
     assert!(
@@ -1000,16 +1110,15 @@ const TRUNCATING_MODELS: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s8_embedding_parity_passes_int8_and_rolls_back_a_truncating_candidate() {
     let t = Instant::now();
-    let mut env = env("parity").await;
+    let mut env = env("parity", Provider::Gateway).await;
     let name = "parity";
-    let mut rollout = fast_rollout(name, &env.prometheus.url());
+    let mut rollout = env.rollout_spec(name);
     // A long first step: the INT8 candidate is watched there, then replaced.
     rollout["spec"]["steps"][0]["duration"] = json!("10m");
     rollout["spec"]["candidate"]["models"] = json!(INT8_MODELS);
     // 8-bit weights and activations move 1-3 word texts the most: this embedder's INT8 and
     // candle's q8_0 reach 0.9976-0.9990 on them (docs/analysis.md), so INT8 candidates get 0.995.
     rollout["spec"]["analysis"]["gates"]["parity"] = json!({"minCosine": 0.995});
-    ok(env.start_operator().await);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
     let mut log = Vec::new();

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use e2e::controlplane::ControlPlane;
 use e2e::node_env::{cluster, images_dir};
+use e2e::rollout_env::{gateway_api, Provider, RolloutEnv, Routing};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{json, Value};
 
 /// The namespace of the backends and their routes (Traefik itself runs in `traefik`).
@@ -276,13 +277,6 @@ fn header_rule() -> Value {
         }],
         "backendRefs": [{"name": B, "port": 8080}]
     })
-}
-
-fn gateway_api(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind),
-        plural,
-    )
 }
 
 async fn wait_available(cp: &ControlPlane, ns: &str, name: &str, timeout: Duration) -> f64 {
@@ -740,13 +734,6 @@ async fn gateway(cp: &ControlPlane, probe: &Probe, lat: &mut Vec<(&'static str, 
 
 // ----- whole rollouts through Traefik ------------------------------------------------------------
 
-/// Which of the operator's traffic providers a rollout uses.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Provider {
-    Nginx,
-    Gateway,
-}
-
 /// Where the rollout stood at one moment, as the status said.
 #[derive(Debug, Clone)]
 struct Mark {
@@ -782,9 +769,7 @@ fn served_between(
 /// at 50 % the share is 50 % within 4 sigma; after promotion everything is the candidate's;
 /// the traffic object ends as the provider's table in docs/runbook.md says.
 async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_leader: bool) {
-    use e2e::node_env::{apply_baseline, create_namespace, image, install_operator, until};
-    use e2e::scenario::{fast_rollout, phase, rollout_resource, BASELINE, CANDIDATE};
-    use e2e::traffic::{self as load, TrafficConfig};
+    use e2e::scenario::{phase, BASELINE, CANDIDATE};
     use kube::api::PostParams;
     let t_all = Instant::now();
     let ns = match (provider, slow_candidate, kill_leader) {
@@ -795,133 +780,24 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
         (Provider::Nginx, false, true) => "kill-nginx",
         (Provider::Gateway, false, true) => "kill-gateway",
     };
-    let host = format!("{ns}.e2e");
+    let mut env = RolloutEnv::start(cluster().await, ns, provider, &[]).await;
+    env.start_traffic(30.0);
+    env.start_traffic_with(40.0, &[("X-Canary", "always")]);
     let cp = cluster().await;
-    let traefik = e2e::traefik::install(&cp).await;
-    e2e::traefik::apply_gateway(&cp).await;
-    install_operator(&cp, &["gatewayAPI.enabled=true"]);
-    create_namespace(&cp, ns).await;
-    apply_baseline(&cp, ns).await;
-    let node = cp.node.clone().expect("a node");
 
-    // The primary Ingress of the demo baseline serves every host; give it this test's, so the
-    // two providers' tests (and Traefik's own test) never share a route. Gateway: the user's
-    // HTTPRoute instead, the Ingress removed.
-    let ingresses: Api<Ingress> = Api::namespaced(cp.admin.clone(), ns);
-    match provider {
-        Provider::Nginx => {
-            ingresses
-                .patch(
-                    e2e::scenario::PRIMARY_INGRESS,
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Json::<()>(
-                        serde_json::from_value(json!([
-                            {"op": "add", "path": "/spec/rules/0/host", "value": host}
-                        ]))
-                        .unwrap(),
-                    ),
-                )
-                .await
-                .expect("the primary Ingress gets this test's host");
-        }
-        Provider::Gateway => {
-            ingresses
-                .delete(e2e::scenario::PRIMARY_INGRESS, &DeleteParams::default())
-                .await
-                .expect("the Gateway test routes by HTTPRoute only");
-            cp.apply_as_admin(&format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-                 metadata: {{name: embed, namespace: {ns}}}\n\
-                 spec:\n  parentRefs: [{{name: {}, namespace: {}, sectionName: web}}]\n  \
-                 hostnames: [{host}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    \
-                 backendRefs: [{{name: {BASELINE}, port: 8080}}]\n",
-                e2e::traefik::GATEWAY,
-                e2e::traefik::GATEWAY_NAMESPACE
-            ))
-            .await
-            .expect("the user's HTTPRoute");
-        }
-    }
-
-    // Prometheus on the bridge address (the operator's pods reach it there), scraping the pods
-    // of this namespace as a cluster's annotation-based scrape config would.
-    let work = e2e::runner::workspace_root()
-        .join("target/tmp/node/traefik")
-        .join(ns);
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let sd = work.join("pods.json");
-    e2e::prometheus::write_file_sd(&sd, &[]).unwrap();
-    let discovery = e2e::pod_sd::spawn(cp.admin.clone(), vec![ns.to_string()], sd.clone());
-    let prometheus = e2e::prometheus::Prometheus::start_on(&work, &sd, &node.ip)
-        .await
-        .expect("Prometheus on the node's bridge address");
-
-    wait_available_n(&cp, ns, BASELINE, 2).await;
-    // The baseline answers through Traefik before the rollout starts.
-    let base = traefik.base.clone();
-    until(
-        Duration::from_secs(60),
-        "the baseline answers through Traefik",
-        || {
-            let (base, host) = (base.clone(), host.clone());
-            async move {
-                let r = reqwest::Client::new()
-                    .get(format!("{base}/api/v1/version"))
-                    .header("host", host)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status().is_success()
-                    && r.headers().get("x-served-by").and_then(|v| v.to_str().ok()) == Some("mlx"))
-                .then_some(())
-            }
-        },
-    )
-    .await;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stream = |header: bool| {
-        let mut cfg = TrafficConfig::new(&traefik.base, Some(&host));
-        cfg.rate_per_sec = if header { 40.0 } else { 30.0 };
-        cfg.max_duration = Duration::from_secs(420);
-        if header {
-            cfg.headers = vec![("X-Canary".into(), "always".into())];
-        }
-        let mut rx = stop_rx.clone();
-        tokio::spawn(load::run(cfg, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }))
-    };
-    let (plain, headed) = (stream(false), stream(true));
-
-    let mut rollout = fast_rollout(ns, &prometheus.url());
+    let mut rollout = env.rollout_spec(ns);
     let spec = &mut rollout["spec"];
-    spec["candidate"]["image"] = json!(image("candle-embedder"));
-    // Both services share two cores with the whole cluster, Traefik and the clients, and their
-    // latency has a long shoulder past P95: CI once measured, for a healthy candidate, baseline
-    // P92 27 ms, P95 33 ms and 3.5 % of the candidate's requests above 42 ms. Against 15 ms a
-    // healthy candidate is then near the threshold, where the gate rightly waits (minutes); 25 ms
-    // keeps it clear, and the slow candidate's +80 ms far beyond.
-    spec["analysis"]["gates"]["maxP95OverBaselineMs"] = json!(25);
     if slow_candidate {
         // 80 ms more than the baseline: beyond maxP95OverBaselineMs 25, no request fails.
         spec["candidate"]["args"] = json!(["--chaos-latency-ms=80"]);
     }
-    spec.as_object_mut().unwrap().remove("ingress");
-    spec["traffic"] = match provider {
-        Provider::Nginx => json!({"nginx": {"name": e2e::scenario::PRIMARY_INGRESS}}),
-        Provider::Gateway => json!({"gatewayAPI": {"httpRoute": {"name": "embed"}}}),
-    };
     spec["traffic"]["canaryHeader"] = json!({"name": "X-Canary", "value": "always"});
     spec["steps"] = json!([
         {"weight": 0, "duration": "20s"},
         {"weight": 50, "duration": "20s"},
         {"weight": 100, "duration": "15s"}
     ]);
-    let rollouts: Api<DynamicObject> =
-        Api::namespaced_with(cp.admin.clone(), ns, &rollout_resource());
+    let rollouts = env.rollouts();
     let obj: DynamicObject = serde_json::from_value(rollout).unwrap();
     rollouts.create(&PostParams::default(), &obj).await.unwrap();
     let created = std::time::SystemTime::now();
@@ -940,7 +816,7 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
         };
         if kill_leader && !killed && m.phase == "Progressing" && m.step == 1 {
             // The leader operator pod deleted in the middle of the 50 % step, traffic flowing.
-            let leader = delete_leader(&cp).await;
+            let leader = e2e::rollout_env::delete_leader(&cp).await;
             println!(
                 "[{ns}] {:6.1}s deleted the leader operator pod {leader} during the 50 % step",
                 t_all.elapsed().as_secs_f64()
@@ -980,9 +856,8 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
     let promoted = marks.last().unwrap().wall;
     // Traffic after the final phase, then stop the clients.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop_tx.send(true).unwrap();
-    let (plain, headed) = (plain.await.unwrap(), headed.await.unwrap());
-    discovery.abort();
+    let mut streams = env.stop_traffic_streams().await.into_iter();
+    let (plain, headed) = (streams.next().unwrap(), streams.next().unwrap());
 
     // No request failed, in either stream, at any moment.
     for (what, samples) in [("plain", &plain), ("X-Canary", &headed)] {
@@ -1004,7 +879,8 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
         "the leader was deleted mid-step when asked"
     );
     if slow_candidate {
-        assert_rolled_back(&cp, ns, provider, &plain, &headed, &marks, created).await;
+        assert_rolled_back(&env, &plain, &headed, &marks, created).await;
+        env.shutdown().await;
         return;
     }
     let mark = |phase: &str, step: i64| {
@@ -1072,24 +948,17 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
     // The traffic object as the runbook's table says.
     match provider {
         Provider::Nginx => {
-            let primary = ingresses.get(e2e::scenario::PRIMARY_INGRESS).await.unwrap();
             assert_eq!(
-                e2e::scenario::primary_backend(&primary).as_deref(),
-                Some(CANDIDATE)
+                env.routing().await.unwrap(),
+                Routing {
+                    primary: Some(CANDIDATE.into()),
+                    candidate_weight: None
+                },
+                "the primary Ingress on the candidate, the canary Ingress deleted"
             );
-            assert!(ingresses
-                .get_opt(e2e::scenario::CANARY_INGRESS)
-                .await
-                .unwrap()
-                .is_none());
         }
         Provider::Gateway => {
-            let routes = Api::<DynamicObject>::namespaced_with(
-                cp.admin.clone(),
-                ns,
-                &gateway_api("HTTPRoute", "httproutes"),
-            );
-            let route = serde_json::to_value(routes.get("embed").await.unwrap()).unwrap();
+            let route = env.http_route().await.unwrap();
             let rules = route["spec"]["rules"].as_array().cloned().unwrap();
             assert_eq!(rules.len(), 1, "the header rule is gone: {rules:#?}");
             let refs: Vec<(String, i64)> = rules[0]["backendRefs"]
@@ -1121,53 +990,21 @@ async fn rollout_through_traefik(provider: Provider, slow_candidate: bool, kill_
         s(&plain),
         s(&headed)
     );
-}
-
-async fn wait_available_n(cp: &ControlPlane, ns: &str, name: &str, n: i32) {
-    e2e::node_env::wait_available(
-        cp,
-        ns,
-        name,
-        n,
-        Duration::from_secs(180),
-        &format!("{ns}/{name}: {n} available"),
-    )
-    .await;
-}
-
-/// Deletes the pod holding the operator's Lease; returns its name.
-async fn delete_leader(cp: &ControlPlane) -> String {
-    use e2e::scenario::{OPERATOR_NAMESPACE, OPERATOR_SA};
-    use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::Pod;
-    let leases: Api<Lease> = Api::namespaced(cp.admin.clone(), OPERATOR_NAMESPACE);
-    let leader = leases
-        .get(OPERATOR_SA)
-        .await
-        .expect("the operator's Lease")
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("a Lease holder");
-    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), OPERATOR_NAMESPACE);
-    pods.delete(&leader, &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("deleting the leader pod {leader}: {e}"));
-    leader
+    env.shutdown().await;
 }
 
 /// A candidate 80 ms slower than the baseline, judged on the header traffic of the first step:
 /// rolled back there, so no request without the header ever reaches it; after the rollback the
 /// header requests are the baseline's again, and the route is the user's own once more.
 async fn assert_rolled_back(
-    cp: &ControlPlane,
-    ns: &str,
-    provider: Provider,
+    env: &RolloutEnv,
     plain: &[e2e::traffic::Sample],
     headed: &[e2e::traffic::Sample],
     marks: &[Mark],
     created: std::time::SystemTime,
 ) {
-    use e2e::scenario::{BASELINE, CANARY_INGRESS, PRIMARY_INGRESS};
+    use e2e::scenario::BASELINE;
+    let ns = env.ns.as_str();
     let now = std::time::SystemTime::now();
     let rolled_back = marks
         .iter()
@@ -1205,23 +1042,19 @@ async fn assert_rolled_back(
         "header requests after the rollback: {after:?}"
     );
     assert!(after.get("mlx").copied().unwrap_or(0) >= 20, "{after:?}");
-    match provider {
+    match env.provider {
         Provider::Nginx => {
-            let ingresses: Api<Ingress> = Api::namespaced(cp.admin.clone(), ns);
-            let primary = ingresses.get(PRIMARY_INGRESS).await.unwrap();
             assert_eq!(
-                e2e::scenario::primary_backend(&primary).as_deref(),
-                Some(BASELINE)
+                env.routing().await.unwrap(),
+                Routing {
+                    primary: Some(BASELINE.into()),
+                    candidate_weight: None
+                },
+                "the primary Ingress on the baseline, the canary Ingress deleted"
             );
-            assert!(ingresses.get_opt(CANARY_INGRESS).await.unwrap().is_none());
         }
         Provider::Gateway => {
-            let routes = Api::<DynamicObject>::namespaced_with(
-                cp.admin.clone(),
-                ns,
-                &gateway_api("HTTPRoute", "httproutes"),
-            );
-            let route = serde_json::to_value(routes.get("embed").await.unwrap()).unwrap();
+            let route = env.http_route().await.unwrap();
             let rules = route["spec"]["rules"].as_array().cloned().unwrap();
             assert_eq!(rules.len(), 1, "the header rule is gone: {rules:#?}");
             let refs = rules[0]["backendRefs"].as_array().unwrap();
