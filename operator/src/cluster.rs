@@ -165,17 +165,18 @@ where
 }
 
 /// Set `spec.replicas` of a Deployment we may not own (the baseline) with a narrow merge patch.
+/// Returns the resourceVersion it wrote.
 pub async fn scale_deployment(
     api: &Api<Deployment>,
     name: &str,
     replicas: i32,
-) -> Result<(), ClusterError> {
+) -> Result<Option<String>, ClusterError> {
     let patch = json!({"spec": {"replicas": replicas}});
     match api
         .patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(d) => Ok(d.metadata.resource_version),
         Err(e) if is_not_found(&e) => Err(ClusterError::Missing(describe::<Deployment>(name))),
         Err(e) => Err(ClusterError::from_kube(
             format!("scaling {} to {replicas}", describe::<Deployment>(name)),
@@ -185,32 +186,34 @@ pub async fn scale_deployment(
 }
 
 /// Point the primary Ingress's backends on Service `from` at `to`. Returns what changed (empty
-/// when it already routes there, in which case nothing is written).
+/// when it already routes there, in which case nothing is written) and the resourceVersion
+/// written. Reads the Ingress live: the patch is guarded by the version it was computed from.
 pub async fn retarget_primary(
     api: &Api<Ingress>,
     name: &str,
     from: &str,
     to: &ServiceTarget,
-) -> Result<Vec<BackendChange>, ClusterError> {
+) -> Result<(Vec<BackendChange>, Option<String>), ClusterError> {
     let ingress = get_opt(api, name)
         .await?
         .ok_or_else(|| ClusterError::Missing(describe::<Ingress>(name)))?;
     let spec = ingress.spec.clone().unwrap_or_default();
     let (new_spec, changes) = retarget_backends(&spec, from, to);
     if changes.is_empty() {
-        return Ok(changes);
+        return Ok((changes, None));
     }
     // Merge patch replaces `rules` as a whole; the resourceVersion makes that safe.
     let patch = json!({
         "metadata": {"resourceVersion": ingress.metadata.resource_version},
         "spec": {"rules": new_spec.rules, "defaultBackend": new_spec.default_backend},
     });
-    api.patch(name, &merge_params(), &Patch::Merge(&patch))
+    let written = api
+        .patch(name, &merge_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| {
             ClusterError::from_kube(format!("retargeting {}", describe::<Ingress>(name)), e)
         })?;
-    Ok(changes)
+    Ok((changes, written.metadata.resource_version))
 }
 
 #[cfg(test)]

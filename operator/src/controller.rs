@@ -31,14 +31,16 @@ use kube::{
     runtime::{
         controller::{Action as Requeue, Controller},
         events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter},
-        reflector::{ObjectRef, Store},
-        watcher,
+        reflector::{self, reflector, ObjectRef, Store},
+        watcher::{self, watcher},
+        WatchStreamExt,
     },
     Client, Resource, ResourceExt,
 };
 use serde_json::json;
 
 use crate::{
+    caches::{self, Caches},
     cluster::{self, ClusterError},
     crd::{
         EmbeddingRollout, EmbeddingRolloutSpec, EmbeddingRolloutStatus, GatewayApiSpec, Phase,
@@ -109,6 +111,8 @@ pub struct Context {
     notifier: Notifier,
     /// Where each rollout's kept analyses end (`EmbeddingRolloutAnalysis` objects).
     history: history_store::Keeper,
+    /// The watches' stores `observe` reads from; `None`: every read is live.
+    caches: Option<Caches>,
 }
 
 impl Context {
@@ -134,6 +138,28 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             notifier,
             history: history_store::Keeper::new(),
+            caches: None,
+        }
+    }
+
+    /// Read the observed objects from these stores (filled by the controller's watches).
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    /// Remember a write of `ns/name` (the resourceVersion it returned), so the next reads of
+    /// it stay live until the store holds it.
+    fn wrote<K: Resource<DynamicType = ()>>(&self, ns: &str, name: &str, version: Option<String>) {
+        if let Some(c) = &self.caches {
+            c.wrote::<K>(ns, name, version);
+        }
+    }
+
+    /// [`Context::wrote`] for a deletion: live reads until the store has dropped it.
+    fn deleted<K: Resource<DynamicType = ()>>(&self, ns: &str, name: &str) {
+        if let Some(c) = &self.caches {
+            c.deleted::<K>(ns, name);
         }
     }
 
@@ -245,48 +271,85 @@ impl Error {
 
 /// Run the controller until the future is dropped.
 pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, readiness: Readiness) {
-    let ctx = Arc::new(
-        Context::new(client.clone(), metrics, config.prometheus_timeout)
-            .with_global_webhooks(config.global_webhooks.clone()),
-    );
+    let ctx = Context::new(client.clone(), metrics, config.prometheus_timeout)
+        .with_global_webhooks(config.global_webhooks.clone());
     let ns = config.namespace.as_deref();
     let rollouts: Api<EmbeddingRollout> = scoped(&client, ns);
     // Everything we create carries the rollout label; watching only those keeps caches small.
     let owned = || watcher::Config::default().labels(ROLLOUT_LABEL);
 
+    // Services and ConfigMaps are never read back: their metadata wakes their rollout.
     let controller = Controller::new(rollouts, watcher::Config::default())
-        .owns(scoped::<Deployment>(&client, ns), owned())
         .owns(scoped::<Service>(&client, ns), owned())
-        .owns(scoped::<ConfigMap>(&client, ns), owned())
-        .owns(scoped::<Ingress>(&client, ns), owned())
-        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned());
+        .owns(scoped::<ConfigMap>(&client, ns), owned());
     let store = controller.store();
-    // The baseline Deployment and the primary Ingress are not ours: map their changes to the
-    // rollouts naming them (baseline pods becoming ready during a rollback, Ingress edits).
+    // Deployments, Ingresses and autoscalers: one watch of every object of the kind in scope,
+    // through a reflector into the store `observe` reads (crate::caches), waking the rollout
+    // that owns the object (the candidate, the canary, the candidate's autoscaler) and those
+    // that name it (the baseline, the primary Ingress, the baseline's autoscaler: not ours, but
+    // baseline pods becoming ready during a rollback or an Ingress edit must wake us).
+    let (deployments, deployment_writer) = reflector::store();
+    let (ingresses, ingress_writer) = reflector::store();
+    let (autoscalers, autoscaler_writer) = reflector::store();
     let controller = controller
-        .watches(
-            scoped::<Deployment>(&client, ns),
-            watcher::Config::default(),
-            referencing(store.clone(), |r, name| r.spec.baseline.deployment == name),
+        .watches_stream(
+            reflected(
+                deployment_writer,
+                scoped::<Deployment>(&client, ns),
+                caches::trim_deployment,
+            ),
+            owner_or_referencing(store.clone(), |r, d: &Deployment| {
+                d.metadata.name.as_deref() == Some(r.spec.baseline.deployment.as_str())
+            }),
         )
-        .watches(
-            scoped::<Ingress>(&client, ns),
-            watcher::Config::default(),
-            referencing(store.clone(), |r, name| {
-                r.spec.nginx().is_some_and(|i| i.name == name)
+        .watches_stream(
+            reflected(
+                ingress_writer,
+                scoped::<Ingress>(&client, ns),
+                caches::trim_ingress,
+            ),
+            owner_or_referencing(store.clone(), |r, i: &Ingress| {
+                r.spec
+                    .nginx()
+                    .is_some_and(|n| i.metadata.name.as_deref() == Some(n.name.as_str()))
+            }),
+        )
+        .watches_stream(
+            reflected(
+                autoscaler_writer,
+                scoped::<HorizontalPodAutoscaler>(&client, ns),
+                caches::trim_autoscaler,
+            ),
+            owner_or_referencing(store.clone(), |r, h: &HorizontalPodAutoscaler| {
+                h.spec.as_ref().is_some_and(|s| {
+                    s.scale_target_ref.kind == "Deployment"
+                        && s.scale_target_ref.name == r.spec.baseline.deployment
+                })
             }),
         );
     // The user's HTTPRoutes (Gateway API provider), only when enabled: without the CRD or the
     // RBAC, a watch would fail forever. Weight edits and status (Accepted) changes wake us.
-    let controller = if config.gateway_api {
-        controller.watches(
-            scoped::<HttpRoute>(&client, ns),
-            watcher::Config::default(),
+    let (controller, routes) = if config.gateway_api {
+        let (routes, route_writer) = reflector::store();
+        let controller = controller.watches_stream(
+            reflected(
+                route_writer,
+                scoped::<HttpRoute>(&client, ns),
+                caches::trim_meta::<HttpRoute>,
+            ),
             routes_to_rollouts(store.clone()),
-        )
+        );
+        (controller, Some(routes))
     } else {
-        controller
+        (controller, None)
     };
+    let ctx = Arc::new(ctx.with_caches(Caches::new(
+        deployments,
+        ingresses,
+        autoscalers,
+        routes,
+        config.namespace.clone(),
+    )));
 
     let ready_store = store.clone();
     let rollout_cache = config.rollout_cache.clone();
@@ -333,23 +396,67 @@ where
     }
 }
 
-/// Map an object to the rollouts in its namespace that reference it by name.
-fn referencing<K>(
+/// Every object of `api`, trimmed by `trim`, through a reflector into `writer`'s store: the
+/// objects touched, for a trigger stream.
+fn reflected<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    trim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// Map an object to the rollout that controls it (its owner reference, as `Controller::owns`
+/// does) and to the rollouts in its namespace that name it.
+fn owner_or_referencing<K>(
     store: Store<EmbeddingRollout>,
-    refers: fn(&EmbeddingRollout, &str) -> bool,
+    refers: fn(&EmbeddingRollout, &K) -> bool,
 ) -> impl Fn(K) -> Vec<ObjectRef<EmbeddingRollout>> + Send + Sync + Clone + 'static
 where
-    K: Resource,
+    K: Resource + 'static,
 {
     move |obj: K| {
-        let name = obj.meta().name.clone().unwrap_or_default();
         let ns = obj.meta().namespace.clone();
-        store
-            .state()
+        let kind = EmbeddingRollout::kind(&());
+        let api_version = EmbeddingRollout::api_version(&());
+        let mut out: Vec<ObjectRef<EmbeddingRollout>> = obj
+            .meta()
+            .owner_references
             .iter()
-            .filter(|r| r.metadata.namespace == ns && refers(r, &name))
-            .map(|r| ObjectRef::from_obj(r.as_ref()))
-            .collect()
+            .flatten()
+            .filter(|o| {
+                o.controller == Some(true) && o.kind == kind && o.api_version == api_version
+            })
+            .map(|o| {
+                let r = ObjectRef::new(&o.name);
+                match &ns {
+                    Some(ns) => r.within(ns),
+                    None => r,
+                }
+            })
+            .collect();
+        out.extend(
+            store
+                .state()
+                .iter()
+                .filter(|r| r.metadata.namespace == ns && refers(r, &obj))
+                .map(|r| ObjectRef::from_obj(r.as_ref())),
+        );
+        out
     }
 }
 
@@ -502,7 +609,7 @@ async fn reconcile_inner(rollout: &EmbeddingRollout, ctx: &Context) -> Result<Re
     }
 
     let t0 = Instant::now();
-    let observed = observe::read(&ctx.client, rollout).await?;
+    let observed = observe::read(&ctx.client, ctx.caches.as_ref(), rollout).await?;
     let observe_time = t0.elapsed();
     let status = rollout.status.clone().unwrap_or_default();
     let now = Utc::now();
@@ -722,7 +829,8 @@ async fn apply_action(
                     .await?;
                 }
             }
-            cluster::apply(&deployments, &workload::deployment(&w)).await?;
+            let written = cluster::apply(&deployments, &workload::deployment(&w)).await?;
+            ctx.wrote::<Deployment>(&ns, &candidate, written.metadata.resource_version);
             cluster::apply(
                 &cluster::api::<Service>(client, &ns),
                 &workload::service(&w),
@@ -730,35 +838,43 @@ async fn apply_action(
             .await?;
         }
         Action::ScaleCandidate(replicas) => {
-            cluster::scale_deployment(&deployments, &candidate, *replicas).await?;
+            let version = cluster::scale_deployment(&deployments, &candidate, *replicas).await?;
+            ctx.wrote::<Deployment>(&ns, &candidate, version);
         }
         Action::EnsureCandidateAutoscaler { min_replicas } => {
             let w = CandidateWorkload::for_rollout(rollout, &candidate, *min_replicas)?;
             if let Some(hpa) = workload::autoscaler(&w, *min_replicas) {
-                cluster::apply(&cluster::api::<HorizontalPodAutoscaler>(client, &ns), &hpa).await?;
+                let api = cluster::api::<HorizontalPodAutoscaler>(client, &ns);
+                let written = cluster::apply(&api, &hpa).await?;
+                ctx.wrote::<HorizontalPodAutoscaler>(
+                    &ns,
+                    &candidate,
+                    written.metadata.resource_version,
+                );
             }
         }
         Action::DeleteCandidateAutoscaler => {
-            cluster::delete_if_exists(
-                &cluster::api::<HorizontalPodAutoscaler>(client, &ns),
-                &candidate,
-            )
-            .await?;
+            let api = cluster::api::<HorizontalPodAutoscaler>(client, &ns);
+            if cluster::delete_if_exists(&api, &candidate).await? {
+                ctx.deleted::<HorizontalPodAutoscaler>(&ns, &candidate);
+            }
         }
         Action::SetCanaryWeight(_)
         | Action::DeleteCanaryIngress
         | Action::PointPrimaryIngressAt(_) => match spec.provider() {
             Some(Provider::Nginx(ingress)) => {
-                nginx_action(client, rollout, ingress, &candidate, action).await?;
+                nginx_action(ctx, rollout, ingress, &candidate, action).await?;
             }
             Some(Provider::GatewayApi(g)) => {
-                gateway_action(client, rollout, g, &candidate, action).await?;
+                gateway_action(ctx, rollout, g, &candidate, action).await?;
             }
             // The decision holds on such a spec before any action; nothing to move here.
             None => return Err(Error::Traffic(TrafficError::NoProvider)),
         },
         Action::ScaleBaseline(replicas) => {
-            cluster::scale_deployment(&deployments, &spec.baseline.deployment, *replicas).await?;
+            let baseline = &spec.baseline.deployment;
+            let version = cluster::scale_deployment(&deployments, baseline, *replicas).await?;
+            ctx.wrote::<Deployment>(&ns, baseline, version);
         }
         Action::ClearCommand => {
             let api: Api<EmbeddingRollout> = Api::namespaced(client.clone(), &ns);
@@ -773,7 +889,7 @@ async fn apply_action(
 }
 
 async fn nginx_action(
-    client: &Client,
+    ctx: &Context,
     rollout: &EmbeddingRollout,
     ingress: &crate::crd::IngressSpec,
     candidate: &str,
@@ -781,9 +897,11 @@ async fn nginx_action(
 ) -> Result<(), Error> {
     let spec = &rollout.spec;
     let ns = rollout.namespace().unwrap_or_default();
-    let ingresses = cluster::api::<Ingress>(client, &ns);
+    let ingresses = cluster::api::<Ingress>(&ctx.client, &ns);
     match action {
         Action::SetCanaryWeight(weight) => {
+            // Live, not from the store: the canary copies the primary's rules as they are now
+            // (once per step, not per reconcile).
             let primary = cluster::get_opt(&ingresses, &ingress.name)
                 .await?
                 .ok_or_else(|| ClusterError::Missing(format!("Ingress {}", ingress.name)))?;
@@ -800,10 +918,19 @@ async fn nginx_action(
                 labels: owned_labels(rollout),
             };
             let canary = nginx::build_canary(&primary, &params)?;
-            cluster::apply(&ingresses, &canary).await?;
+            let written = cluster::apply(&ingresses, &canary).await?;
+            ctx.wrote::<Ingress>(
+                &ns,
+                &ingress.canary_name(),
+                written.metadata.resource_version,
+            );
         }
         Action::DeleteCanaryIngress => {
-            cluster::delete_if_exists(&ingresses, &ingress.canary_name()).await?;
+            let canary = ingress.canary_name();
+            let deleted = cluster::delete_if_exists(&ingresses, &canary).await?;
+            if deleted {
+                ctx.deleted::<Ingress>(&ns, &canary);
+            }
         }
         Action::PointPrimaryIngressAt(backend) => {
             let baseline = ServiceTarget {
@@ -818,8 +945,11 @@ async fn nginx_action(
                 Backend::Candidate => (&baseline, &cand),
                 Backend::Baseline => (&cand, &baseline),
             };
-            let changes =
+            let (changes, version) =
                 cluster::retarget_primary(&ingresses, &ingress.name, &from.name, to).await?;
+            if !changes.is_empty() {
+                ctx.wrote::<Ingress>(&ns, &ingress.name, version);
+            }
             for c in &changes {
                 tracing::info!(ingress = %ingress.name, route = %c.route, from = %c.from, to = %c.to, "primary Ingress retargeted");
             }
@@ -829,9 +959,10 @@ async fn nginx_action(
     Ok(())
 }
 
-/// One traffic action on the HTTPRoute: read it as stored, patch only what the action changes.
+/// One traffic action on the HTTPRoute: read it as stored (live, not from the store: the patch
+/// is guarded by a `test` of what was read), patch only what the action changes.
 async fn gateway_action(
-    client: &Client,
+    ctx: &Context,
     rollout: &EmbeddingRollout,
     g: &GatewayApiSpec,
     candidate: &str,
@@ -843,7 +974,7 @@ async fn gateway_action(
     let what = format!("HTTPRoute {route_ns}/{name}");
     let resource = kube::api::ApiResource::erase::<HttpRoute>(&());
     let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), route_ns, &resource);
+        Api::namespaced_with(ctx.client.clone(), route_ns, &resource);
     let raw = api
         .get_opt(name)
         .await
@@ -856,9 +987,11 @@ async fn gateway_action(
     else {
         return Ok(());
     };
-    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+    let written = api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .map_err(|e| ClusterError::from_kube_guarded(format!("patching {what}"), e))?;
+    ctx.wrote::<HttpRoute>(route_ns, name, written.metadata.resource_version);
     tracing::info!(route = %what, ?action, "HTTPRoute weights changed");
     Ok(())
 }

@@ -197,9 +197,10 @@ fn not_found(what: &str) -> Value {
     status_body(404, &format!("{what} not found"))
 }
 
-/// The reads every reconcile makes: baseline and primary exist, no candidate, no canary, no
-/// autoscalers.
-fn reads() -> Vec<Route> {
+/// The reads a reconcile makes when the watches' stores cannot answer (before they synced, or
+/// without them): baseline and primary exist, no candidate, no canary, no autoscalers. With
+/// synced stores ([`ctx`]) none of these is sent.
+fn live_reads() -> Vec<Route> {
     vec![
         route(
             Method::GET,
@@ -239,12 +240,56 @@ fn echo_ok() -> Value {
     serde_json::to_value(rollout(Value::Null, json!({}), json!([FINALIZER]))).unwrap()
 }
 
+/// What the controller's watches deliver into the stores `observe` reads (crate::caches).
+struct Watched {
+    deployments: reflector::store::Writer<Deployment>,
+    _ingresses: reflector::store::Writer<Ingress>,
+    _autoscalers: reflector::store::Writer<HorizontalPodAutoscaler>,
+}
+
+/// Synced stores holding `deployments` and `ingresses` (no autoscalers), trimmed as the watches
+/// trim them.
+fn watched(deployments: &[Value], ingresses: &[Value]) -> (Caches, Watched) {
+    fn synced<K>(objects: &[Value], trim: fn(&mut K)) -> (Store<K>, reflector::store::Writer<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for o in objects {
+            let mut o: K = serde_json::from_value(o.clone()).unwrap();
+            trim(&mut o);
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (store, writer)
+    }
+    let (d, deployments) = synced(deployments, caches::trim_deployment);
+    let (i, ingresses) = synced(ingresses, caches::trim_ingress);
+    let (h, autoscalers) = synced(&[], caches::trim_autoscaler);
+    (
+        Caches::new(d, i, h, None, None),
+        Watched {
+            deployments,
+            _ingresses: ingresses,
+            _autoscalers: autoscalers,
+        },
+    )
+}
+
+/// A context whose stores hold what [`live_reads`] answers: the baseline and the primary Ingress.
 fn ctx(api: &MockApi) -> Context {
+    let (caches, _) = watched(&[deployment("akidb-mlx", 3, 3)], &[primary_ingress()]);
+    live_ctx(api).with_caches(caches)
+}
+
+/// A context without stores: every object `observe` needs is a GET.
+fn live_ctx(api: &MockApi) -> Context {
     Context::new(api.client(), Metrics::new(), Duration::from_secs(1))
 }
 
 fn the_deploying_writes() -> Vec<Route> {
-    let mut r = reads();
+    let mut r = Vec::new();
     r.extend([
         route(Method::DELETE, "/api/v1/namespaces/prod/configmaps/akidb-candle-models", 404, not_found("configmaps \"akidb-candle-models\"")),
         route(Method::PATCH, &format!("{NS}/deployments/akidb-candle"), 200, deployment("akidb-candle", 2, 0)),
@@ -332,6 +377,141 @@ async fn a_new_rollout_gets_its_finalizer_first_then_the_candidate_then_one_stat
     assert!(!order.iter().any(|o| o.contains("ingresses")), "{order:?}");
 }
 
+/// Requests that are reads, as `GET path`.
+fn gets(api: &MockApi) -> Vec<String> {
+    let mut gets: Vec<String> = api
+        .seen()
+        .iter()
+        .filter(|s| s.method == Method::GET)
+        .map(|s| format!("GET {}", s.path))
+        .collect();
+    gets.sort();
+    gets
+}
+
+fn write_paths(api: &MockApi) -> Vec<String> {
+    api.writes()
+        .iter()
+        .map(|w| format!("{} {}", w.method, w.path))
+        .collect()
+}
+
+/// Issue 13: `observe` reads the Deployments, Ingresses and autoscalers from the stores the
+/// controller's watches fill. The same reconcile of a new rollout sends no GET with synced
+/// stores, and the five GETs every reconcile used to send while the stores have not synced
+/// (an empty store is not "no such object"). Either way it decides and writes the same.
+#[tokio::test]
+async fn a_reconcile_served_from_the_stores_sends_no_get_for_what_it_observes() {
+    let r = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    let mut routes = the_deploying_writes();
+    routes.push(route(
+        Method::PATCH,
+        &format!("{ROLLOUTS}/r1/status"),
+        200,
+        echo_ok(),
+    ));
+    let stored = MockApi::new(routes.clone());
+    let got = reconcile_inner(&r, &ctx(&stored)).await;
+    assert!(got.is_ok(), "{got:?}; unrouted {:?}", stored.unrouted());
+    assert!(stored.unrouted().is_empty(), "{:?}", stored.unrouted());
+    assert_eq!(gets(&stored), Vec::<String>::new(), "{:?}", stored.seen());
+
+    routes.extend(live_reads());
+    let live = MockApi::new(routes);
+    let (d, _) = reflector::store();
+    let (i, _) = reflector::store();
+    let (h, _) = reflector::store();
+    let unsynced = live_ctx(&live).with_caches(Caches::new(d, i, h, None, None));
+    reconcile_inner(&r, &unsynced).await.unwrap();
+    assert!(live.unrouted().is_empty(), "{:?}", live.unrouted());
+    let apps = NS;
+    let net = "/apis/networking.k8s.io/v1/namespaces/prod/ingresses";
+    assert_eq!(
+        gets(&live),
+        [
+            format!("GET {apps}/deployments/akidb-candle"),
+            format!("GET {apps}/deployments/akidb-mlx"),
+            "GET /apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers".to_string(),
+            format!("GET {net}/akidb-ingress"),
+            format!("GET {net}/akidb-ingress-canary"),
+        ]
+    );
+    assert_eq!(
+        write_paths(&live),
+        write_paths(&stored),
+        "the same decision"
+    );
+    assert_eq!(live.seen().len(), stored.seen().len() + 5);
+}
+
+/// The store lags our own writes by the watch's latency: the candidate this reconcile created
+/// is read live by the next one (one GET, of that object only) until the store holds the
+/// version the write returned; then not at all.
+#[tokio::test]
+async fn an_object_we_wrote_is_read_live_until_the_store_holds_our_version() {
+    let (caches, mut watched) = watched(&[deployment("akidb-mlx", 3, 3)], &[primary_ingress()]);
+    let mut created = deployment("akidb-candle", 2, 0);
+    created["metadata"]["resourceVersion"] = json!("21");
+    let mut routes = vec![route(
+        Method::PATCH,
+        &format!("{NS}/deployments/akidb-candle"),
+        200,
+        created.clone(),
+    )];
+    routes.extend(the_deploying_writes());
+    routes.extend([
+        route(
+            Method::PATCH,
+            &format!("{ROLLOUTS}/r1/status"),
+            200,
+            echo_ok(),
+        ),
+        route(
+            Method::GET,
+            &format!("{NS}/deployments/akidb-candle"),
+            200,
+            created.clone(),
+        ),
+    ]);
+    let api = MockApi::new(routes);
+    let c = live_ctx(&api).with_caches(caches);
+
+    let new = rollout(Value::Null, json!({}), json!([FINALIZER]));
+    reconcile_inner(&new, &c).await.unwrap();
+    assert_eq!(gets(&api), Vec::<String>::new());
+    let written = api
+        .writes()
+        .into_iter()
+        .find(|w| w.path.ends_with("/status"))
+        .unwrap()
+        .body["status"]
+        .clone();
+    let deploying = rollout(written, json!({}), json!([FINALIZER]));
+
+    let before = api.seen().len();
+    reconcile_inner(&deploying, &c).await.unwrap();
+    let reads: Vec<String> = api.seen()[before..]
+        .iter()
+        .filter(|s| s.method == Method::GET)
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(reads, [format!("{NS}/deployments/akidb-candle")]);
+
+    let mut event: Deployment = serde_json::from_value(created).unwrap();
+    caches::trim_deployment(&mut event);
+    watched
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(event));
+    let before = api.seen().len();
+    reconcile_inner(&deploying, &c).await.unwrap();
+    assert!(
+        !api.seen()[before..].iter().any(|s| s.method == Method::GET),
+        "{:?}",
+        &api.seen()[before..]
+    );
+    assert!(api.unrouted().is_empty(), "{:?}", api.unrouted());
+}
+
 /// One reconcile of a new rollout whose status write the API server answers with `code`.
 async fn reconcile_with_status_answer(code: u16, message: &str) -> Error {
     let mut routes = the_deploying_writes();
@@ -371,7 +551,7 @@ async fn a_conflict_on_the_status_write_re_reads_within_a_second() {
 
 #[tokio::test]
 async fn a_forbidden_action_stops_the_reconcile_says_so_in_an_event_and_writes_no_status() {
-    let mut routes = reads();
+    let mut routes = Vec::new();
     routes.extend([
         route(Method::DELETE, "/api/v1/namespaces/prod/configmaps/akidb-candle-models", 404, not_found("x")),
         route(Method::PATCH, &format!("{NS}/deployments/akidb-candle"), 403,
@@ -412,7 +592,7 @@ async fn a_command_is_cleared_with_a_guarded_patch_and_a_newer_one_survives_as_a
         {"op": "remove", "path": "/metadata/annotations/rollout.akidb.io~1command"}
     ]);
     // Someone wrote a new command between our read and our clear: the test op fails (422).
-    let mut routes = reads();
+    let mut routes = Vec::new();
     routes.push(route(
         Method::PATCH,
         &format!("{ROLLOUTS}/r1"),
@@ -974,6 +1154,14 @@ async fn a_cached_rollout_older_than_our_status_write_is_read_afresh_before_deci
         &format!("{ROLLOUTS}/r1"),
         200,
         serde_json::to_value(rollout(written, json!({}), json!([FINALIZER]))).unwrap(),
+    ));
+    // Nor has the Deployment store seen the candidate we just applied: it is read live (this
+    // mock keeps nothing it is sent, so the answer is the 404 every read got before the stores).
+    api.add(route(
+        Method::GET,
+        &format!("{NS}/deployments/akidb-candle"),
+        404,
+        not_found("deployments.apps \"akidb-candle\""),
     ));
     reconcile(stale, c.clone()).await.unwrap();
     assert_eq!(rollout_reads(&api), 1, "read afresh: {:?}", api.seen());

@@ -3,6 +3,7 @@
 /// The OpenTelemetry `service.name` of the operator's spans when `OTEL_SERVICE_NAME` is unset.
 pub const OTEL_SERVICE_NAME: &str = "embedding-rollout-operator";
 
+pub mod caches;
 pub mod cluster;
 pub mod controller;
 pub mod crd;

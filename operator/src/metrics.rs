@@ -58,8 +58,11 @@ impl Metrics {
                 "embedding_rollout_reconcile_duration_seconds",
                 "Time spent in one reconcile, Prometheus queries included",
             )
+            // Fine below 100 ms, where a reconcile should end (issue 13's p99 target, measured
+            // by `make scale-bench` from these buckets).
             .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0,
             ]),
             &[],
         )

@@ -1,13 +1,21 @@
 //! Read the cluster into the decision core's [`Observed`].
 //!
-//! The conversions from API objects are pure and unit-tested; [`read`] only fetches.
+//! The conversions from API objects are pure and unit-tested; [`read`] only fetches (from the
+//! controller's stores where it can, [`crate::caches`]).
 
-use k8s_openapi::api::{
-    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, networking::v1::Ingress,
+use std::{fmt::Debug, sync::Arc};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, networking::v1::Ingress,
+    },
+    NamespaceResourceScope,
 };
-use kube::{Client, Resource, ResourceExt};
+use kube::{runtime::reflector::Store, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use crate::{
+    caches::Caches,
     cluster::{self, ClusterError},
     crd::{
         EmbeddingRollout, Provider, CANDIDATE_HASH_ANNOTATION, COMMAND_ANNOTATION,
@@ -21,53 +29,66 @@ use crate::{
     },
 };
 
-/// Fetch the candidate and baseline Deployments, the autoscalers, and the traffic objects: both
-/// Ingresses (nginx) or the HTTPRoute (Gateway API).
-pub async fn read(client: &Client, rollout: &EmbeddingRollout) -> Result<Observed, ClusterError> {
+/// The candidate and baseline Deployments, the autoscalers, and the traffic objects: both
+/// Ingresses (nginx) or the HTTPRoute (Gateway API); from the controller's stores when `caches`
+/// can answer for the object, else by a live read (see [`crate::caches`] for which and why).
+pub async fn read(
+    client: &Client,
+    caches: Option<&Caches>,
+    rollout: &EmbeddingRollout,
+) -> Result<Observed, ClusterError> {
     let ns = rollout.namespace().unwrap_or_default();
     let spec = &rollout.spec;
-    let deployments = cluster::api::<Deployment>(client, &ns);
+    let deployments = |c: &Caches| Some(c.deployments.clone());
+    let ingresses = |c: &Caches| Some(c.ingresses.clone());
     let candidate_name = rollout.candidate_name();
-    let autoscalers = cluster::api::<HorizontalPodAutoscaler>(client, &ns);
     let traffic = async {
         match spec.provider() {
             Some(Provider::Nginx(ingress)) => {
-                let ingresses = cluster::api::<Ingress>(client, &ns);
                 let canary_name = ingress.canary_name();
                 let (primary, canary) = tokio::try_join!(
-                    cluster::get_opt(&ingresses, &ingress.name),
-                    cluster::get_opt(&ingresses, &canary_name),
+                    get(client, caches, ingresses, &ns, &ingress.name),
+                    get(client, caches, ingresses, &ns, &canary_name),
                 )?;
                 Ok(Traffic::Nginx(primary, canary))
             }
             Some(Provider::GatewayApi(g)) => {
                 let route_ns = g.http_route.namespace.clone().unwrap_or_else(|| ns.clone());
-                let routes = cluster::api::<HttpRoute>(client, &route_ns);
-                let route = cluster::get_opt(&routes, &g.http_route.name).await?;
+                let routes = |c: &Caches| c.routes_in(&route_ns).cloned();
+                let route = get(client, caches, routes, &route_ns, &g.http_route.name).await?;
                 Ok(Traffic::Gateway(route))
             }
             None => Ok::<_, ClusterError>(Traffic::None),
         }
     };
+    let hpas = async {
+        match caches.and_then(|c| c.autoscalers_in(&ns)) {
+            Some(stored) => Ok(stored),
+            None => cluster::list(&cluster::api::<HorizontalPodAutoscaler>(client, &ns)).await,
+        }
+    };
     let (candidate, baseline, traffic, hpas) = tokio::try_join!(
-        cluster::get_opt(&deployments, &candidate_name),
-        cluster::get_opt(&deployments, &spec.baseline.deployment),
+        get(client, caches, deployments, &ns, &candidate_name),
+        get(client, caches, deployments, &ns, &spec.baseline.deployment),
         traffic,
-        cluster::list(&autoscalers),
+        hpas,
     )?;
     let (primary, canary) = match &traffic {
-        Traffic::Nginx(p, c) => (p.as_ref(), c.as_ref()),
+        Traffic::Nginx(p, c) => (p.as_deref(), c.as_deref()),
         _ => (None, None),
     };
     let mut observed = assemble(
         rollout,
-        candidate.as_ref(),
-        baseline.as_ref(),
+        candidate.as_deref(),
+        baseline.as_deref(),
         primary,
         canary,
     );
     if let (Traffic::Gateway(route), Some(Provider::GatewayApi(g))) = (&traffic, spec.provider()) {
-        let view = gateway::observe(route.as_ref(), &gateway::names(rollout, g, &candidate_name));
+        let view = gateway::observe(
+            route.as_deref(),
+            &gateway::names(rollout, g, &candidate_name),
+        );
         observed.primary_backend = view.primary;
         observed.canary_weight = view.canary_weight;
         observed.traffic_blocked = view.blocked;
@@ -82,11 +103,43 @@ pub async fn read(client: &Client, rollout: &EmbeddingRollout) -> Result<Observe
     Ok(observed)
 }
 
+/// `ns/name` from the store `which` picks, or a live GET when there is none or it cannot answer
+/// for this object yet.
+async fn get<K>(
+    client: &Client,
+    caches: Option<&Caches>,
+    which: impl Fn(&Caches) -> Option<Store<K>>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<K>>, ClusterError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + 'static,
+{
+    let store = caches.and_then(|c| which(c).map(|s| (c, s)));
+    if let Some((c, store)) = &store {
+        if let Some(stored) = c.get(store, ns, name) {
+            return Ok(stored);
+        }
+    }
+    let live = cluster::get_opt(&cluster::api::<K>(client, ns), name).await?;
+    if let Some((c, store)) = &store {
+        let version = live
+            .as_ref()
+            .and_then(|o| o.meta().resource_version.as_deref());
+        c.read_live(store, ns, name, version);
+    }
+    Ok(live.map(Arc::new))
+}
+
 // One per reconcile, on the stack for a moment: boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 enum Traffic {
-    Nginx(Option<Ingress>, Option<Ingress>),
-    Gateway(Option<HttpRoute>),
+    Nginx(Option<Arc<Ingress>>, Option<Arc<Ingress>>),
+    Gateway(Option<Arc<HttpRoute>>),
     None,
 }
 
