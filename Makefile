@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e node-images demo lint fmt bench simulate controlplane traefik helm charts-check images images-check plugin clean
+.PHONY: help deps model build crds test unit e2e chaos node-images demo lint fmt bench simulate controlplane traefik helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,6 +38,9 @@ node-images: model controlplane traefik ## OCI image archives of the embedder, t
 
 e2e: model build controlplane traefik helm node-images ## end-to-end on a real single-node cluster (kubelet, containerd, Traefik, Prometheus; needs root)
 	bash e2e/run-tests.sh
+
+chaos: model controlplane traefik helm node-images ## outside CI (~10 min, root): rollouts while the operator is SIGKILLed 20 times and the API server restarted twice
+	E2E_KUBELET_MAX_RESTART_PERIOD=10s $(CARGO) test -p e2e --test chaos -- --nocapture
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
 	bash scripts/check-charts.sh

@@ -207,6 +207,15 @@ JSON
   echo "up.sh: imported $(ls "$NODE_IMAGES"/*.tar | wc -l) image archives in $(( ($(date +%s%N) - t0) / 1000000 )) ms" >&2
 
   read -r kubelet_port kubelet_healthz proxy_metrics < <(free_ports)
+  # E2E_KUBELET_MAX_RESTART_PERIOD (e.g. 10s; `make chaos` sets it): the cap of the crash-loop back-off
+  # (default 300 s). The chaos run SIGKILLs the operator's containers 20 times in minutes; at the default
+  # cap each pod soon waits minutes to restart and both are down at once. Alpha in 1.34, so behind its
+  # feature gate (KubeletCrashLoopBackOffMax); unset, the kubelet behaves as in any cluster.
+  local backoff=
+  if [ -n "${E2E_KUBELET_MAX_RESTART_PERIOD:-}" ]; then
+    backoff="featureGates: {KubeletCrashLoopBackOffMax: true}
+crashLoopBackOff: {maxContainerRestartPeriod: $E2E_KUBELET_MAX_RESTART_PERIOD}"
+  fi
   cat > "$W/kubelet/config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -238,6 +247,7 @@ serializeImagePulls: false
 nodeStatusUpdateFrequency: 4s
 # Pod status and probe results reach the API server sooner than the 10 s default sync.
 syncFrequency: 5s
+$backoff
 YAML
   launch kubelet "$W/kubelet.log" "$BIN/kubelet" --config="$W/kubelet/config.yaml" \
     --kubeconfig="$kc/kubelet" --root-dir="$W/kubelet" --cert-dir="$W/kubelet/pki" \

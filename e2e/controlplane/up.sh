@@ -14,6 +14,8 @@
 # Default: the servers keep running after up.sh exits; stop them with `down.sh WORKDIR`.
 # --foreground: up.sh stays in the foreground and stops both servers on SIGTERM/SIGINT or when it exits;
 # the servers also die with it if it is killed (setpriv --pdeathsig). The Rust harness uses this mode.
+# SIGUSR1 to it (pid in WORKDIR/up.pid) restarts kube-apiserver (SIGTERM, then the same command line,
+# until /readyz) and appends a line to WORKDIR/apiserver.restarts; the chaos run uses it.
 #
 # Env: ETCD_PORT, ETCD_PEER_PORT, APISERVER_PORT (default: free ports), BIN (default: ./bin),
 # EXTRA_TOKENS_CSV (a file of extra `token,user,uid,"group1,group2"` lines for the static token file).
@@ -148,7 +150,7 @@ if [ -n "$node" ]; then
 else
   mode_flags=(--authorization-mode=RBAC --disable-admission-plugins=ServiceAccount)
 fi
-launch apiserver "$W/apiserver.log" "$BIN/kube-apiserver" \
+apiserver_cmd=("$BIN/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
   --bind-address="$LISTEN_IP" --advertise-address="$LISTEN_IP" --secure-port="$APISERVER_PORT" \
   --cert-dir="$W/pki" --tls-cert-file="$W/apiserver.crt" --tls-private-key-file="$W/apiserver.key" \
@@ -156,16 +158,20 @@ launch apiserver "$W/apiserver.log" "$BIN/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$W/sa.pub" --service-account-signing-key-file="$W/sa.key" \
   --service-cluster-ip-range=10.0.0.0/24 \
-  --allow-privileged=true --profiling=false
+  --allow-privileged=true --profiling=false)
+launch apiserver "$W/apiserver.log" "${apiserver_cmd[@]}"
 
-ok=
-for _ in $(seq 600); do
-  if curl -fsS --cacert "$W/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
-       "https://$LISTEN_IP:$APISERVER_PORT/readyz" >/dev/null 2>&1; then ok=1; break; fi
-  kill -0 "${pids[1]}" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$ok" ] || fail "kube-apiserver did not become ready on $LISTEN_IP:$APISERVER_PORT" "$W/apiserver.log"
+apiserver_ready() { # until /readyz answers (60 s) or the API server (pids[1]) exits
+  local _
+  for _ in $(seq 600); do
+    if curl -fsS --cacert "$W/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
+         "https://$LISTEN_IP:$APISERVER_PORT/readyz" >/dev/null 2>&1; then return 0; fi
+    kill -0 "${pids[1]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+apiserver_ready || fail "kube-apiserver did not become ready on $LISTEN_IP:$APISERVER_PORT" "$W/apiserver.log"
 API_URL="https://$LISTEN_IP:$APISERVER_PORT"
 node_env=
 if [ -n "$node" ]; then
@@ -213,8 +219,26 @@ echo "up.sh: kube-apiserver${node:+ and node $NODE_NAME} ready at $API_URL in ${
 echo "KUBECONFIG=$W/kubeconfig"
 
 if [ -n "$foreground" ]; then
-  # Stay until told to stop (trap above) or until a server dies.
-  wait -n "${pids[@]}" || true
+  echo $$ > "$W/up.pid"
+  restart=
+  restart_apiserver() {
+    local t0 old=${pids[1]}
+    t0=$(date +%s%N)
+    kill -TERM "$old" 2>/dev/null || true
+    wait "$old" 2>/dev/null || true
+    setpriv --pdeathsig KILL -- "${apiserver_cmd[@]}" >>"$W/apiserver.log" 2>&1 &
+    pids[1]=$!
+    echo "${pids[1]}" > "$W/apiserver.pid"
+    apiserver_ready || fail "kube-apiserver did not come back after a restart" "$W/apiserver.log"
+    echo "restarted in $(( ($(date +%s%N) - t0) / 1000000 )) ms" >> "$W/apiserver.restarts"
+  }
+  trap 'restart=1' USR1
+  # Stay until told to stop (trap above) or until a server dies; SIGUSR1 interrupts the wait.
+  while true; do
+    wait -n "${pids[@]}" || true
+    if [ -n "$restart" ]; then restart=; restart_apiserver; continue; fi
+    break
+  done
   echo "up.sh: a control-plane process exited; stopping the other (see $W/*.log)" >&2
   exit 1
 fi

@@ -60,6 +60,8 @@ pub enum ControlPlaneError {
     },
     #[error("{path} lacks {key}")]
     MissingKey { path: PathBuf, key: &'static str },
+    #[error("kube-apiserver restart: {0}")]
+    Restart(String),
     #[error("kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,
@@ -317,6 +319,52 @@ impl ControlPlane {
     /// The directory holding etcd's data, the certificates, `etcd.log` and `apiserver.log`.
     pub fn workdir(&self) -> &Path {
         &self.workdir
+    }
+
+    /// Restarts kube-apiserver (SIGTERM, then the same command line; etcd keeps the state) through
+    /// up.sh (`--foreground`: SIGUSR1 to the pid in `up.pid`); returns once it is ready again, with
+    /// how long up.sh measured from the signal to `/readyz`.
+    pub async fn restart_apiserver(&self) -> Result<Duration> {
+        let restarts = self.workdir.join("apiserver.restarts");
+        let count = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
+        let before = count(&restarts);
+        let pid_path = self.workdir.join("up.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_path)
+            .map_err(|source| ControlPlaneError::Read {
+                path: pid_path.clone(),
+                source,
+            })?
+            .trim()
+            .parse()
+            .map_err(|e| ControlPlaneError::Restart(format!("{}: {e}", pid_path.display())))?;
+        // SAFETY: kill(2) with a pid read from up.pid and a valid signal number; no memory is shared.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            return Err(ControlPlaneError::Restart(format!(
+                "signalling up.sh ({pid}): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while count(&restarts) == before {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ControlPlaneError::Restart(
+                    "not ready again within 90 s (see apiserver.log)".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let last = std::fs::read_to_string(&restarts).unwrap_or_default();
+        let ms: u64 = last
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(Duration::from_millis(ms))
     }
 
     /// A client that authenticates with `token` (same server and CA as the admin client).
