@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e chaos node-images demo lint fmt bench simulate controlplane traefik helm charts-check images images-check plugin clean
+.PHONY: help deps model build crds test unit e2e chaos node-images demo lint fmt bench scale-bench simulate controlplane traefik helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -59,6 +59,10 @@ fmt:
 
 bench: model ## load-generator benchmark of the embedder (prints rate, p50/p95/p99, errors)
 	bash scripts/bench.sh
+
+scale-bench: controlplane helm ## 500 rollouts at once in 50 namespaces on the local API server, fake Prometheus: the operator's reconcile p50/p99, API requests per reconcile, RSS, CPU, missed analyses
+	$(CARGO) build --release -p embedding-rollout-operator
+	$(CARGO) run --release -p e2e --bin scale-bench -- $(SCALE_ARGS)
 
 simulate: ## seeded simulation of whole rollouts: the judge's false-rollback and missed-regression rates (docs/analysis.md)
 	$(CARGO) run -q --release -p rollout-sim --bin simulate -- --step-cap 2h $(SIMULATE_ARGS)

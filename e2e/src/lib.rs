@@ -9,6 +9,8 @@ pub mod node_env;
 pub mod pod_sd;
 pub mod prometheus;
 pub mod rollout_env;
+// The scale benchmark (make scale-bench): fake Prometheus, counting proxy, Deployment status.
+pub mod scale;
 pub mod scenario;
 pub mod traefik;
 pub mod traffic;
