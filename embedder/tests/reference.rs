@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 const F32_FLOOR: f32 = 0.9999;
 /// INT8 (`int8` and `q8_0`) against the float64 reference; measured worst case on these texts
-/// 0.9983 for int8 and 0.9985 for q8_0 (the Japanese and emoji texts are the hardest).
+/// 0.99953 for int8 (0.9983 before its outlier channels went to f32) and 0.99759 for q8_0.
 const INT8_FLOOR: f32 = 0.995;
 
 fn repo() -> PathBuf {

@@ -1,4 +1,5 @@
-//! Texts run through the f32 model at load to measure activation ranges for INT8 smoothing.
+//! Texts run through the f32 model at load to measure activation ranges for INT8 (which input
+//! channels stay f32, and smoothing where a scheme uses it).
 //!
 //! Outlier channels in BERT's activations are a property of the model, not of the input, so a
 //! small varied sample finds them: questions, statements, code, numbers, other scripts, and a

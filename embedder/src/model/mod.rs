@@ -99,7 +99,7 @@ impl Model {
         })?;
         let encoder = TextEncoder::load(&md.tokenizer(), max_tokens)?;
         let bert = match opts.quantization {
-            // INT8 needs the f32 model first: its activation ranges choose the smoothing.
+            // INT8 needs the f32 model first: its activation ranges choose the outlier channels.
             Quantization::Int8 => {
                 let texts: Vec<String> = calibration::TEXTS.iter().map(|t| t.to_string()).collect();
                 let enc = encoder.encode(&texts, true)?;

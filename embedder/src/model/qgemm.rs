@@ -101,10 +101,11 @@ impl I8Kernel {
 
 /// A k x n weight matrix quantised per column and packed for `qgemm`, optionally smoothed.
 ///
-/// Smoothing (SmoothQuant): BERT's activations carry a few outlier channels that would eat most
-/// of a per-row 8-bit range. Activations become x / s per input channel and weight rows w * s:
-/// the product is unchanged, and the outliers' range moves into the weights, where per-column
-/// scales absorb it.
+/// BERT's activations carry a few outlier channels that would eat most of a per-row 8-bit range.
+/// Two remedies, chosen per model by [`Int8Scheme`]: smoothing (SmoothQuant): activations become
+/// x / s per input channel and weight rows w * s, the product is unchanged, and the outliers'
+/// range moves into the weights, where per-column scales absorb it; and leaving the outlier
+/// channels out of the INT8 product (s = 0 here) for the caller to multiply in f32.
 #[derive(Debug, Clone)]
 pub struct PackedI8 {
     k: usize,
@@ -117,22 +118,45 @@ pub struct PackedI8 {
     /// 128 x the sum over k of each column's INT8 weights, zero-padded to whole panels: what
     /// the VNNI kernels subtract after multiplying activations offset by +128 (see `I8Kernel`).
     offset_sums: Vec<i32>,
-    /// 1 / s_kk per input channel when smoothed.
+    /// 1 / s_kk per input channel when smoothed (0 for a channel left out).
     smooth: Option<Vec<f32>>,
 }
 
-/// SmoothQuant's migration strength: how much of the activations' range moves into the weights.
-/// 0.6 gave the best worst-case cosine to f32 among 0.3..0.9 on MiniLM (0.5: 0.9983, 0.6: 0.9987,
-/// 0.7: 0.9985, with every layer in INT8).
-const SMOOTH_ALPHA: f32 = 0.6;
+/// How a layer is quantised from calibration ranges: [`PackedI8::quantize_calibrated`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Int8Scheme {
+    /// SmoothQuant's migration strength: how much of the activations' range moves into the
+    /// weights (0: no smoothing).
+    pub smooth_alpha: f32,
+    /// How many input channels, those with the largest calibrated range, are left out of the
+    /// INT8 product (their weights and activations are zero in it) for the caller to compute in
+    /// f32 (outlier decomposition, as LLM.int8()).
+    pub outliers: usize,
+}
 
-/// s = max|x|^alpha / max|w|^(1-alpha), so that after x/s and w*s both sides have comparable
-/// ranges. Channels never seen active (or all-zero weights) keep s = 1.
-fn smooth_factor(act_max: f32, w_max: f32) -> f32 {
-    if act_max <= 0.0 || w_max <= 0.0 {
-        return 1.0;
+impl Int8Scheme {
+    /// MiniLM's LayerNorm outputs carry one channel (99) at 6-30 on the [CLS] row where the other
+    /// channels stay under 1-5 (100-600x the row's median |x|): with per-row scales it left
+    /// [CLS] four times the rounding error of the other rows, and short texts, whose mean pools
+    /// [CLS] and [SEP] with one or two words, lost the most (0.9969 on "thanks", 0.9975 on
+    /// "yes"). Smoothing (0.6) only halved that ratio. Simulated on 16 short texts, the
+    /// operator's 16 parity texts and the 64 bench texts (worst cosine to f32): smoothing 0.6
+    /// alone 0.99692; 1 channel in f32 0.99882; 16 channels, no smoothing, 0.99930; 32: 0.99934;
+    /// 16 with smoothing 0.3: 0.99920 (`bert_study.rs`).
+    pub const MINILM: Int8Scheme = Int8Scheme {
+        smooth_alpha: 0.0,
+        outliers: 16,
+    };
+
+    /// s = max|x|^alpha / max|w|^(1-alpha), so that after x/s and w*s both sides have comparable
+    /// ranges. Channels never seen active (or all-zero weights), and alpha 0, keep s = 1.
+    fn smooth_factor(self, act_max: f32, w_max: f32) -> f32 {
+        if act_max <= 0.0 || w_max <= 0.0 || self.smooth_alpha == 0.0 {
+            return 1.0;
+        }
+        let alpha = self.smooth_alpha;
+        (act_max.powf(alpha) / w_max.powf(1.0 - alpha)).clamp(1e-3, 1e3)
     }
-    (act_max.powf(SMOOTH_ALPHA) / w_max.powf(1.0 - SMOOTH_ALPHA)).clamp(1e-3, 1e3)
 }
 
 /// Rounds half away from zero, as `f32::round`, but through a truncating conversion: on the
@@ -141,7 +165,7 @@ fn smooth_factor(act_max: f32, w_max: f32) -> f32 {
 /// vectorises. (It differs from `f32::round` only where `y + 0.5` itself rounds up, within half
 /// an ulp below a .5; every kernel and the reference use this same function.)
 #[inline]
-fn quantize(v: f32, inv_scale: f32) -> i8 {
+pub(crate) fn quantize(v: f32, inv_scale: f32) -> i8 {
     let y = v * inv_scale;
     ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8
 }
@@ -152,9 +176,17 @@ impl PackedI8 {
         Self::quantize_smoothed(w, n, k, None)
     }
 
-    /// As `quantize_out_in`, smoothed for activations whose largest |value| per input channel
-    /// is `act_max` (observed on calibration data).
-    pub fn quantize_calibrated(w: &[f32], n: usize, k: usize, act_max: &[f32]) -> Self {
+    /// As `quantize_out_in`, for activations whose largest |value| per input channel is
+    /// `act_max` (observed on calibration data): smoothed, and without the `scheme.outliers`
+    /// channels of the largest smoothed range, which are returned (ascending) for the caller to
+    /// multiply in f32.
+    pub fn quantize_calibrated(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        act_max: &[f32],
+        scheme: Int8Scheme,
+    ) -> (Self, Vec<usize>) {
         assert_eq!(
             act_max.len(),
             k,
@@ -166,16 +198,30 @@ impl PackedI8 {
                 *m = m.max(v.abs());
             }
         }
-        let scale: Vec<f32> = act_max
+        let mut scale: Vec<f32> = act_max
             .iter()
             .zip(&w_max)
-            .map(|(&a, &w)| smooth_factor(a, w))
+            .map(|(&a, &w)| scheme.smooth_factor(a, w))
             .collect();
-        Self::quantize_smoothed(w, n, k, Some(&scale))
+        let mut by_range: Vec<usize> = (0..k).collect();
+        // Largest smoothed range first; ties by channel, so the choice is deterministic.
+        by_range.sort_by(|&a, &b| {
+            (act_max[b] / scale[b])
+                .total_cmp(&(act_max[a] / scale[a]))
+                .then(a.cmp(&b))
+        });
+        let mut outliers: Vec<usize> = by_range.into_iter().take(scheme.outliers).collect();
+        outliers.sort_unstable();
+        for &c in &outliers {
+            scale[c] = 0.0;
+        }
+        let smooth = scale.iter().any(|&s| s != 1.0).then_some(&scale[..]);
+        (Self::quantize_smoothed(w, n, k, smooth), outliers)
     }
 
     /// As `quantize_out_in`, with input channel kk of `w` scaled by `smooth[kk]` and the
-    /// activations by its inverse at run time.
+    /// activations by its inverse at run time; a factor of 0 leaves the channel out (weights and
+    /// activations 0, so it does not count in a row's range either).
     pub fn quantize_smoothed(w: &[f32], n: usize, k: usize, smooth: Option<&[f32]>) -> Self {
         assert_eq!(w.len(), n * k, "weight is not {n} x {k}");
         let scaled: Vec<f32>;
@@ -215,7 +261,11 @@ impl PackedI8 {
             data,
             scales,
             offset_sums,
-            smooth: smooth.map(|s| s.iter().map(|s| 1.0 / s).collect()),
+            smooth: smooth.map(|s| {
+                s.iter()
+                    .map(|&s| if s == 0.0 { 0.0 } else { 1.0 / s })
+                    .collect()
+            }),
         }
     }
 
@@ -934,6 +984,82 @@ mod tests {
         );
     }
 
+    /// The channels of the largest calibrated range are left out: chosen by range, zero in the
+    /// INT8 product, and not in a row's range, so a row whose range one outlier channel would
+    /// eat keeps its other channels' precision; what is left out is exactly x[:, c] · w[c, :].
+    #[test]
+    fn outlier_channels_are_left_out_of_the_int8_product() {
+        let (m, k, n) = (6, 64, 24);
+        let mut a = seeded(m * k, 21);
+        for row in a.chunks_mut(k) {
+            row[5] *= 300.0;
+            row[40] *= 50.0;
+        }
+        let w = seeded(n * k, 22);
+        let mut act_max = vec![1f32; k];
+        act_max[5] = 300.0;
+        act_max[40] = 50.0;
+        act_max[7] = 2.0;
+        let scheme = Int8Scheme {
+            smooth_alpha: 0.0,
+            outliers: 2,
+        };
+        let (packed, channels) = PackedI8::quantize_calibrated(&w, n, k, &act_max, scheme);
+        assert_eq!(channels, vec![5, 40]);
+        let zero = vec![0f32; n];
+        let mut c = vec![0f32; m * n];
+        qgemm(&a, m, &packed, &zero, &mut c, n);
+        // The same rows with the outlier channels zeroed, plainly quantised: the same result.
+        let mut kept = a.clone();
+        for row in kept.chunks_mut(k) {
+            row[5] = 0.0;
+            row[40] = 0.0;
+        }
+        let mut w_kept = w.clone();
+        for row in w_kept.chunks_mut(k) {
+            row[5] = 0.0;
+            row[40] = 0.0;
+        }
+        let mut want = vec![0f32; m * n];
+        qgemm(
+            &kept,
+            m,
+            &PackedI8::quantize_out_in(&w_kept, n, k),
+            &zero,
+            &mut want,
+            n,
+        );
+        assert_eq!(c, want);
+        // Adding the left-out channels in f32 gives the product within 8-bit rounding of the
+        // other channels, far closer than quantising the outliers with them.
+        let real =
+            |i: usize, j: usize| -> f32 { (0..k).map(|kk| a[i * k + kk] * w[j * k + kk]).sum() };
+        let mut plain = vec![0f32; m * n];
+        qgemm(
+            &a,
+            m,
+            &PackedI8::quantize_out_in(&w, n, k),
+            &zero,
+            &mut plain,
+            n,
+        );
+        let (mut err, mut err_plain) = (0f32, 0f32);
+        for i in 0..m {
+            for j in 0..n {
+                let out: f32 = channels
+                    .iter()
+                    .map(|&cc| a[i * k + cc] * w[j * k + cc])
+                    .sum();
+                err = err.max((c[i * n + j] + out - real(i, j)).abs());
+                err_plain = err_plain.max((plain[i * n + j] - real(i, j)).abs());
+            }
+        }
+        assert!(
+            err < 0.05 && err < err_plain / 20.0,
+            "decomposed {err}, plain {err_plain}"
+        );
+    }
+
     #[test]
     fn zero_rows_and_columns_give_the_bias() {
         let (m, k, n) = (3, 10, 5);
@@ -1000,7 +1126,9 @@ mod tests {
         ] {
             let a = seeded(m * k, 11);
             let w = seeded(n * k, 12);
-            let smooth: Vec<f32> = seeded(k, 13).iter().map(|v| 1.5 + v).collect();
+            let mut smooth: Vec<f32> = seeded(k, 13).iter().map(|v| 1.5 + v).collect();
+            // Channels left out (outlier decomposition) too.
+            smooth.iter_mut().step_by(5).for_each(|s| *s = 0.0);
             let packed = PackedI8::quantize_smoothed(&w, n, k, Some(&smooth));
             let bias = seeded(n, 14);
             let ldc = n + 3;
