@@ -188,16 +188,18 @@ impl RolloutEnv {
             "the baseline's 2 pods available",
         )
         .await;
+        // An embedding, not only /api/v1/version (which answers while the model still loads).
         let base = traefik.base.clone();
         until(
             Duration::from_secs(60),
-            "the baseline answers through Traefik",
+            "the baseline embeds through Traefik",
             || {
                 let (base, host) = (base.clone(), host.clone());
                 async move {
                     let r = reqwest::Client::new()
-                        .get(format!("{base}/api/v1/version"))
+                        .post(format!("{base}/api/v1/embed"))
                         .header("host", host)
+                        .json(&json!({"texts": ["ready?"]}))
                         .timeout(Duration::from_secs(5))
                         .send()
                         .await
