@@ -920,20 +920,24 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         log.push(o);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The operator's log is shared by the binary's tests: look for this namespace's denial.
     let logtext = env.operator_logs();
+    let denial = logtext.lines().find(|l| {
+        l.contains("cannot patch resource \"ingresses\"") && l.contains("namespace \"rbac\"")
+    });
     let r = ok(env.rollout(name).await);
-    let says_forbidden = logtext.to_lowercase().contains("forbidden")
-        || r["status"].to_string().to_lowercase().contains("forbidden");
+    let status_says = r["status"].to_string().to_lowercase().contains("forbidden");
     assert!(
-        says_forbidden,
-        "the operator must report Forbidden; status {}\nlog tail:\n{}",
+        denial.is_some() || status_says,
+        "the operator must report the Forbidden patch; status {}\nlog tail:\n{}",
         r["status"],
         env.operator_log_tail(20)
     );
-    let lower = logtext.to_lowercase();
-    let at = lower.find("forbidden").unwrap_or(0);
-    let excerpt: String = logtext[at..].chars().take(200).collect();
-    println!("[rbac] operator reports: {excerpt}");
+    println!(
+        "[rbac] status message: {}\n[rbac] operator log: {}",
+        r["status"]["message"],
+        denial.map_or("", |l| &l[l.find("cannot patch").unwrap_or(0)..])
+    );
     assert_eq!(
         operator_restarts(&env.cp)
             .await
@@ -1199,11 +1203,15 @@ async fn s8_embedding_parity_passes_int8_and_rolls_back_a_truncating_candidate()
         reason.contains("characters)"),
         "the worst text is the long one: {reason}"
     );
+    let not_candle: Vec<&Sample> = failures(&samples)
+        .into_iter()
+        .filter(|s| s.served_by.as_deref() != Some("candle"))
+        .collect();
     assert!(
-        failures(&samples)
-            .iter()
-            .all(|s| s.served_by.as_deref() == Some("candle")),
-        "only the candidate may fail requests"
+        not_candle.is_empty(),
+        "only the candidate may fail requests: {} others did, e.g. {:?}",
+        not_candle.len(),
+        &not_candle[..not_candle.len().min(5)]
     );
     env.shutdown().await;
     println!("[parity] wall time {:.1}s", t.elapsed().as_secs_f64());

@@ -112,7 +112,12 @@ fn init_tracing(json: bool) -> anyhow::Result<Option<Telemetry>> {
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        // Colours only on a terminal: a container's stdout goes to log files and aggregators,
+        // where escape codes garble every line (seen in the kubelet's pod logs).
+        use std::io::IsTerminal as _;
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed()
     };
     Ok(embedding_telemetry::install(
         embedding_rollout_operator::OTEL_SERVICE_NAME,
