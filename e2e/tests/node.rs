@@ -482,30 +482,8 @@ async fn n3_a_killed_container_is_restarted_by_the_kubelet() {
         .container_id
         .clone()
         .expect("a running container has an id");
-    let id = container_id
-        .strip_prefix("containerd://")
-        .unwrap_or_else(|| panic!("a containerd container id: {container_id}"));
-    let node = cp.node.as_ref().unwrap();
     let t = Instant::now();
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&node.containerd_socket)
-        .args([
-            "--namespace",
-            "k8s.io",
-            "tasks",
-            "kill",
-            "--signal",
-            "SIGKILL",
-            id,
-        ])
-        .output()
-        .expect("ctr");
-    assert!(
-        out.status.success(),
-        "ctr tasks kill: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::rollout_env::kill_container(&cp, &container_id).unwrap_or_else(|e| panic!("{e:#}"));
     let restarted = until(
         Duration::from_secs(90),
         "the container restarted and Ready",
