@@ -47,8 +47,8 @@ charts-check: helm controlplane ## helm lint/template + server-side dry run of c
 
 test: deps unit e2e charts-check ## everything CI runs
 
-demo: deps model controlplane traefik helm node-images ## a local single-node cluster, one rollout watched live (needs root; PROVIDER=nginx|gateway)
-	bash e2e/demo.sh --provider $(or $(PROVIDER),nginx)
+demo: deps model controlplane traefik helm node-images ## a local single-node cluster, one rollout watched live (needs root; PROVIDER=gateway (default) or nginx)
+	bash e2e/demo.sh --provider $(or $(PROVIDER),gateway)
 
 lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

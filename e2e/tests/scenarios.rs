@@ -527,6 +527,17 @@ async fn s2_latency_regression_rolls_back_gateway_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3b_error_regression_rolls_back_gateway_api() {
+    rollback_scenario(
+        "errors-gateway",
+        Provider::Gateway,
+        &["--chaos-error-ratio=0.02"],
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_error_regression_rolls_back_nginx() {
     rollback_scenario(
         "errors",
@@ -780,16 +791,26 @@ async fn s5b_prometheus_down_with_fail_policy_rolls_back() {
     );
 }
 
+/// The traffic object a provider's operator patches: (API group, resource).
+fn traffic_resource(provider: Provider) -> (&'static str, &'static str) {
+    match provider {
+        Provider::Nginx => ("networking.k8s.io", "ingresses"),
+        Provider::Gateway => ("gateway.networking.k8s.io", "httproutes"),
+    }
+}
+
 /// Replaces the operator's ClusterRole with `role` when dropped, on a runtime of its own (the
 /// test's may be gone when a failed assertion unwinds).
 struct RestoreRole {
     node: std::path::PathBuf,
     role: ClusterRole,
+    check: (Provider, String),
 }
 
 impl Drop for RestoreRole {
     fn drop(&mut self) {
         let (node, mut role) = (self.node.clone(), self.role.clone());
+        let (provider, ns) = self.check.clone();
         role.metadata.resource_version = None;
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -802,7 +823,7 @@ impl Drop for RestoreRole {
                 roles
                     .replace(OPERATOR_SA, &PostParams::default(), &role)
                     .await?;
-                wait_may_patch_ingresses(&cp, true).await;
+                wait_may_patch(&cp, provider, &ns, true).await;
                 anyhow::Ok(())
             })
         })
@@ -813,11 +834,13 @@ impl Drop for RestoreRole {
     }
 }
 
-/// Until the API server's authorizer says the operator may (or may not) patch Ingresses.
-async fn wait_may_patch_ingresses(cp: &ControlPlane, allowed: bool) {
+/// Until the API server's authorizer says the operator may (or may not) patch the provider's
+/// traffic object in `ns`.
+async fn wait_may_patch(cp: &ControlPlane, provider: Provider, ns: &str, allowed: bool) {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
     };
+    let (group, resource) = traffic_resource(provider);
     let reviews: Api<SubjectAccessReview> = Api::all(cp.admin.clone());
     e2e::node_env::until(
         Duration::from_secs(30),
@@ -830,10 +853,10 @@ async fn wait_may_patch_ingresses(cp: &ControlPlane, allowed: bool) {
                     )),
                     groups: Some(vec!["system:serviceaccounts".into()]),
                     resource_attributes: Some(ResourceAttributes {
-                        group: Some("networking.k8s.io".into()),
-                        resource: Some("ingresses".into()),
+                        group: Some(group.into()),
+                        resource: Some(resource.into()),
                         verb: Some("patch".into()),
-                        namespace: Some("rbac".into()),
+                        namespace: Some(ns.into()),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -847,13 +870,13 @@ async fn wait_may_patch_ingresses(cp: &ControlPlane, allowed: bool) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() {
+/// The chart's ClusterRole without `patch` on the provider's traffic object (server-side apply
+/// needs it), put back however the test ends (the operator is shared by the binary's tests): the
+/// candidate is deployed, then no weight ever, the denial reported, the operator keeps running.
+async fn missing_permission_scenario(name: &str, provider: Provider) {
     let t = Instant::now();
-    let env = env("rbac", Provider::Nginx).await;
-    let name = "rbac";
-    // The chart's ClusterRole without `patch` on Ingresses (server-side apply needs it), put back
-    // however the test ends: the operator is shared by the binary's tests.
+    let env = env(name, provider).await;
+    let (_, resource) = traffic_resource(provider);
     let roles: Api<ClusterRole> = Api::all(env.cp.admin.clone());
     let original = roles
         .get(OPERATOR_SA)
@@ -862,10 +885,11 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
     let _restore = RestoreRole {
         node: env.cp.workdir().to_path_buf(),
         role: original.clone(),
+        check: (provider, name.to_string()),
     };
     let mut role = original;
     for rule in role.rules.iter_mut().flatten() {
-        if rule.resources.iter().flatten().any(|r| r == "ingresses") {
+        if rule.resources.iter().flatten().any(|r| r == resource) {
             rule.verbs.retain(|v| v != "patch");
         }
     }
@@ -873,7 +897,7 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         .replace(OPERATOR_SA, &PostParams::default(), &role)
         .await
         .expect("replace ClusterRole");
-    wait_may_patch_ingresses(&env.cp, false).await;
+    wait_may_patch(&env.cp, provider, name, false).await;
     let restarts = operator_restarts(&env.cp).await;
     env.create_rollout(&env.rollout_spec(name))
         .await
@@ -881,22 +905,12 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
     let mut log = Vec::new();
     // The candidate gets deployed (Deployments are allowed) ...
     let deployments: Api<Deployment> = Api::namespaced(env.cp.admin.clone(), &env.ns);
-    let deployed_by = Instant::now() + Duration::from_secs(120);
-    loop {
-        if deployments
-            .get_opt(CANDIDATE)
-            .await
-            .expect("get Deployment")
-            .is_some()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deployed_by,
-            "the candidate Deployment was not created within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    e2e::node_env::until(
+        Duration::from_secs(120),
+        "the candidate Deployment created",
+        || async { deployments.get_opt(CANDIDATE).await.ok().flatten() },
+    )
+    .await;
     ok(env
         .wait_rollout(
             name,
@@ -906,16 +920,17 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
             |r| matches!(phase(r), "Deploying" | "Progressing"),
         )
         .await);
+    // ... but no traffic ever moves.
     let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline {
         let o = ok(env.observe(name).await);
         assert_eq!(
             o.weight, 0,
-            "no weight without permission to write Ingresses: {o:?}"
+            "no weight without permission to patch {resource}: {o:?}"
         );
         assert!(
             o.candidate_weight.is_none(),
-            "canary Ingress created without permission"
+            "the candidate routed without permission: {o:?}"
         );
         log.push(o);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -923,7 +938,8 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
     // The operator's log is shared by the binary's tests: look for this namespace's denial.
     let logtext = env.operator_logs();
     let denial = logtext.lines().find(|l| {
-        l.contains("cannot patch resource \"ingresses\"") && l.contains("namespace \"rbac\"")
+        l.contains(&format!("cannot patch resource \"{resource}\""))
+            && l.contains(&format!("namespace \"{name}\""))
     });
     let r = ok(env.rollout(name).await);
     let status_says = r["status"].to_string().to_lowercase().contains("forbidden");
@@ -934,24 +950,30 @@ async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden() 
         env.operator_log_tail(20)
     );
     println!(
-        "[rbac] status message: {}\n[rbac] operator log: {}",
+        "[{name}] status message: {}\n[{name}] operator log: {}",
         r["status"]["message"],
         denial.map_or("", |l| &l[l.find("cannot patch").unwrap_or(0)..])
     );
+    let counts = |v: &[(String, i32, String)]| -> Vec<(String, i32)> {
+        v.iter().map(|(p, r, _)| (p.clone(), *r)).collect()
+    };
     assert_eq!(
-        operator_restarts(&env.cp)
-            .await
-            .iter()
-            .map(|(p, r, _)| (p.clone(), *r))
-            .collect::<Vec<_>>(),
-        restarts
-            .iter()
-            .map(|(p, r, _)| (p.clone(), *r))
-            .collect::<Vec<_>>(),
+        counts(&operator_restarts(&env.cp).await),
+        counts(&restarts),
         "the operator keeps running: no pod replaced, no container restarted"
     );
     env.shutdown().await;
-    println!("[rbac] wall time {:.1}s", t.elapsed().as_secs_f64());
+    println!("[{name}] wall time {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden_nginx() {
+    missing_permission_scenario("rbac", Provider::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6b_a_missing_permission_in_the_role_stops_the_rollout_with_forbidden_gateway_api() {
+    missing_permission_scenario("rbac-gateway", Provider::Gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,8 +36,9 @@ struct Args {
     rollout: PathBuf,
     #[arg(long, default_value = "demo")]
     namespace: String,
-    /// How traffic moves: the nginx canary Ingress or a Gateway API HTTPRoute.
-    #[arg(long, value_enum, default_value = "nginx")]
+    /// How traffic moves: a Gateway API HTTPRoute (the default, as the README recommends for new
+    /// clusters: ingress-nginx was retired in March 2026) or the nginx canary Ingress.
+    #[arg(long, value_enum, default_value = "gateway")]
     provider: ProviderArg,
     /// Client requests per second through Traefik.
     #[arg(long, default_value_t = 50.0)]
