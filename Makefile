@@ -3,10 +3,15 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps model build crds test unit e2e chaos node-images demo lint fmt bench scale-bench simulate controlplane traefik helm charts-check images images-check plugin clean
+.PHONY: root-check help deps model build crds test unit e2e chaos node-images demo lint fmt bench scale-bench simulate controlplane traefik helm charts-check images images-check plugin clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+# Before any long build: the e2e, the chaos run and the demo run a real node (containerd, the kubelet,
+# a bridge, iptables), which needs root.
+root-check:
+	@[ "$$(id -u)" = 0 ] || { echo "this target runs a real node (containerd, the kubelet, a bridge): run it as root" >&2; exit 1; }
 
 deps: ## install system packages the tests need (Debian: prometheus, containerd, runc, ...; Python: numpy, safetensors)
 	bash scripts/install-deps.sh
@@ -36,10 +41,10 @@ unit: model ## unit and integration tests (no control plane)
 node-images: model controlplane traefik ## OCI image archives of the embedder, the operator, pause and Traefik for the e2e node (release binaries, crane; no engine)
 	bash e2e/images/build.sh
 
-e2e: model build controlplane traefik helm node-images ## end-to-end on a real single-node cluster (kubelet, containerd, Traefik, Prometheus; needs root)
+e2e: root-check model build controlplane traefik helm node-images ## end-to-end on a real single-node cluster (kubelet, containerd, Traefik, Prometheus; needs root)
 	bash e2e/run-tests.sh
 
-chaos: model controlplane traefik helm node-images ## outside CI (~10 min, root): rollouts while the operator is SIGKILLed 20 times and the API server restarted twice
+chaos: root-check model controlplane traefik helm node-images ## outside CI (~10 min, root): rollouts while the operator is SIGKILLed 20 times and the API server restarted twice
 	E2E_KUBELET_MAX_RESTART_PERIOD=10s $(CARGO) test -p e2e --test chaos -- --nocapture
 
 charts-check: helm controlplane ## helm lint/template + server-side dry run of charts and examples, promtool checks
@@ -47,7 +52,7 @@ charts-check: helm controlplane ## helm lint/template + server-side dry run of c
 
 test: deps unit e2e charts-check ## everything CI runs
 
-demo: deps model controlplane traefik helm node-images ## a local single-node cluster, one rollout watched live (needs root; PROVIDER=gateway (default) or nginx)
+demo: root-check deps model controlplane traefik helm node-images ## a local single-node cluster, one rollout watched live (needs root; PROVIDER=gateway (default) or nginx)
 	bash e2e/demo.sh --provider $(or $(PROVIDER),gateway)
 
 lint: ## rustfmt + clippy, warnings are errors
