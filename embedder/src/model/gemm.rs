@@ -193,6 +193,16 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
+    /// Rows (the inner dimension of a product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * NR..(p + 1) * self.k * NR]
     }
@@ -292,7 +302,7 @@ fn row_blocks(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
 /// - no other thread reads or writes the columns [p0*NR, min(p1*NR, b.n)) of C meanwhile;
 /// - the CPU can run `kernel`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_panels(
+pub(super) unsafe fn gemm_panels(
     kernel: F32Kernel,
     a: &[f32],
     lda: usize,

@@ -6,7 +6,7 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use super::config::Quantization;
 use super::gemm::{gemm, PackedB};
-use super::qgemm::{qgemm, Int8Scheme, PackedI8};
+use super::qgemm::{qgemm, qgemm_with_outliers, Int8Scheme, PackedI8};
 
 #[derive(Debug)]
 enum Weight {
@@ -140,20 +140,18 @@ impl Linear {
                     true,
                 );
             }
-            Weight::Int8(w, outliers) => {
-                qgemm(x, rows, w, &self.bias, out, self.outputs);
-                if let Some(o) = outliers {
-                    // Row by row, the same operations whatever the batch: batching changes
-                    // nothing here either.
-                    let c = o.channels.len();
-                    let mut xo = vec![0f32; rows * c];
-                    for (dst, src) in xo.chunks_exact_mut(c).zip(x.chunks_exact(self.inputs)) {
-                        for (d, &ch) in dst.iter_mut().zip(&o.channels) {
-                            *d = src[ch];
-                        }
+            Weight::Int8(w, None) => qgemm(x, rows, w, &self.bias, out, self.outputs),
+            Weight::Int8(w, Some(o)) => {
+                // The left-out channels of each row, contiguous: row by row, the same
+                // operations whatever the batch, so batching changes nothing here either.
+                let c = o.channels.len();
+                let mut xo = vec![0f32; rows * c];
+                for (dst, src) in xo.chunks_exact_mut(c).zip(x.chunks_exact(self.inputs)) {
+                    for (d, &ch) in dst.iter_mut().zip(&o.channels) {
+                        *d = src[ch];
                     }
-                    gemm(&xo, c, rows, &o.w, None, out, self.outputs, true);
                 }
+                qgemm_with_outliers(x, rows, w, &xo, &o.w, &self.bias, out, self.outputs);
             }
             Weight::Q8(q) => {
                 let x = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;

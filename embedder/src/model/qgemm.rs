@@ -15,7 +15,7 @@
 //! Packed layout: K padded to a multiple of 4; panels of 16 columns; per group of 4 k values a
 //! panel holds 64 bytes: two halves of 8 columns, each column's 4 k values contiguous.
 
-use super::gemm::{for_panel_ranges, SharedOut};
+use super::gemm::{for_panel_ranges, gemm_panels, F32Kernel, PackedB, SharedOut};
 
 /// Columns per packed panel, as for f32.
 const NR: usize = super::gemm::NR;
@@ -454,6 +454,31 @@ pub fn qgemm(a: &[f32], m: usize, b: &PackedI8, bias: &[f32], c: &mut [f32], ldc
     qgemm_with(I8Kernel::best(), a, m, b, bias, c, ldc);
 }
 
+/// [`qgemm`], then `c[i*ldc + j] += x_i · w_j` in f32 for the channels `b` leaves out (see
+/// [`PackedI8::quantize_calibrated`]): `x` holds m rows of `w.k()` of them, contiguous. Each
+/// panel's f32 part runs right after its INT8 part, while that part of C is in cache; every
+/// element sees the same operations in the same order as `qgemm` followed by `gemm`.
+#[allow(clippy::too_many_arguments)]
+pub fn qgemm_with_outliers(
+    a: &[f32],
+    m: usize,
+    b: &PackedI8,
+    x: &[f32],
+    w: &PackedB,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert_eq!(
+        w.n(),
+        b.n,
+        "qgemm: outlier weights are not for {} columns",
+        b.n
+    );
+    assert!(x.len() >= m * w.k(), "qgemm: outlier rows too short");
+    qgemm_impl(I8Kernel::best(), a, m, b, Some((x, w)), bias, c, ldc);
+}
+
 /// [`qgemm`] on a given micro-kernel.
 ///
 /// # Panics
@@ -464,6 +489,20 @@ pub fn qgemm_with(
     a: &[f32],
     m: usize,
     b: &PackedI8,
+    bias: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    qgemm_impl(kernel, a, m, b, None, bias, c, ldc);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qgemm_impl(
+    kernel: I8Kernel,
+    a: &[f32],
+    m: usize,
+    b: &PackedI8,
+    outliers: Option<(&[f32], &PackedB)>,
     bias: &[f32],
     c: &mut [f32],
     ldc: usize,
@@ -487,11 +526,12 @@ pub fn qgemm_with(
     let panels = b.panels();
     let out = SharedOut::new(c);
     for_panel_ranges(panels, m * k * n, |p0, p1| {
-        // SAFETY: `q` holds m quantised rows of b.kp bytes; the asserts above make C hold m rows
-        // of n floats at stride ldc and bias n floats; `for_panel_ranges` hands every call a
-        // disjoint panel range, so concurrent calls never write the same element of C; the CPU
-        // can run `kernel`.
-        unsafe { qgemm_panels(kernel, &q, m, b, bias, out.ptr(), ldc, p0, p1) }
+        // SAFETY: `q` holds m quantised rows of b.kp bytes; the asserts above (and
+        // `qgemm_with_outliers`'s) make C hold m rows of n floats at stride ldc, bias n floats
+        // and the outlier rows m x w.k() floats for w's n = b.n columns; `for_panel_ranges` hands
+        // every call a disjoint panel range, so concurrent calls never write the same element of
+        // C; the CPU can run `kernel`.
+        unsafe { qgemm_panels(kernel, &q, m, b, outliers, bias, out.ptr(), ldc, p0, p1) }
     });
 }
 
@@ -527,13 +567,15 @@ struct Tile<'a> {
 /// - `q` holds m quantised rows, quantised for `b` (`q.kp == b.kp`), in the forms `kernel` reads;
 /// - `c` is valid for reads and writes of m rows of `b.n` floats at stride `ldc >= b.n`;
 /// - `bias` holds at least `b.n` floats; p0 <= p1 <= number of panels of `b`;
-/// - no other thread reads or writes the columns [p0*NR, min(p1*NR, b.n)) of C meanwhile.
+/// - no other thread reads or writes the columns [p0*NR, min(p1*NR, b.n)) of C meanwhile;
+/// - `outliers`, when given, is m contiguous rows of `w.k()` floats and `w` has b.n columns.
 #[allow(clippy::too_many_arguments)]
 unsafe fn qgemm_panels(
     kernel: I8Kernel,
     q: &QuantizedRows,
     m: usize,
     b: &PackedI8,
+    outliers: Option<(&[f32], &PackedB)>,
     bias: &[f32],
     c: *mut f32,
     ldc: usize,
@@ -579,6 +621,25 @@ unsafe fn qgemm_panels(
                     I8Kernel::Avx2 => avx2::dispatch(rows, &tile),
                     _ => portable(rows, &tile),
                 }
+            }
+        }
+        if let Some((x, w)) = outliers {
+            // SAFETY: x holds m rows of w.k() floats (stride w.k()), C m rows of w.n() = b.n
+            // floats at stride ldc; the panels [p, p + panels) are within [p0, p1), the columns
+            // no other thread touches (contract above); F32Kernel::best() runs on this CPU.
+            unsafe {
+                gemm_panels(
+                    F32Kernel::best(),
+                    x,
+                    w.k(),
+                    m,
+                    w,
+                    None,
+                    c,
+                    ldc,
+                    p,
+                    p + panels,
+                )
             }
         }
     }
@@ -1058,6 +1119,34 @@ mod tests {
             err < 0.05 && err < err_plain / 20.0,
             "decomposed {err}, plain {err_plain}"
         );
+    }
+
+    /// The fused f32 part gives exactly `qgemm` followed by `gemm`, on shapes with row and
+    /// column tails, large enough to be split across threads.
+    #[test]
+    fn fused_outlier_channels_equal_qgemm_then_gemm() {
+        use crate::model::gemm::gemm;
+        for &(m, k, n, c) in &[(1, 16, 5, 1), (13, 64, 40, 3), (150, 384, 1152, 16)] {
+            let a = seeded(m * k, 41);
+            let w = seeded(n * k, 42);
+            let x = seeded(m * c, 43);
+            let wo = PackedB::from_out_in(&seeded(n * c, 44), n, c);
+            let bias = seeded(n, 45);
+            let packed = PackedI8::quantize_out_in(&w, n, k);
+            let ldc = n + 1;
+            let start = seeded(m * ldc, 46);
+            let mut want = start.clone();
+            qgemm(&a, m, &packed, &bias, &mut want, ldc);
+            gemm(&x, c, m, &wo, None, &mut want, ldc, true);
+            let mut got = start.clone();
+            qgemm_with_outliers(&a, m, &packed, &x, &wo, &bias, &mut got, ldc);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits()),
+                "({m},{k},{n},{c})"
+            );
+        }
     }
 
     #[test]
