@@ -71,6 +71,8 @@ pub struct ControllerConfig {
     pub prometheus_timeout: Duration,
     /// Watch HTTPRoutes (the Gateway API provider); needs their CRD and RBAC.
     pub gateway_api: bool,
+    /// Reconciles running at once (`--max-concurrent-reconciles`); 0 for no limit.
+    pub max_concurrent_reconciles: u16,
     /// Where the controller publishes its rollout cache once synced (read by the dashboard).
     pub rollout_cache: RolloutCache,
     /// Webhooks told of every rollout's notifications besides its own (`--notifications-config`).
@@ -280,6 +282,10 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Metrics, rea
 
     // Services and ConfigMaps are never read back: their metadata wakes their rollout.
     let controller = Controller::new(rollouts, watcher::Config::default())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(config.max_concurrent_reconciles),
+        )
         .owns(scoped::<Service>(&client, ns), owned())
         .owns(scoped::<ConfigMap>(&client, ns), owned());
     let store = controller.store();

@@ -54,6 +54,12 @@ struct Cli {
     /// timer instead of on every route change.
     #[arg(long, env = "OPERATOR_GATEWAY_API")]
     gateway_api: bool,
+    /// Reconciles that may run at once (0: no limit). Rollouts created together analyse
+    /// together: unbounded, 500 of them send their status writes and analysis appends at the
+    /// same moment, the API server queues them (priority and fairness) for seconds, and every
+    /// reconcile in flight holds its objects and buffers in memory meanwhile.
+    #[arg(long, env = "OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    max_concurrent_reconciles: u16,
     /// Operator-wide webhooks, told of every rollout's notifications besides the rollout's own: a
     /// YAML or JSON file `webhooks: [...]` with the fields of `spec.notifications.webhooks`. Their
     /// URL Secrets are read from the operator's own namespace (POD_NAMESPACE, else
@@ -215,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         namespace: cli.namespace.clone(),
         prometheus_timeout: cli.prometheus_timeout,
         gateway_api: cli.gateway_api,
+        max_concurrent_reconciles: cli.max_concurrent_reconciles,
         rollout_cache,
         global_webhooks,
     };
