@@ -14,8 +14,9 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-            HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -36,6 +37,23 @@ pub const MODELS_DIR_FILE: &str = "/etc/candle/models.yaml";
 const MODELS_KEY: &str = "models.yaml";
 const MODELS_VOLUME: &str = "models";
 const PORT_NAME: &str = "http";
+/// How long a candidate pod keeps serving after Kubernetes decides to stop it, before SIGTERM:
+/// endpoints and the ingress controller drop it meanwhile (Traefik applies a change up to 2 s
+/// later), so requests already routed to it are answered, not refused. As the embedder chart's
+/// `preStopSleepSeconds`; the user's `template` can set its own `lifecycle`.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+
+fn pre_stop_sleep() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: PRE_STOP_SLEEP_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
 
 /// What the candidate workload is made of: the rollout's `spec.candidate` and where it goes.
 #[derive(Debug, Clone)]
@@ -89,9 +107,10 @@ impl<'a> CandidateWorkload<'a> {
     }
 }
 
-/// Prefix of [`pod_hash`] values. Hashes written before it (16 hex digits of the candidate's
-/// pod fields, [`legacy_pod_hash`]) are recognised so an upgrade does not restart rollouts.
-const POD_HASH_PREFIX: &str = "t1-";
+/// Prefix of [`pod_hash`] values. Hashes written before it ([`earlier_pod_hashes`]: 16 hex digits
+/// of the candidate's pod fields, then `t1-` before the default preStop sleep) are recognised so
+/// an upgrade does not restart rollouts.
+const POD_HASH_PREFIX: &str = "t2-";
 
 /// Stable hash of the pod template the operator applies for this candidate spec (everything but
 /// the hash annotation itself and the object's identity): a change of anything that reaches the
@@ -101,7 +120,28 @@ pub fn pod_hash(c: &CandidateSpec) -> String {
     // The labels carry the rollout's and the candidate's names, which a rollout cannot change
     // (a new candidate.name is a new Deployment); the hash covers the rest, plus that name.
     let template = pod_template("", c.name.as_deref().unwrap_or(""), c);
-    let mut input = serde_json::to_vec(&template).unwrap_or_default();
+    hash_of(&template, c, POD_HASH_PREFIX)
+}
+
+/// The hashes earlier operator versions wrote for the same spec: [`legacy_pod_hash`], and the
+/// template hash from before the default preStop sleep (prefix `t1-`). Read only to adopt the
+/// rollouts they started, which then continue at their step (their pods roll once).
+pub fn earlier_pod_hashes(c: &CandidateSpec) -> [String; 2] {
+    let mut template = pod_template("", c.name.as_deref().unwrap_or(""), c);
+    if let Some(embedder) = template
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers.iter_mut().find(|c| c.name == CONTAINER_NAME))
+    {
+        if embedder.lifecycle == Some(pre_stop_sleep()) {
+            embedder.lifecycle = None;
+        }
+    }
+    [legacy_pod_hash(c), hash_of(&template, c, "t1-")]
+}
+
+fn hash_of(template: &PodTemplateSpec, c: &CandidateSpec, prefix: &str) -> String {
+    let mut input = serde_json::to_vec(template).unwrap_or_default();
     input.extend(c.name.as_deref().unwrap_or("").bytes());
     // The models file reaches the pod through its ConfigMap, not the template: without it here a
     // models-only change (INT8, max_tokens) would neither roll the pods nor restart the analysis.
@@ -109,7 +149,7 @@ pub fn pod_hash(c: &CandidateSpec) -> String {
         input.push(0);
         input.extend(models.bytes());
     }
-    format!("{POD_HASH_PREFIX}{:016x}", fnv1a(&input))
+    format!("{prefix}{:016x}", fnv1a(&input))
 }
 
 /// The hash of operator versions before [`pod_hash`]: the candidate's pod fields only (it
@@ -238,6 +278,7 @@ fn embedder_container(c: &CandidateSpec) -> Container {
         readiness_probe: Some(probe("/health/ready", 2, 3)),
         // Model loading can take a while; only restart a pod that stays dead.
         liveness_probe: Some(probe("/health/live", 10, 6)),
+        lifecycle: Some(pre_stop_sleep()),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         // Same hardening as the chart's embedder: the server writes nothing to its filesystem.
         security_context: Some(SecurityContext {
@@ -898,6 +939,63 @@ mod tests {
     /// FNV-1a 64 of `{"args":[],"env":[],"image":"candle:1.0.0","models":null,"port":8080,
     /// "resources":null}`, computed independently (Python) from the old formula.
     const LEGACY_HASH_OF_CANDLE_1_0_0: &str = "058dd8c982043f80";
+
+    #[test]
+    fn candidate_pods_keep_serving_five_seconds_after_they_are_told_to_stop() {
+        let c = inputs();
+        let t = pod_template("r", "akidb-candle", &c);
+        let embedder = &t.spec.as_ref().unwrap().containers[0];
+        let sleep = embedder
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(sleep.sleep.as_ref().unwrap().seconds, 5);
+        // The user's own lifecycle wins.
+        let mut mine = inputs();
+        mine.template = Some(
+            serde_json::from_value(
+                serde_json::json!({"spec": {"containers": [{"name": "embedder",
+                "lifecycle": {"preStop": {"sleep": {"seconds": 15}}}}]}}),
+            )
+            .unwrap(),
+        );
+        let t = pod_template("r", "akidb-candle", &mine);
+        let embedder = &t.spec.as_ref().unwrap().containers[0];
+        let pre_stop = embedder
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(pre_stop.sleep.as_ref().unwrap().seconds, 15);
+    }
+
+    #[test]
+    fn the_t1_hash_differs_from_todays_only_by_the_default_pre_stop() {
+        let c = inputs();
+        let [_, t1] = earlier_pod_hashes(&c);
+        assert!(t1.starts_with("t1-") && pod_hash(&c).starts_with("t2-"));
+        assert_ne!(
+            t1[3..],
+            pod_hash(&c)[3..],
+            "the default preStop reaches the pods"
+        );
+        // With the user's own lifecycle the templates are the same: only the prefix differs.
+        let mut mine = inputs();
+        mine.template = Some(
+            serde_json::from_value(
+                serde_json::json!({"spec": {"containers": [{"name": "embedder",
+                "lifecycle": {"preStop": {"sleep": {"seconds": 15}}}}]}}),
+            )
+            .unwrap(),
+        );
+        let [_, t1] = earlier_pod_hashes(&mine);
+        assert_eq!(t1[3..], pod_hash(&mine)[3..]);
+    }
 
     #[test]
     fn the_legacy_hash_is_the_one_older_operators_wrote() {

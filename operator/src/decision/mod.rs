@@ -279,13 +279,13 @@ pub fn reconcile(
         hash: crate::workload::pod_hash(&spec.candidate),
         forced: false,
     };
-    // A rollout started by an operator version with the older hash (which missed
-    // metricsService) continues: the spec it was started from is the spec now. The candidate's
-    // pods then roll once to the new annotation; the rollout does not restart.
-    if r.st.candidate_hash.as_deref()
-        == Some(crate::workload::legacy_pod_hash(&spec.candidate).as_str())
-    {
-        r.st.candidate_hash = Some(r.hash.clone());
+    // A rollout started by an operator version with an older hash (which missed metricsService,
+    // or the default preStop sleep) continues: the spec it was started from is the spec now. The
+    // candidate's pods then roll once to the new annotation; the rollout does not restart.
+    if let Some(h) = r.st.candidate_hash.as_deref() {
+        if crate::workload::earlier_pod_hashes(&spec.candidate).contains(&h.to_string()) {
+            r.st.candidate_hash = Some(r.hash.clone());
+        }
     }
     r.st.observed_generation = observed.generation.or(status.observed_generation);
     r.run();

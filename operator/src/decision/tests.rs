@@ -2424,8 +2424,15 @@ fn random_runs_keep_the_safety_invariants() {
 
 #[test]
 fn a_rollout_started_with_the_legacy_hash_continues_at_its_step() {
+    for earlier in crate::workload::earlier_pod_hashes(&Sim::at_step(2).spec.candidate) {
+        continues_from(earlier);
+    }
+}
+
+/// A rollout whose status and Deployment carry `legacy`, an earlier operator's hash of the same
+/// spec, continues at its step.
+fn continues_from(legacy: String) {
     let mut s = Sim::at_step(2);
-    let legacy = crate::workload::legacy_pod_hash(&s.spec.candidate);
     s.status.candidate_hash = Some(legacy.clone());
     if let Some(c) = s.obs.candidate.as_mut() {
         c.candidate_hash = Some(legacy);
