@@ -253,6 +253,50 @@ fn requests(
         .collect()
 }
 
+/// e2e/controlplane/up.sh with a /16 Service range instead of its /24: 500 candidate Services
+/// plus 500 baseline Services need more than 254 cluster IPs. Run from a copy in `workdir` (the
+/// script is shared with the e2e runs), then attached to; dropping the child stops it all.
+async fn start_control_plane(
+    workdir: &std::path::Path,
+) -> anyhow::Result<(ControlPlane, GroupChild)> {
+    const RANGE: &str = "--service-cluster-ip-range=10.0.0.0/24";
+    let script = std::fs::read_to_string(workspace_root().join("e2e/controlplane/up.sh"))?;
+    if !script.contains(RANGE) {
+        bail!("e2e/controlplane/up.sh no longer sets {RANGE}; update scale-bench");
+    }
+    let copy = workdir.join("up.sh");
+    std::fs::write(
+        &copy,
+        script.replace(RANGE, "--service-cluster-ip-range=10.96.0.0/16"),
+    )?;
+    let dir = workdir.join("controlplane");
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(workdir.join("up.log"))?;
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(&copy)
+        .arg("--foreground")
+        .arg(&dir)
+        .env("BIN", controlplane::bin_dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let mut child = GroupChild::spawn(&mut cmd).context("starting up.sh")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join("controlplane.env").exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "up.sh exited with {status}; see {}",
+                workdir.join("up.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the control plane was not ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((ControlPlane::attach(&dir).await?, child))
+}
+
 fn ms(s: Option<f64>) -> String {
     s.map_or("-".into(), |s| format!("{:.1} ms", s * 1000.0))
 }
@@ -303,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
     println!("machine: {}", cpu_model());
     println!("operator: {}", operator.display());
 
-    let cp = ControlPlane::start(&workdir.join("controlplane")).await?;
+    let (cp, _control_plane) = start_control_plane(&workdir).await?;
     for file in [
         "embeddingrollouts",
         "embeddinggatetemplates",
@@ -463,7 +507,7 @@ async fn main() -> anyhow::Result<()> {
                 rollouts.len()
             );
         }
-        if last_print.elapsed() >= Duration::from_secs(15) {
+        if last_print.elapsed() >= Duration::from_secs(30) {
             let s = scale::sample_proc(pid).unwrap_or_default();
             println!(
                 "{} {:?}  RSS {} KiB  CPU {:.1} s  queries {}  status writes {}",
@@ -482,7 +526,8 @@ async fn main() -> anyhow::Result<()> {
         if t0.elapsed() > Duration::from_secs(args.timeout) {
             break false;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Listing 500 rollouts costs the API server (and this machine) too: not too often.
+        tokio::time::sleep(Duration::from_secs(10)).await;
     };
     let end_text = scrape(&http, &metrics_addr).await?;
     let end_sample = scale::sample_proc(pid).unwrap_or_default();
@@ -603,6 +648,21 @@ async fn main() -> anyhow::Result<()> {
         .map(|g| g.as_secs_f64() - interval.as_secs_f64())
         .collect();
     let missed = gaps.iter().filter(|g| **g > interval * 2).count();
+    // The longest gaps, with the steps of the analyses on either side (why: see the log).
+    let mut worst: Vec<(Duration, &String, chrono::DateTime<chrono::Utc>)> = times
+        .iter()
+        .flat_map(|(k, t)| {
+            t.windows(2)
+                .filter_map(move |w| Some(((w[1] - w[0]).to_std().ok()?, k, w[0])))
+        })
+        .collect();
+    worst.sort_by(|a, b| b.0.cmp(&a.0));
+    for (gap, rollout, after) in worst.iter().take(5) {
+        println!(
+            "  gap {:.1} s in {rollout} after the analysis at {after}",
+            gap.as_secs_f64()
+        );
+    }
     let analyses: usize = times.values().map(Vec::len).sum();
     println!(
         "analyses: {analyses} ({} rollouts with any); gaps between consecutive analyses: {}; lateness past the interval p50 {:.1} s, p99 {:.1} s, max {:.1} s; missed (gap > 2 × interval): {missed}",
