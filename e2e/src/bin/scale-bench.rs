@@ -656,7 +656,7 @@ async fn main() -> anyhow::Result<()> {
                 .filter_map(move |w| Some(((w[1] - w[0]).to_std().ok()?, k, w[0])))
         })
         .collect();
-    worst.sort_by(|a, b| b.0.cmp(&a.0));
+    worst.sort_by_key(|w| std::cmp::Reverse(w.0));
     for (gap, rollout, after) in worst.iter().take(5) {
         println!(
             "  gap {:.1} s in {rollout} after the analysis at {after}",
