@@ -175,8 +175,9 @@ async fn run(env: &mut RolloutEnv, args: &Args, token: &str) -> anyhow::Result<(
         spec["candidate"]["args"] = serde_json::json!(args.candidate_args);
     }
     let services: Api<Service> = Api::namespaced(env.cp.admin.clone(), OPERATOR_NAMESPACE);
+    // The chart's Service: `<fullname>-metrics`, with the dashboard's port when it is exposed.
     let operator_ip = services
-        .get(OPERATOR_SA)
+        .get(&format!("{OPERATOR_SA}-metrics"))
         .await?
         .spec
         .and_then(|s| s.cluster_ip)
