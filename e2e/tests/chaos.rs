@@ -185,10 +185,11 @@ fn assert_no_unexplained_decrease(ns: &str, log: &[(Observation, Value)]) {
 /// One rollout to its end through the chaos; tolerates the API server being away.
 async fn run_case(
     case: &Case,
+    ns: &str,
     in_rollout: &tokio::sync::watch::Sender<bool>,
 ) -> (String, f64, Vec<Sample>) {
-    let mut env = RolloutEnv::start(cluster().await, case.ns, case.provider, &[]).await;
-    let mut rollout = env.rollout_spec(case.ns);
+    let mut env = RolloutEnv::start(cluster().await, ns, case.provider, &[]).await;
+    let mut rollout = env.rollout_spec(ns);
     rollout["spec"]["candidate"]["args"] = json!(case.args);
     env.start_traffic(RATE);
     env.create_rollout(&rollout).await.expect("create rollout");
@@ -197,12 +198,12 @@ async fn run_case(
     let mut log: Vec<(Observation, Value)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     let fin = loop {
-        if let (Ok(r), Ok(routing)) = (env.rollout(case.ns).await, env.routing().await) {
+        if let (Ok(r), Ok(routing)) = (env.rollout(ns).await, env.routing().await) {
             let o = Observation::of(&r, routing.primary, routing.candidate_weight);
             if log.last().is_none_or(|(l, _)| !l.same_state(&o)) {
                 println!(
                     "[{}] {:6.1}s phase={} step={} weight={} route={:?} | {}",
-                    case.ns,
+                    ns,
                     env.secs(),
                     o.phase,
                     o.step,
@@ -220,7 +221,7 @@ async fn run_case(
         assert!(
             Instant::now() < deadline,
             "[{}] no final phase within 600 s; last: {:?}",
-            case.ns,
+            ns,
             log.last()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -233,15 +234,15 @@ async fn run_case(
         phase(&fin),
         case.expected,
         "[{}] status: {:#}",
-        case.ns,
+        ns,
         fin["status"]
     );
-    assert_no_unexplained_decrease(case.ns, &log);
+    assert_no_unexplained_decrease(ns, &log);
     let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok()).collect();
     assert!(
         failed.is_empty(),
         "[{}] {} of {} client requests failed, e.g. {:?}",
-        case.ns,
+        ns,
         failed.len(),
         samples.len(),
         &failed[..failed.len().min(5)]
@@ -299,22 +300,33 @@ async fn chaos_operator_killed_and_api_server_restarted_every_rollout_ends_right
         })
     };
 
+    // Every case once, then again (in fresh namespaces) until the chaos plan is through: each
+    // kill waits for its handover, so how long the plan takes depends on the machine.
     let mut outcomes = Vec::new();
-    for case in &CASES {
-        let (phase, took, samples) = run_case(case, &in_rollout).await;
-        println!(
-            "[chaos] {} ended {phase} after {took:.1}s; {} client requests, 0 failed",
-            case.ns,
-            samples.len()
+    let mut round = 0;
+    while round == 0 || !chaos.is_finished() {
+        for case in &CASES {
+            if round > 0 && chaos.is_finished() {
+                break;
+            }
+            let ns = if round == 0 {
+                case.ns.to_string()
+            } else {
+                format!("{}-{round}", case.ns)
+            };
+            let (phase, took, samples) = run_case(case, &ns, &in_rollout).await;
+            println!(
+                "[chaos] {ns} ended {phase} after {took:.1}s; {} client requests, 0 failed",
+                samples.len()
+            );
+            outcomes.push((ns, phase, took, samples.len()));
+        }
+        round += 1;
+        assert!(
+            round <= 3,
+            "the chaos plan did not finish within three rounds"
         );
-        outcomes.push((case.ns, phase, took, samples.len()));
     }
-    assert!(
-        chaos.is_finished(),
-        "the rollouts ended before the chaos plan: {} of {} events so far",
-        events.lock().unwrap().len(),
-        KILLS + API_RESTARTS
-    );
     chaos.await.expect("the chaos task");
     let events = events.lock().unwrap().clone();
     let kills: Vec<&Event> = events
