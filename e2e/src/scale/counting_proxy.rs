@@ -16,7 +16,6 @@ use axum::{
     extract::{Request, State},
     http::{HeaderMap, StatusCode},
     response::Response,
-    serve::ListenerExt,
     Router,
 };
 
@@ -52,16 +51,7 @@ impl CountingProxy {
             counts: counts.clone(),
         };
         let app = Router::new().fallback(forward).with_state(upstream);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        // No Nagle: a response written in pieces (headers, then body chunks) must not wait for
-        // the client's delayed ACK (40 ms on Linux) between them.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = super::serve_on_loopback(app).await?;
         Ok(Self { addr, counts, task })
     }
 

@@ -20,7 +20,6 @@ use std::{
 use axum::{
     extract::{Query, State},
     routing::get,
-    serve::ListenerExt,
     Json, Router,
 };
 use serde::Deserialize;
@@ -61,16 +60,7 @@ impl FakePrometheus {
             .route("/api/v1/query", get(query).post(query))
             .route("/-/ready", get(|| async { "ready" }))
             .with_state(stats.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        // No Nagle: a response written in pieces (headers, then body chunks) must not wait for
-        // the client's delayed ACK (40 ms on Linux) between them.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = super::serve_on_loopback(app).await?;
         Ok(Self { addr, stats, task })
     }
 

@@ -6,6 +6,24 @@
 pub mod counting_proxy;
 pub mod fake_prometheus;
 
+/// Serves `app` on a free loopback port; its address and the server task.
+async fn serve_on_loopback(
+    app: axum::Router,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::serve::ListenerExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // No Nagle: a response written in pieces (headers, then body chunks) must not wait for the
+    // client's delayed ACK (40 ms on Linux) between them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
 use std::{
     collections::BTreeMap,
     sync::{
